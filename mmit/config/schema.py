@@ -1,0 +1,151 @@
+"""The training-run configuration.
+
+One YAML file describes a whole run (``configs/llava/*.yaml``). YAML names registry keys (never
+import paths); unknown keys are errors; every field can be overridden on the command line as
+``--section.field=value`` (draccus). The resolved config is written into every run folder and
+every checkpoint as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import draccus
+
+
+@dataclass
+class VisionTowerConfig:
+    #: Registry key (``mmit.models.encoders.VISION_TOWERS``), e.g. ``clip-vit-l-14-336`` or ``tiny-clip-vit``.
+    name: str = "clip-vit-l-14-336"
+    #: Override where the weights come from: hub id or local folder. None: the registry member's default.
+    name_or_path: Optional[str] = None
+    #: Hidden layer whose output is used (LLaVA: -2, the penultimate layer).
+    select_layer: int = -2
+    #: ``patch`` drops CLS (LLaVA), ``cls_patch`` keeps it.
+    select_feature: str = "patch"
+    #: ``pad`` (LLaVA-1.5: pad to square with the mean colour, then the processor), ``crop``
+    #: (the processor's resize + centre crop) or ``resize`` (squash to the input size).
+    image_aspect_ratio: str = "pad"
+    #: Keep the tower frozen (LLaVA, InstructBLIP). Stage ``full`` unfreezes it regardless.
+    frozen: bool = True
+
+
+@dataclass
+class ProjectorConfig:
+    #: Registry key: ``linear``, ``mlp{N}x-gelu`` (``mlp2x-gelu`` is LLaVA-1.5), ``identity``.
+    name: str = "mlp2x-gelu"
+
+
+@dataclass
+class LLMConfig:
+    #: Hub id, local folder, or a ``tiny-*`` registry member (built locally, no download).
+    name_or_path: str = "lmsys/vicuna-7b-v1.5"
+    #: Tokenizer location; None means the same as ``name_or_path``.
+    tokenizer: Optional[str] = None
+    #: Allow custom modelling code from the hub. Off unless a config turns it on.
+    trust_remote_code: bool = False
+    #: ``eager``, ``sdpa`` or ``flash_attention_2``; None lets transformers choose.
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    vision_tower: VisionTowerConfig = field(default_factory=VisionTowerConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    #: Conversation template: ``plain``, ``vicuna-v1``, ``llama-2``, ``chatml``.
+    template: str = "vicuna-v1"
+    #: Token budget per sample, image tokens included (LLaVA: ``model_max_length`` 2048).
+    max_length: int = 2048
+
+
+@dataclass
+class DataConfig:
+    #: ``shards`` (webdataset tars: a folder, a glob, or brace notation) or a source format (``llava``).
+    format: str = "shards"
+    #: Shard folder / pattern, or the JSON file for a source format.
+    path: str = ""
+    #: Image folder that relative ``image`` paths resolve against (source formats only).
+    media_root: Optional[str] = None
+    #: Missing media: ``skip`` (counted) or ``error``.
+    missing_media: str = "skip"
+    #: A sample that does not fit ``max_length`` without cutting an image, or whose labels are all
+    #: masked: ``skip`` (counted and logged) or ``error``.
+    overflow: str = "skip"
+    #: Shuffle buffer (samples) for shards; 0 disables. Source formats shuffle the whole list.
+    shuffle_buffer: int = 1000
+    #: Resampled mode for shards (sample shards with replacement: an endless stream, for several epochs).
+    resampled: bool = False
+    #: DataLoader worker processes (0: in the main process; exact resume needs 0).
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    #: ``align`` (projector only), ``finetune`` (projector + LLM), ``full`` (everything, tower included).
+    stage: str = "finetune"
+    output_dir: str = "runs/llava"
+    seed: int = 42
+    #: Per-device micro-batch size.
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    #: Optimizer steps to run; -1 means ``epochs`` passes over the data.
+    max_steps: int = -1
+    epochs: float = 1.0
+    lr: float = 2e-5
+    #: Learning rate for the projector; None means ``lr``.
+    projector_lr: Optional[float] = None
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    #: ``cosine`` (with linear warmup) or ``constant`` (with linear warmup).
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    #: ``auto`` (fp32 on CPU, bf16 on GPUs that support it, else fp16), ``fp32``, ``bf16``, ``fp16``.
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    #: Save a checkpoint every N optimizer steps (0: only at the end).
+    save_steps: int = 0
+    #: Keep at most this many step checkpoints (0: keep all).
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    #: Continue from the latest checkpoint in ``output_dir`` (``mmit train --resume`` sets this).
+    resume: bool = False
+    #: ``tensorboard`` writes event files beside ``metrics.jsonl``; ``none`` only the JSONL.
+    report_to: str = "tensorboard"
+    #: Show a progress bar (loss, lr, tokens/s, ETA).
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(config_path: Optional[str] = None, args: Sequence[str] = ()) -> RunConfig:
+    """Read ``config_path`` (YAML) and apply ``--a.b=c`` overrides.
+
+    Raises ``ValueError`` naming the file and the offending key for unknown keys or bad values, and
+    ``FileNotFoundError`` for a missing file.
+    """
+    if config_path is not None and not os.path.isfile(config_path):
+        raise FileNotFoundError(f"config file not found: {config_path}")
+    try:
+        return draccus.parse(RunConfig, config_path=config_path, args=list(args), exit_on_error=False)
+    except (draccus.utils.DecodingError, draccus.utils.DraccusException) as e:
+        where = f"{config_path}: " if config_path else ""
+        raise ValueError(f"{where}{e}") from None
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (round-trips through :func:`load_config`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        draccus.dump(cfg, f)

@@ -1,0 +1,1 @@
+"""Data: the normalised :class:`~mmit.data.sample.Sample`, source readers, shards, collation."""
