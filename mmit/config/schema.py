@@ -60,6 +60,9 @@ class ModelConfig:
     template: str = "vicuna-v1"
     #: Token budget per sample, image tokens included (LLaVA: ``model_max_length`` 2048).
     max_length: int = 2048
+    #: Start from an earlier run's weights (a checkpoint or run folder), e.g. stage 2 from the stage-1
+    #: projector (LLaVA's ``--pretrain_mm_mlp_adapter``). Only the tensors in that checkpoint are loaded.
+    init_from: Optional[str] = None
 
 
 @dataclass

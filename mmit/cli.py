@@ -1,0 +1,141 @@
+"""The ``mmit`` command: ``train``, ``convert``, ``generate``, ``export``, ``import``.
+
+Errors the user can fix (bad config keys, unknown registry names, missing files, bad records) are
+printed as one line on stderr with exit code 2; anything else is a bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+USAGE = """usage: mmit <command> [options]
+
+commands:
+  train     train from a config:   mmit train --config_path configs/llava/tiny_demo.yaml [--train.max_steps=4 ...] [--resume]
+  convert   source files -> webdataset shards:   mmit convert --format llava --input FILE --media-root DIR --output DIR
+  generate  answer a prompt:       mmit generate --checkpoint DIR --image PATH --prompt TEXT [--json]
+  export    to a transformers folder:   mmit export --checkpoint DIR --format hf-llava --output DIR
+  import    from a transformers folder: mmit import --format hf-llava --input DIR --output DIR
+
+`mmit <command> --help` for a command's options."""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cmd_train(argv: List[str]) -> int:
+    from mmit.config.schema import load_config
+    from mmit.training.trainer import train
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: mmit train --config_path FILE [--resume] [--section.field=value ...]\n"
+              "Every field of mmit.config.schema.RunConfig can be overridden, e.g. --train.max_steps=4")
+        return 0
+    resume = "--resume" in argv
+    argv = [a for a in argv if a != "--resume"]
+    config_path = None
+    rest = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config_path="):
+            config_path = a.split("=", 1)[1]
+        elif a == "--config_path" and i + 1 < len(argv):
+            config_path = argv[i + 1]
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    cfg = load_config(config_path, rest)
+    if resume:
+        cfg.train.resume = True
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir}  (final weights: {run_dir / 'final'}, metrics: {run_dir / 'metrics.jsonl'}, "
+          f"plot: {run_dir / 'loss.png'})")
+    return 0
+
+
+def cmd_generate(argv: List[str]) -> int:
+    from PIL import Image
+
+    from mmit.inference import generate
+    from mmit.training.checkpoint import load_model_from_checkpoint
+
+    p = argparse.ArgumentParser(prog="mmit generate", description="Answer a prompt about an image with a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    p.add_argument("--image", help="image file (omit for a text-only prompt)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]} (new ids only)')
+    a = p.parse_args(argv)
+    image = None
+    if a.image:
+        from mmit.data.media import decode_image
+
+        if not os.path.isfile(a.image):
+            raise FileNotFoundError(f"image not found: {a.image}")
+        with open(a.image, "rb") as f:
+            image = decode_image(f.read(), a.image)
+    model, tokenizer, cfg = load_model_from_checkpoint(a.checkpoint)
+    ans = generate(model, tokenizer, cfg.model.template, a.prompt, image, a.max_new_tokens)
+    print(json.dumps({"text": ans.text, "token_ids": ans.token_ids}) if a.json else ans.text)
+    return 0
+
+
+def cmd_convert(argv: List[str]) -> int:
+    from mmit.data.convert import main as convert_main
+
+    return convert_main(argv)
+
+
+def cmd_export(argv: List[str]) -> int:
+    from mmit.export.cli import export_main
+
+    return export_main(argv)
+
+
+def cmd_import(argv: List[str]) -> int:
+    from mmit.export.cli import import_main
+
+    return import_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "convert": cmd_convert, "generate": cmd_generate, "export": cmd_export,
+            "import": cmd_import}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=3)
+        print(f"mmit: unknown command {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+              + f" (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    _quiet_libraries()
+    from mmit.data.sample import SampleError
+    from mmit.registry import UnknownNameError
+
+    try:
+        return COMMANDS[name](rest)
+    except (FileNotFoundError, UnknownNameError, SampleError, ValueError, OSError) as e:
+        print(f"mmit {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

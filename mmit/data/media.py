@@ -1,0 +1,241 @@
+"""Media bytes: content sniffing, image decoding to RGB, cheap integrity checks.
+
+File extensions lie in real datasets (``otter/images/xray.jpg`` is a PNG, ShareGPT4V's
+``breaking_bad.png`` is a JPEG; see DATASETS.md §0), so the type of a media item is always taken
+from its first bytes (:func:`sniff_ext`), never from its name.
+
+Decoding policy (:func:`decode_image`): the result is always an 8-bit ``RGB`` ``PIL.Image.Image``.
+
+* Transparent images (``RGBA``, ``LA``, ``PA``, ``P`` with a ``transparency`` entry) are alpha-composited
+  onto **white**. LLaVA's ``Image.open(f).convert("RGB")`` instead keeps whatever colour the transparent
+  pixels store (often black), which turns black-on-transparent diagrams (Geometry3K, AI2D-style
+  figures) into black squares. The two agree wherever alpha is 255 (e.g. the CLEVR RGBA PNGs).
+* Palette, grayscale (``L``, ``1``), ``CMYK`` and ``YCbCr`` go through ``convert("RGB")``; 16-bit and
+  32-bit grayscale (``I;16``, ``I``, ``F``) are scaled to 0..255 first instead of being clipped.
+* EXIF orientation is **not** applied, matching LLaVA / HF image processors that read the stored
+  pixel grid as is.
+* Animated images (GIF/WebP): the first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from typing import NamedTuple, Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from mmit.data.sample import SampleError
+
+#: Extensions :func:`sniff_ext` returns for still images that PIL decodes.
+IMAGE_EXTS = ("jpg", "png", "gif", "webp", "bmp", "tiff")
+#: Video containers :func:`sniff_ext` recognises.
+VIDEO_EXTS = ("mp4", "mov", "m4v", "webm", "mkv", "avi")
+#: Audio formats :func:`sniff_ext` recognises.
+AUDIO_EXTS = ("wav", "mp3", "aac", "flac", "ogg", "m4a")
+
+#: Default cap on ``width * height`` of one image (64 megapixels; an 8000x8000 image is allowed).
+MAX_PIXELS = 64_000_000
+
+_ISO_BRANDS = {b"qt  ": "mov", b"M4V ": "m4v", b"M4VH": "m4v", b"M4VP": "m4v", b"M4A ": "m4a",
+               b"M4B ": "m4a", b"heic": "heic", b"heix": "heic", b"mif1": "heic", b"msf1": "heic",
+               b"avif": "avif", b"avis": "avif"}
+
+
+def sniff_ext(data: Union[bytes, bytearray, memoryview]) -> Optional[str]:
+    """The real file type of ``data`` from its magic bytes, as a lower-case extension without dot.
+
+    Recognised: images ``jpg png gif webp bmp tiff heic avif``; video ``mp4 mov m4v webm mkv avi``;
+    audio ``wav mp3 aac flac ogg m4a``; arrays ``npy npz``; also ``zip pdf ply``. Only the first
+    ~64 bytes are looked at (more for zip archives, whose first member name decides ``npz``).
+
+    Returns None when nothing matches (empty input, text, truncated headers, unknown formats).
+    """
+    b = bytes(data[:64])
+    if len(b) < 4:
+        return None
+    if b[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if b[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if b[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if b[:4] == b"RIFF" and len(b) >= 12:
+        return {b"WEBP": "webp", b"WAVE": "wav", b"AVI ": "avi"}.get(b[8:12])
+    if b[:2] == b"BM" and len(b) >= 14 and b[6:10] == b"\0\0\0\0":
+        return "bmp"
+    if b[:4] in (b"II*\0", b"MM\0*"):
+        return "tiff"
+    if len(b) >= 12 and b[4:8] == b"ftyp":
+        return _ISO_BRANDS.get(b[8:12], "mp4")
+    if b[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska family; the DocType says which
+        return "webm" if b"webm" in b else "mkv"
+    if b[:6] == b"\x93NUMPY":
+        return "npy"
+    if b[:4] == b"PK\x03\x04":
+        if len(data) >= 30:
+            n = struct.unpack("<H", bytes(data[26:28]))[0]
+            if bytes(data[30:30 + n]).endswith(b".npy"):
+                return "npz"
+        return "zip"
+    if b[:4] == b"fLaC":
+        return "flac"
+    if b[:4] == b"OggS":
+        return "ogg"
+    if b[:3] == b"ID3":
+        return "mp3"
+    if b[0] == 0xFF and (b[1] & 0xE0) == 0xE0:  # MPEG audio frame sync (JPEG's FFD8 handled above)
+        layer = (b[1] >> 1) & 0x3
+        return "aac" if layer == 0 else "mp3"
+    if b[:4] == b"%PDF":
+        return "pdf"
+    if b[:4] == b"ply\n" or b[:5] == b"ply\r\n":
+        return "ply"
+    return None
+
+
+def media_kind(ext: Optional[str]) -> Optional[str]:
+    """``image|video|audio|pointcloud`` for an extension from :func:`sniff_ext`, else None."""
+    if ext in IMAGE_EXTS or ext in ("heic", "avif"):
+        return "image"
+    if ext in VIDEO_EXTS:
+        return "video"
+    if ext in AUDIO_EXTS:
+        return "audio"
+    if ext in ("npy", "npz", "ply"):
+        return "pointcloud"
+    return None
+
+
+class ImageInfo(NamedTuple):
+    """What :func:`check_image` learnt from the header: size in pixels and the real extension."""
+
+    width: int
+    height: int
+    ext: str
+
+
+#: PIL format name → extension, where the lower-cased name is not already the usual extension.
+_PIL_EXTS = {"JPEG": "jpg", "MPO": "jpg", "JPEG2000": "jp2", "TIFF": "tiff", "PPM": "ppm"}
+
+
+def read_media_bytes(path: Union[str, "os.PathLike[str]"]) -> bytes:
+    """The whole file at ``path`` as bytes (one read, no decoding).
+
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError`` (all ``OSError``) with
+    the path in the message.
+    """
+    with open(path, "rb") as f:
+        return f.read()
+
+
+#: sniffed extension → PIL format name, so ``Image.open`` tries the right plugin first.
+_PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP",
+                "tiff": "TIFF"}
+
+
+def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
+    """``Image.open`` on bytes with our size cap; decoding has not happened yet."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            hint = _PIL_FORMATS.get(sniff_ext(data))
+            try:
+                im = Image.open(io.BytesIO(data), formats=[hint] if hint else None)
+            except Image.UnidentifiedImageError:
+                if hint is None:
+                    raise
+                im = Image.open(io.BytesIO(data))  # e.g. a plugin not registered: try them all
+    except Image.DecompressionBombError as e:
+        raise SampleError(f"{where}: image too large: {e}", "image-too-large") from None
+    except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ...
+        kind = sniff_ext(data) or "unknown type"
+        raise SampleError(f"{where}: undecodable image ({kind}, {len(data)} bytes): {e}",
+                          "undecodable-image") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise SampleError(f"{where}: image too large: {w}x{h} = {w * h} pixels > cap {max_pixels}",
+                          "image-too-large")
+    if w <= 0 or h <= 0:
+        raise SampleError(f"{where}: undecodable image: empty size {w}x{h}", "undecodable-image")
+    return im
+
+
+def check_image(data: bytes, where: str, max_pixels: int = MAX_PIXELS, full: bool = False
+                ) -> ImageInfo:
+    """Cheap integrity check of encoded image bytes; returns :class:`ImageInfo` ``(width, height,
+    ext)`` with the size in pixels and the extension of the format PIL found (``jpg``, ``png``, ...).
+
+    ``full=False`` (what ``mmit convert`` uses): parse the header with ``Image.open`` and run
+    ``Image.verify()``. Cost is microseconds per image and independent of its size, except for PNG
+    where ``verify`` walks every chunk and checks its CRC. It rejects non-image bytes, unknown
+    formats, corrupt headers, PNG CRC errors and images above ``max_pixels``, but NOT a JPEG whose
+    entropy-coded data is truncated or damaged (that only shows when the pixels are decoded).
+    ``full=True`` decodes the pixels (:func:`decode_image`): catches everything, but costs a full
+    decode (~5 ms for a 640x480 JPEG), which is slower than copying the bytes into a shard.
+
+    Raises :class:`SampleError` with reason ``undecodable-image`` or ``image-too-large``; the message
+    starts with ``where`` (file path or sample id).
+    """
+    im = _open(data, where, max_pixels)
+    info = ImageInfo(im.size[0], im.size[1], _PIL_EXTS.get(im.format, str(im.format).lower()))
+    if full:
+        decode_image(data, where, max_pixels)
+        return info
+    try:
+        im.verify()
+    except Exception as e:
+        raise SampleError(f"{where}: undecodable image ({im.format}): {e}",
+                          "undecodable-image") from None
+    return info
+
+
+def decode_image(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode encoded image bytes (any format PIL reads) into an 8-bit RGB image.
+
+    Args:
+        data: the encoded file (JPEG, PNG, GIF, WebP, BMP, TIFF, ...); the extension is irrelevant.
+        where: file path or sample id, put at the start of every error message.
+        max_pixels: reject images with ``width * height`` above this (checked from the header,
+            before any pixels are decoded).
+
+    Returns:
+        ``PIL.Image.Image`` in mode ``RGB``, size ``(width, height)`` as stored (no EXIF rotation),
+        fully loaded (no open file behind it). Transparency is composited onto white (module doc).
+
+    Raises:
+        SampleError: reason ``undecodable-image`` (not an image, unknown format, truncated or
+            corrupt data) or ``image-too-large``; the message names ``where``.
+    """
+    im = _open(data, where, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+        return to_rgb(im)
+    except SampleError:
+        raise
+    except Exception as e:  # OSError("image file is truncated"), SyntaxError, ValueError, ...
+        raise SampleError(f"{where}: undecodable image ({im.format}): {e}",
+                          "undecodable-image") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a loaded PIL image of any mode to ``RGB`` following the module's policy."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.alpha_composite(rgba)
+        return out.convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 255.0 if mode == "F" else 65535.0
+        arr = np.clip(arr, 0.0, top) * (255.0 / top)
+        return Image.fromarray(np.round(arr).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")

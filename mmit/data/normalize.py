@@ -1,0 +1,129 @@
+"""Reusable normalisation rules for conversation-style records (LLaVA and its many descendants).
+
+Every reader that sees ``[{"from": "human"|"gpt", "value": ...}]`` or ``[{"role", "content"}]`` turns
+(LLaVA, ShareGPT4V, LAMM, Vision-Flan, ...) uses these helpers so that they all produce the same
+:class:`~mmit.data.sample.Sample` text:
+
+* :func:`normalize_role` / :func:`normalize_turns`: ``human|user`` → ``user``, ``gpt|assistant`` →
+  ``assistant``, ``system`` → ``system`` (case-insensitive); anything else is an error.
+* :func:`check_first_turn`: a leading turn that is neither ``user`` nor ``system`` is an error.
+  (LLaVA's ``preprocess`` silently drops it, arXiv 2304.08485 code @ c121f04; we refuse instead,
+  because the drop shifts every later turn's role.)
+* :func:`place_image_placeholders`: LLaVA ``preprocess_multimodal`` rule — with one image, the
+  ``<image>`` placeholder is removed from wherever it sits in its turn and re-inserted at the start as
+  ``"<image>\\n{text}"``; an image record without any placeholder gets them prepended to the first
+  user turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+from mmit.constants import IMAGE_PLACEHOLDER
+from mmit.data.sample import SampleError, Turn
+
+#: Role spellings seen in the wild → normalised role (keys are lower-case).
+ROLE_ALIASES: Dict[str, str] = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+def normalize_role(role: Any, where: str) -> str:
+    """Map a source role name to ``system|user|assistant``.
+
+    Raises :class:`SampleError` (reason ``bad-role``) naming ``where`` for anything not in
+    :data:`ROLE_ALIASES`.
+    """
+    if isinstance(role, str) and role.strip().lower() in ROLE_ALIASES:
+        return ROLE_ALIASES[role.strip().lower()]
+    raise SampleError(f"{where}: unknown role {role!r} (expected one of "
+                      f"{', '.join(sorted(ROLE_ALIASES))})", "bad-role")
+
+
+def normalize_turns(conversations: Any, where: str) -> List[Turn]:
+    """Turn a source conversation list into :class:`Turn` objects.
+
+    Each item is ``{"from": role, "value": text}`` (LLaVA) or ``{"role": role, "content": text}``
+    (OpenAI / HF chat style). Text must be a string. Raises :class:`SampleError` naming ``where``:
+    ``invalid-record`` for a non-list / non-object / missing or non-string field, ``bad-role`` for an
+    unknown role, ``no-turns`` for an empty list.
+    """
+    if not isinstance(conversations, list):
+        raise SampleError(f"{where}: 'conversations' must be a list, got "
+                          f"{type(conversations).__name__}", "invalid-record")
+    if not conversations:
+        raise SampleError(f"{where}: empty 'conversations'", "no-turns")
+    turns: List[Turn] = []
+    for i, item in enumerate(conversations):
+        if not isinstance(item, Mapping):
+            raise SampleError(f"{where}: turn {i} is not an object", "invalid-record")
+        if "from" in item or "value" in item:
+            role, text = item.get("from"), item.get("value")
+        elif "role" in item or "content" in item:
+            role, text = item.get("role"), item.get("content")
+        else:
+            raise SampleError(f"{where}: turn {i} has neither from/value nor role/content keys "
+                              f"(keys: {sorted(item)})", "invalid-record")
+        if not isinstance(text, str):
+            raise SampleError(f"{where}: turn {i} text must be a string, got {type(text).__name__}",
+                              "invalid-record")
+        turns.append(Turn(role=normalize_role(role, f"{where}: turn {i}"), content=text))
+    return turns
+
+
+def check_first_turn(turns: Sequence[Turn], where: str) -> None:
+    """Raise :class:`SampleError` (reason ``first-turn-not-user``) if the first turn is neither
+    ``user`` nor ``system``. LLaVA would drop such a turn silently; we refuse."""
+    if turns and turns[0].role not in ("user", "system"):
+        raise SampleError(f"{where}: first turn is {turns[0].role!r}; a conversation must start "
+                          f"with a user (or system) turn", "first-turn-not-user")
+
+
+def move_placeholder_to_front(text: str, placeholder: str = IMAGE_PLACEHOLDER) -> str:
+    """LLaVA ``preprocess_multimodal``: remove ``placeholder`` and put it first, then a newline.
+
+    ``"Where is the cat?\\n<image>"`` → ``"<image>\\nWhere is the cat?"``. The remaining text is
+    stripped, as LLaVA does.
+    """
+    rest = text.replace(placeholder, "").strip()
+    return f"{placeholder}\n{rest}".strip()
+
+
+def place_image_placeholders(turns: List[Turn], n_images: int,
+                             placeholder: str = IMAGE_PLACEHOLDER) -> List[Turn]:
+    """Apply the placeholder rules for a record with ``n_images`` images; returns new turns.
+
+    * ``n_images == 0``: unchanged (text-only; a stray placeholder is left for
+      :meth:`Sample.validate` to report as ``image-count-mismatch``).
+    * No placeholder anywhere and ``n_images > 0``: prepend ``n_images`` placeholders, each followed
+      by ``\\n``, to the first user turn.
+    * ``n_images == 1`` and exactly one placeholder, in a user turn: move it to the start of that
+      turn (:func:`move_placeholder_to_front`). LLaVA only ever writes it in the first user turn.
+    * Several images with placeholders: positions are kept as written (interleaved documents).
+
+    Any other combination is left for :meth:`Sample.validate` to reject.
+    """
+    if n_images <= 0:
+        return list(turns)
+    out = [Turn(t.role, t.content) for t in turns]
+    counts = [t.content.count(placeholder) for t in out]
+    users = [i for i, t in enumerate(out) if t.role == "user"]
+    if sum(counts) == 0:
+        if users:
+            i = users[0]
+            out[i] = Turn("user", f"{placeholder}\n" * n_images + out[i].content.strip())
+        return out
+    if n_images == 1 and sum(counts) == 1:
+        i = counts.index(1)
+        if out[i].role == "user":
+            out[i] = Turn("user", move_placeholder_to_front(out[i].content, placeholder))
+    return out
+
+
+def record_extras(record: Mapping[str, Any], used: Sequence[str]) -> Dict[str, Any]:
+    """The record's fields other than ``used``, to keep in :attr:`Sample.meta` (JSON-safe as read)."""
+    return {k: v for k, v in record.items() if k not in used}

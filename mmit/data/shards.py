@@ -1,0 +1,355 @@
+"""Webdataset shards in img2dataset's layout: write (:func:`write_shard`) and read (:func:`iter_shards`).
+
+Layout of an output folder (``mmit convert``)::
+
+    00000.tar  00000_stats.json  00001.tar  00001_stats.json  ...  _stats.json (written last)
+
+Each sample in a tar is a group of members sharing one key (webdataset splits a member name at the
+FIRST dot of its basename: ``<key>.<suffix>``):
+
+* ``<key>.json``: :meth:`Sample.to_json` (turns, media kinds/exts/paths incl.
+  ``meta["original_path"]``, task, source, meta), UTF-8, sorted keys.
+* ``<key>.0.jpg``, ``<key>.1.png``, ...: the media bytes, unmodified, one member per item in order;
+  the extension is sniffed from content (:func:`mmit.data.media.sniff_ext`), never copied from the
+  source file name.
+
+The key is ``sha1("{source}/{id}/{index}")`` in hex (40 chars): unique per input position, free of
+dots and path characters. Source file names contain dots, spaces, ``+`` and ``#`` and must never be
+used as keys (DATASETS.md §0, webdataset issue #288).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import itertools
+import json
+import os
+import queue
+import tarfile
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import webdataset as wds
+
+from mmit.data.media import sniff_ext
+from mmit.data.sample import Media, Sample, Turn
+from mmit.data.stats import SkipCounter
+
+#: Tar member mtime used for every shard (seconds since epoch): shards are byte-reproducible.
+SHARD_MTIME = 0
+
+
+def sample_key(sample: Sample, index: int) -> str:
+    """The webdataset ``__key__`` of ``sample`` at input position ``index``: 40 hex chars."""
+    return hashlib.sha1(f"{sample.source}/{sample.id}/{index}".encode("utf-8")).hexdigest()
+
+
+def stats_path(tar_path: Union[str, "os.PathLike[str]"]) -> str:
+    """``.../00000.tar`` → ``.../00000_stats.json``."""
+    base, _ = os.path.splitext(os.fspath(tar_path))
+    return base + "_stats.json"
+
+
+_FAST_JSON = ([f.name for f in dataclasses.fields(Sample)] == ["id", "turns", "media", "task",
+                                                               "source", "meta"]
+              and [f.name for f in dataclasses.fields(Media)] == ["kind", "path", "data", "ext", "meta"]
+              and [f.name for f in dataclasses.fields(Turn)] == ["role", "content"])
+
+
+def sample_json(sample: Sample) -> Dict[str, Any]:
+    """Same value as :meth:`Sample.to_json` without ``dataclasses.asdict``'s deep copies (which cost
+    more than the tar write of a small image); falls back to ``to_json`` if the fields change."""
+    if not _FAST_JSON:
+        return sample.to_json()
+    return {"id": sample.id, "turns": [{"role": t.role, "content": t.content} for t in sample.turns],
+            "media": [{"kind": m.kind, "path": m.path, "ext": m.ext, "meta": m.meta}
+                      for m in sample.media],
+            "task": sample.task, "source": sample.source, "meta": sample.meta}
+
+
+def dump_json(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, compact, UTF-8) used for every ``.json`` member."""
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class _BackgroundFile:
+    """Write-only file whose ``write`` queues the bytes for a writer thread.
+
+    ``os.writev`` releases the GIL, so the kernel copy of a shard's bytes overlaps the Python work
+    of the next samples (JSON parsing, header checks, tar headers). Chunks are batched to ~1 MiB
+    and the queue is bounded (``depth`` batches), so memory stays at a few MiB. Errors from the
+    thread are re-raised by the next ``write`` or by ``close``.
+    """
+
+    def __init__(self, path: str, batch: int = 1 << 20, depth: int = 8):
+        self.name = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._queue: "queue.Queue[Optional[List[bytes]]]" = queue.Queue(maxsize=depth)
+        self._pending: List[bytes] = []
+        self._size, self._batch, self._written = 0, batch, 0
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="mmit-shard-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            bufs = self._queue.get()
+            if bufs is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                for i in range(0, len(bufs), 512):  # stay below IOV_MAX
+                    part = [memoryview(b) for b in bufs[i:i + 512]]
+                    while part:
+                        n = os.writev(self._fd, part)
+                        while part and n >= len(part[0]):
+                            n -= len(part[0])
+                            part.pop(0)
+                        if part and n:
+                            part[0] = part[0][n:]
+            except BaseException as e:  # reported to the producer
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: bytes) -> int:
+        self._check()
+        self._pending.append(bytes(data))
+        self._size += len(data)
+        self._written += len(data)
+        if self._size >= self._batch:
+            self._queue.put(self._pending)
+            self._pending, self._size = [], 0
+        return len(data)
+
+    def flush(self) -> None:
+        self._check()
+
+    def tell(self) -> int:
+        """Bytes written so far (tarfile asks once, at open)."""
+        return self._written
+
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        if self._pending:
+            self._queue.put(self._pending)
+            self._pending = []
+        self._queue.put(None)
+        self._thread.join()
+        os.close(self._fd)
+        self._fd = -1
+        self._check()
+
+
+class ShardWriter:
+    """Streaming writer of one shard: ``write(sample, index)`` per sample, then :meth:`finish`.
+
+    Only the sample being written is held in memory, so a shard of 1000 large images costs one
+    image of RAM. Use as a context manager; if the block raises, the tar is closed and no
+    ``*_stats.json`` is written (an incomplete shard has no stats file).
+
+    Args:
+        tar_path: output ``.tar``; ``*_stats.json`` goes beside it (:func:`stats_path`).
+        mtime: member mtime (seconds); fixed so that equal input gives byte-identical tars.
+    """
+
+    def __init__(self, tar_path: Union[str, "os.PathLike[str]"], mtime: int = SHARD_MTIME):
+        self.tar_path = os.fspath(tar_path)
+        self._file = _BackgroundFile(self.tar_path)
+        self._tw = wds.TarWriter(self._file, encoder=False, mtime=mtime, user="mmit", group="mmit")
+        # webdataset 1.0.2 opens tarfile in stream mode "w|" (which re-slices a 10 KiB buffer for
+        # every 16 KiB chunk, i.e. copies each byte ~4 times) and drops its own format=USTAR.
+        # Stream mode has written nothing yet, so reopen the same file object in plain "w" mode:
+        # one member = one write of the caller's bytes object (no copy), ustar headers. The
+        # archive bytes are identical to what stream mode writes (same headers, blocks, padding).
+        self._tw.tarstream = tarfile.open(fileobj=self._file, mode="w",
+                                          format=tarfile.USTAR_FORMAT, copybufsize=8 << 20)
+        self._keys: set = set()
+        self.written = 0
+        self.media_bytes = 0
+
+    def write(self, sample: Sample, index: int) -> str:
+        """Append ``sample`` (every ``Media.data`` loaded) under key :func:`sample_key`; fills a
+        missing ``Media.ext`` from content (``bin`` if unknown). Returns the key.
+
+        Raises ``ValueError`` for a media item without data or a repeated key."""
+        key = sample_key(sample, index)
+        if key in self._keys:
+            raise ValueError(f"{self.tar_path}: duplicate key for sample {sample.id!r} at index "
+                             f"{index}")
+        obj: Dict[str, Any] = {"__key__": key}
+        for j, m in enumerate(sample.media):
+            if m.data is None:
+                raise ValueError(f"sample {sample.id!r}: media {j} ({m.path}) has no data loaded")
+            m.ext = m.ext or sniff_ext(m.data) or "bin"
+            obj[f"{j}.{m.ext}"] = m.data
+            self.media_bytes += len(m.data)
+        obj["json"] = dump_json(sample_json(sample))
+        self._tw.write(obj)
+        self._keys.add(key)
+        self.written += 1
+        return key
+
+    def close(self) -> None:
+        """Close the tar (idempotent)."""
+        if self._tw is not None:
+            self._tw.close()
+            self._file.close()
+            self._tw = None
+
+    def finish(self, skipped: Optional[SkipCounter] = None,
+               records_in: Optional[int] = None) -> Dict[str, Any]:
+        """Close the tar and write ``*_stats.json``; returns the stats dict: ``shard`` (file name),
+        ``records_in`` (default ``written + skipped``), ``written``, ``skipped`` (reason → count),
+        ``bytes`` (tar size), ``media_bytes``."""
+        self.close()
+        skipped = skipped if skipped is not None else SkipCounter()
+        stats = {
+            "shard": os.path.basename(self.tar_path),
+            "records_in": self.written + skipped.total if records_in is None else int(records_in),
+            "written": self.written,
+            "skipped": skipped.as_dict(),
+            "bytes": os.path.getsize(self.tar_path),
+            "media_bytes": self.media_bytes,
+        }
+        with open(stats_path(self.tar_path), "wb") as f:
+            f.write(dump_json(stats))
+        return stats
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def write_shard(samples: Iterable[Sample], tar_path: Union[str, "os.PathLike[str]"], *,
+                indices: Optional[Iterable[int]] = None, skipped: Optional[SkipCounter] = None,
+                records_in: Optional[int] = None, mtime: int = SHARD_MTIME) -> Dict[str, Any]:
+    """Write ``samples`` (media bytes loaded) to one uncompressed tar plus its ``*_stats.json``.
+
+    Args:
+        samples: samples whose every ``Media.data`` is set (``Media.ext`` sniffed when None).
+        tar_path: output ``.tar`` path; the stats file goes beside it (:func:`stats_path`).
+        indices: input position of each sample, for :func:`sample_key` (default ``0, 1, ...``).
+        skipped: records of this shard dropped before writing (reported in the stats).
+        records_in: records this shard was built from (default ``written + skipped.total``).
+        mtime: member mtime; fixed so that equal input gives byte-identical tars.
+
+    Returns:
+        The stats dict written to ``*_stats.json`` (see :meth:`ShardWriter.finish`).
+
+    Raises:
+        ValueError: a media item has no data, or two samples get the same key.
+    """
+    with ShardWriter(tar_path, mtime=mtime) as w:
+        for s, i in zip(samples, itertools.count() if indices is None else indices):
+            w.write(s, i)
+        return w.finish(skipped, records_in)
+
+
+def expand_urls(path: Union[str, "os.PathLike[str]", Sequence[Any]]) -> List[str]:
+    """Shard list from a folder (all ``*.tar`` in it, sorted), a glob (``out/0000*.tar``, sorted),
+    brace notation (``out/{00000..00009}.tar``), a single path/URL, or a list of any of these.
+
+    Raises ``FileNotFoundError`` when a folder or glob matches no tar.
+    """
+    if isinstance(path, (list, tuple)):
+        return [u for p in path for u in expand_urls(p)]
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        urls = sorted(glob.glob(os.path.join(glob.escape(p), "*.tar")))
+        if not urls:
+            raise FileNotFoundError(f"no *.tar shards in folder {p}")
+        return urls
+    if "{" in p and ".." in p:
+        return list(wds.shardlists.expand_urls(p))
+    if any(c in p for c in "*?["):
+        urls = sorted(glob.glob(p))
+        if not urls:
+            raise FileNotFoundError(f"no shards match {p}")
+        return urls
+    return [p]
+
+
+def mix_seed(seed: int, epoch: int) -> int:
+    """A 63-bit RNG seed that is a deterministic function of ``(seed, epoch)`` (no ``hash()``)."""
+    digest = hashlib.sha256(f"mmit-shards/{int(seed)}/{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def decode_wds_sample(item: Dict[str, Any]) -> Sample:
+    """A webdataset sample dict (``__key__``, ``json``, ``0.jpg``, ...) → :class:`Sample` with
+    ``Media.data`` attached in order. Raises ``ValueError`` naming shard and key on a missing
+    member."""
+    where = f"{item.get('__url__')}: key {item.get('__key__')}"
+    if "json" not in item:
+        raise ValueError(f"{where}: no .json member")
+    d = json.loads(item["json"])
+    data = []
+    for j, m in enumerate(d.get("media", [])):
+        name = f"{j}.{m.get('ext') or 'bin'}"
+        if name not in item:
+            raise ValueError(f"{where}: member {name!r} missing (have {sorted(item)})")
+        data.append(item[name])
+    return Sample.from_json(d, media_data=data)
+
+
+def shard_dataset(urls: Union[str, "os.PathLike[str]", Sequence[Any]], *, shuffle_buffer: int = 0,
+                  seed: int = 0, epoch: int = 0, resampled: bool = False,
+                  split_by_node: bool = True, split_by_worker: bool = True) -> wds.WebDataset:
+    """The ``webdataset.WebDataset`` pipeline behind :func:`iter_shards` (a torch ``IterableDataset``
+    yielding :class:`Sample`; give it to a ``DataLoader`` with ``collate_fn``). Same arguments."""
+    shards = expand_urls(urls)
+    rng_seed = mix_seed(seed, epoch)
+    ds = wds.WebDataset(
+        shards,
+        resampled=resampled,
+        shardshuffle=(False if resampled or shuffle_buffer <= 0 else len(shards)),
+        seed=rng_seed,
+        nodesplitter=wds.split_by_node if split_by_node else None,
+        workersplitter=wds.split_by_worker if split_by_worker else None,
+        empty_check=False,
+    )
+    if resampled:
+        # WebDataset(resampled=True) seeds its ResampledShards from pid and time; swap in the same
+        # stage in deterministic mode (per-rank/worker seed mixed with ours by webdataset).
+        if not isinstance(ds.pipeline[0], wds.ResampledShards):
+            raise RuntimeError("unexpected webdataset pipeline layout; cannot seed resampling")
+        ds.pipeline[0] = wds.ResampledShards(shards, seed=rng_seed, deterministic=True)
+    if shuffle_buffer > 0:
+        ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=rng_seed)
+    return ds.map(decode_wds_sample)
+
+
+def iter_shards(urls: Union[str, "os.PathLike[str]", Sequence[Any]], *, shuffle_buffer: int = 0,
+                seed: int = 0, epoch: int = 0, resampled: bool = False, split_by_node: bool = True,
+                split_by_worker: bool = True) -> Iterator[Sample]:
+    """Iterate :class:`Sample` records (media bytes attached) from webdataset shards.
+
+    Args:
+        urls: folder, glob, brace pattern, path or list (:func:`expand_urls`).
+        shuffle_buffer: 0 → shards and samples in stored order. >0 → the shard list is shuffled and
+            samples pass through a shuffle buffer of this many samples. Both RNGs are seeded from
+            ``(seed, epoch)`` only, so the order is a deterministic function of them.
+        seed, epoch: shuffle / resampling seeds; pass a new ``epoch`` each epoch for a new order.
+        resampled: draw shards with replacement forever (webdataset's resampled mode, seeded from
+            ``(seed, epoch)`` and the rank/worker); the iterator never ends.
+        split_by_node: give each torch.distributed rank a disjoint slice of the shard list
+            (``wds.split_by_node``; no-op when not distributed).
+        split_by_worker: same across DataLoader workers (``wds.split_by_worker``).
+
+    Raises:
+        FileNotFoundError: no shards found; ValueError: a sample lacks a member its JSON lists.
+    """
+    ds = shard_dataset(urls, shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch,
+                       resampled=resampled, split_by_node=split_by_node,
+                       split_by_worker=split_by_worker)
+    return iter(ds)

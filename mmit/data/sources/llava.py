@@ -1,0 +1,203 @@
+"""LLaVA-format reader (format name ``llava``).
+
+LLaVA: "Visual Instruction Tuning", Liu et al., arXiv 2304.08485; LLaVA-1.5: "Improved Baselines
+with Visual Instruction Tuning", arXiv 2310.03744. Reference code: haotian-liu/LLaVA
+``llava/train/train.py`` (``LazySupervisedDataset``, ``preprocess_multimodal``) @ c121f04.
+
+Files it reads (DATASETS.md §5): ``blip_laion_cc_sbu_558k.json`` (stage-1 captions),
+``llava_instruct_150k.json`` (stage-2 instructions), ``llava_v1_5_mix665k.json`` (LLaVA-1.5 mix,
+including ~40k text-only records), and any file in the same shape (ShareGPT4V, Vision-Flan's
+``tasks_web.json``, LAMM 2D). A JSON list of records, or JSONL with one record per line::
+
+    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus?"},
+                       {"from": "gpt", "value": "The bus in the image is white and red."}]}
+
+* ``id``: string (int ids, as in some re-hosted copies, become ``str``; leading zeros already lost
+  there cannot be restored). Missing → the record's 0-based index.
+* ``image``: optional; a relative path (against ``media_root``) or a list of paths for several images.
+* ``conversations``: ``{"from": "human"|"gpt", "value"}`` or ``{"role", "content"}`` turns.
+* ``task_name`` (Vision-Flan) becomes :attr:`Sample.task`; all other extra fields go to
+  :attr:`Sample.meta`.
+
+Normalisation rules: :mod:`mmit.data.normalize` (roles, ``<image>`` moved to the front, leading
+non-user turn rejected) followed by :meth:`Sample.validate` (alternation, placeholder count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator, List, Optional, Tuple, Union
+
+from mmit.data.media import read_media_bytes, sniff_ext
+from mmit.data.normalize import (check_first_turn, normalize_turns, place_image_placeholders,
+                                 record_extras)
+from mmit.data.sample import Media, Sample, SampleError
+from mmit.data.sources import FORMATS
+from mmit.data.stats import SkipCounter
+
+PathLike = Union[str, "os.PathLike[str]"]
+_USED = ("id", "image", "conversations", "task_name")
+
+
+def iter_json_records(path: str) -> Iterator[Tuple[int, Any, Optional[int]]]:
+    """Yield ``(index, record, line)`` from a JSON list file or a JSONL file.
+
+    ``line`` is the 1-based line number for JSONL input and None for a JSON list. A file whose first
+    non-blank character is ``[`` is a JSON list; otherwise it is read as JSONL (blank lines skipped),
+    unless the whole file is one JSON object, which is one record.
+
+    Raises ``ValueError`` naming ``path`` and the line/column of the first syntax error, or when the
+    top level is neither a list nor an object.
+    """
+    with open(path, "r", encoding="utf-8-sig") as f:
+        text = f.read()
+    head = text.lstrip()[:1]
+    if head == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: "
+                             f"{e.msg}") from None
+        for i, rec in enumerate(data):
+            yield i, rec, None
+        return
+    if head == "{":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # JSONL (or broken): the line-by-line pass below reports the exact line
+        if isinstance(whole, dict):
+            yield 0, whole, 1
+            return
+    elif head:
+        raise ValueError(f"{path}: expected a JSON list of records or JSONL objects, file starts "
+                         f"with {head!r}")
+    index = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {lineno}: malformed JSON at column {e.colno}: "
+                             f"{e.msg}") from None
+        yield index, rec, lineno
+        index += 1
+
+
+def _image_paths(value: Any, where: str) -> List[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(p, str) and p.strip() for p in items):
+        raise SampleError(f"{where}: 'image' must be a non-empty path or a list of paths, got "
+                          f"{value!r}", "invalid-record")
+    return list(items)
+
+
+def llava_record_to_sample(record: Any, index: int, where: str, media_root: str,
+                           load_bytes: bool = False, source: str = "llava") -> Sample:
+    """Normalise one LLaVA record into a validated :class:`Sample` (see module docstring).
+
+    Args:
+        record: the parsed JSON value.
+        index: its 0-based position in the file (used as id when ``id`` is absent).
+        where: prefix for error messages (file and record index).
+        media_root: folder that relative image paths are joined to.
+        load_bytes: read each image file into ``Media.data`` and sniff ``Media.ext``.
+
+    Raises:
+        SampleError: ``invalid-record`` (not an object, no ``conversations``, bad ``image``/``id``),
+            ``bad-role``, ``no-turns``, ``first-turn-not-user``, ``roles-not-alternating``,
+            ``image-count-mismatch``, ``missing-media`` (file absent or unreadable).
+    """
+    if not isinstance(record, dict):
+        raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
+                          "invalid-record")
+    rid = record.get("id", index)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise SampleError(f"{where}: 'id' must be a string or integer, got {rid!r}",
+                          "invalid-record")
+    sid = str(rid)
+    where = f"{where} (id {sid!r})"
+    if "conversations" not in record:
+        raise SampleError(f"{where}: no 'conversations' field", "invalid-record")
+    paths = _image_paths(record.get("image"), where)
+    turns = normalize_turns(record["conversations"], where)
+    check_first_turn(turns, where)
+    turns = place_image_placeholders(turns, len(paths))
+    media = []
+    for p in paths:
+        resolved = p if os.path.isabs(p) else os.path.join(media_root, p)
+        media.append(Media(kind="image", path=resolved, meta={"original_path": p}))
+    task = record.get("task_name") if isinstance(record.get("task_name"), str) else None
+    sample = Sample(id=sid, turns=turns, media=media, task=task, source=source,
+                    meta=record_extras(record, _USED))
+    try:
+        sample.validate()
+    except SampleError as e:
+        raise SampleError(f"{where}: {e}", e.reason) from None
+    for m in media:
+        if load_bytes:
+            try:
+                m.data = read_media_bytes(m.path)
+            except OSError as e:
+                raise SampleError(f"{where}: cannot read image file {m.path}: "
+                                  f"{e.strerror or e}", "missing-media") from None
+            m.ext = sniff_ext(m.data)
+        elif not os.path.isfile(m.path):
+            raise SampleError(f"{where}: image file not found: {m.path}", "missing-media")
+    return sample
+
+
+def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
+               stats: Optional[SkipCounter] = None, load_bytes: bool = False) -> Iterator[Sample]:
+    """Read a LLaVA-format JSON / JSONL file as normalised, validated samples (``source="llava"``).
+
+    Args:
+        path: the annotation file (``llava_v1_5_mix665k.json``, ...).
+        media_root: folder that relative ``image`` paths resolve against (LLaVA's
+            ``--image_folder``); default: the annotation file's folder. ``Media.path`` holds the
+            resolved path, ``Media.meta["original_path"]`` the path as written.
+        missing: ``"skip"``: an unusable record (missing image file, malformed record, failed
+            validation) is counted in ``stats`` under its reason (``missing-media``,
+            ``invalid-record``, ``roles-not-alternating``, ...) and skipped. ``"error"``: raise.
+        stats: counter to add skips to (a fresh one is used when None).
+        load_bytes: also read each image into ``Media.data`` and set ``Media.ext`` from content.
+
+    Returns:
+        A lazy iterator of :class:`Sample`, in file order.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (raised at call time, not on first ``next``).
+        ValueError: malformed JSON (message names the file and line/column) or bad ``missing``.
+        SampleError: under ``missing="error"``, naming the file, record index and id.
+    """
+    if missing not in ("skip", "error"):
+        raise ValueError(f"missing must be 'skip' or 'error', got {missing!r}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"LLaVA annotation file not found: {path}")
+    root = os.fspath(media_root) if media_root is not None else os.path.dirname(
+        os.path.abspath(path))
+    counter = stats if stats is not None else SkipCounter()
+
+    def gen() -> Iterator[Sample]:
+        for index, record, line in iter_json_records(path):
+            where = f"{path}: record {index}" + (f" (line {line})" if line is not None else "")
+            try:
+                sample = llava_record_to_sample(record, index, where, root, load_bytes)
+            except SampleError as e:
+                if missing == "error":
+                    raise
+                rid = record.get("id", index) if isinstance(record, dict) else index
+                counter.add(e.reason, rid, str(e))
+                continue
+            yield sample
+
+    return gen()
+
+
+FORMATS.register("llava", read_llava)

@@ -1,0 +1,1 @@
+"""Export to and import from other toolkits' model folders (``mmit export`` / ``mmit import``)."""

@@ -1,0 +1,119 @@
+"""Language models: any HF ``AutoModelForCausalLM`` by hub id or local folder, plus ``tiny-*`` members.
+
+Tiny members are built from a config with a fixed seed, saved with ``save_pretrained`` into the
+mmit cache (``$MMIT_CACHE/tiny/<name>``) and then loaded back by path through exactly the same
+``from_pretrained`` call as a hub model, so tests exercise the real loading code offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Optional, Tuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mmit.config.schema import LLMConfig
+from mmit.models.tokenizer import build_tiny_tokenizer, ensure_image_token
+from mmit.registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: Tiny LLM builders: name -> function(save_dir) that writes a model + tokenizer folder.
+TINY_LLMS: Registry[Callable[[str], None]] = Registry("tiny LLM")
+
+
+def _save_tiny(config, save_dir: str, seed: int) -> None:
+    tok = build_tiny_tokenizer()
+    config.vocab_size = len(tok)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = (
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(save_dir)
+    tok.save_pretrained(save_dir)
+
+
+@TINY_LLMS.register("tiny-llama")
+def _tiny_llama(save_dir: str) -> None:
+    """Llama-style decoder, 2 layers, width 128, GQA (4 query / 2 key-value heads): about 0.5 M parameters."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False)
+    _save_tiny(cfg, save_dir, seed=0)
+
+
+@TINY_LLMS.register("tiny-llama-4l")
+def _tiny_llama_4l(save_dir: str) -> None:
+    """Llama-style decoder, 4 layers, width 256 (about 3 M parameters): the demo's language model."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False)
+    _save_tiny(cfg, save_dir, seed=0)
+
+
+def _cache_root() -> str:
+    return os.path.join(os.environ.get("MMIT_CACHE") or os.path.expanduser("~/.cache/mmit"), "tiny")
+
+
+def build_once(name: str, builder: Callable[[str], None]) -> str:
+    """Build a tiny member into ``<cache>/tiny/<name>`` unless it is there; returns the folder.
+    Builds into a temporary folder and renames it, so concurrent builders never see half a folder."""
+    import tempfile
+
+    dest = os.path.join(_cache_root(), name)
+    if os.path.isfile(os.path.join(dest, "config.json")):
+        return dest
+    os.makedirs(_cache_root(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=_cache_root())
+    builder(tmp)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_llm_path(name_or_path: str) -> str:
+    """A ``tiny-*`` registry name becomes its (built-once) cache folder; anything else is returned as is
+    (a hub id or a local folder for ``from_pretrained``). Unknown ``tiny-*`` names raise
+    :class:`~mmit.registry.UnknownNameError`."""
+    if name_or_path.startswith("tiny-") and not os.path.isdir(name_or_path):
+        builder = TINY_LLMS.get(name_or_path)
+        return build_once(name_or_path, builder)
+    return name_or_path
+
+
+def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32
+             ) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
+    """Load the causal LM and its tokenizer; make ``<image>`` one special token.
+
+    Returns ``(model, tokenizer, image_token_id)``. The embedding matrix is resized when the
+    tokenizer gained a token. Raises ``OSError`` (from transformers) for a path or hub id that cannot
+    be found, with the name in the message.
+    """
+    path = resolve_llm_path(cfg.name_or_path)
+    tok_path = resolve_llm_path(cfg.tokenizer) if cfg.tokenizer else path
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "dtype": dtype}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.trust_remote_code)
+    n_before = len(tokenizer)
+    image_token_id = ensure_image_token(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] or len(tokenizer) != n_before:
+        log.info("resizing token embeddings %d -> %d for %s", model.get_input_embeddings().weight.shape[0],
+                 len(tokenizer), cfg.name_or_path)
+        model.resize_token_embeddings(len(tokenizer))
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, image_token_id

@@ -1,0 +1,103 @@
+"""The multimodal language model: vision tower -> projector -> splice into an HF decoder.
+
+LLaVA (arXiv 2304.08485) and LLaVA-1.5 (arXiv 2310.03744) style *splice* fusion: the tokenizer's
+``<image>`` token is repeated ``num_image_tokens`` times per image in ``input_ids`` (the collator
+does this, before truncation, so no image is ever cut), and the projected vision features replace
+the embeddings at exactly those positions. transformers' ``LlavaForConditionalGeneration`` uses the
+same layout, which is what makes ``mmit export --format hf-llava`` exact.
+
+Shapes: B batch, T text length (image tokens included), I total images in the batch, N tokens per
+image, D_enc vision width, D the LLM width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class MultimodalLM(nn.Module):
+    """Vision tower + projector + causal LM with splice fusion.
+
+    Args:
+        vision_tower: ``mmit.models.encoders.VisionTower``: ``[I,3,H,W] -> [I,N,D_enc]``.
+        projector: ``[I,N,D_enc] -> [I,N,D]``.
+        llm: any HF causal LM (``AutoModelForCausalLM``).
+        image_token_id: id of ``<image>`` in the LLM's tokenizer.
+    """
+
+    def __init__(self, vision_tower: nn.Module, projector: nn.Module, llm: PreTrainedModel, image_token_id: int):
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.llm = llm
+        self.image_token_id = int(image_token_id)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens each image occupies in the LLM sequence (N)."""
+        return int(self.vision_tower.num_tokens)
+
+    # ------------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values`` FloatTensor ``[I,3,H,W]`` -> projected features ``[I,N,D]`` (LLM dtype)."""
+        tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
+        tower_dtype = next(self.vision_tower.parameters()).dtype
+        with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
+            feats = self.vision_tower(pixel_values.to(tower_dtype))
+        proj_dtype = next(iter(self.projector.parameters()), feats).dtype
+        return self.projector(feats.to(proj_dtype))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings ``[B,T,D]`` with image features spliced at ``<image>`` positions.
+
+        Raises ``ValueError`` when the number of ``<image>`` positions is not ``I * N``.
+        """
+        is_image = input_ids == self.image_token_id
+        n_positions = int(is_image.sum())
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if n_positions != n_images * self.num_image_tokens:
+            raise ValueError(
+                f"{n_positions} <image> token positions in input_ids but {n_images} image(s) x "
+                f"{self.num_image_tokens} tokens each; expand every <image> to num_image_tokens copies")
+        if n_images:
+            feats = self.encode_images(pixel_values).to(embeds.dtype)
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None, **kwargs):
+        """Causal-LM forward.
+
+        input_ids LongTensor ``[B,T]``; attention_mask ``[B,T]`` (1 = token, 0 = padding); labels
+        ``[B,T]`` with -100 where no loss is taken (shifted inside the LLM); pixel_values
+        ``[I,3,H,W]`` for the images of all samples in order, or None. Returns the LLM's
+        ``CausalLMOutputWithPast`` (``loss`` a scalar mean over supervised tokens, ``logits [B,T,V]``).
+        """
+        embeds = self.embed(input_ids, pixel_values)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 pixel_values: Optional[torch.Tensor] = None, **generate_kwargs) -> torch.Tensor:
+        """Decode with the LLM's ``GenerationMixin`` (KV cache; greedy unless ``do_sample``/``num_beams``).
+
+        Prompts must be left-padded. Returns LongTensor ``[B, new_tokens]``: only the newly generated ids.
+        """
+        embeds = self.embed(input_ids, pixel_values)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    # ------------------------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute the LLM's (and, if it supports it, the tower's) activations in the backward pass."""
+        kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        self.llm.gradient_checkpointing_enable(**kw)
+        inner = getattr(self.vision_tower, "vision_model", None)
+        if inner is not None and getattr(inner, "supports_gradient_checkpointing", False):
+            inner.gradient_checkpointing_enable(**kw)
