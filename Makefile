@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m mmit.demo --output $(DEMO_OUT)
+	rm -rf $(DEMO_OUT)
+	$(BIN)/mmit convert --format llava --input demo_data/llava_demo.json --media-root demo_data/images \
+		--output $(DEMO_OUT)/shards
+	$(BIN)/mmit train --config_path configs/llava/tiny_demo.yaml
+	$(BIN)/mmit generate --checkpoint $(DEMO_OUT)/run --image demo_data/images/extreme_ironing.jpg \
+		--prompt "What is unusual about this image?"
+	$(BIN)/mmit generate --checkpoint $(DEMO_OUT)/run --image demo_data/images/statue_of_liberty.jpg \
+		--prompt "Describe the image briefly."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

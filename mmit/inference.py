@@ -57,7 +57,9 @@ def generate(model, tokenizer, template: str, prompt: str, image=None, max_new_t
     pixel_values = None
     if image is not None:
         pixel_values = model.vision_tower.image_processor([image]).to(device)
-    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": tokenizer.eos_token_id,
+    from mmit.templates import stop_token_ids
+
+    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": stop_token_ids(tokenizer, template),
               "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
     out = model.generate(input_ids, torch.ones_like(input_ids), pixel_values, **kwargs)
     new = out[0].tolist()

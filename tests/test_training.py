@@ -109,7 +109,8 @@ def test_loss_falls_when_overfitting_a_few_records(tmp_path):
 
 def test_overflow_skips_are_counted_and_logged(tmp_path):
     cfg = tiny_run_config(tmp_path, max_steps=2)
-    cfg.model.max_length = 24  # shorter than one image's tokens plus the prompt: image samples cannot fit
+    # `plain` renders bos + 16 image tokens + caption: at 12 tokens no image fits, text-only records do.
+    cfg.model.template, cfg.model.max_length = "plain", 12
     run = train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["skipped"].get("too-long-for-images", 0) > 0
@@ -120,9 +121,9 @@ def test_overflow_error_policy_raises_with_sample_id(tmp_path):
     from mmit.data.sample import SampleError
 
     cfg = tiny_run_config(tmp_path, max_steps=2)
-    cfg.model.max_length = 24
+    cfg.model.template, cfg.model.max_length = "plain", 12
     cfg.data.overflow = "error"
-    with pytest.raises(SampleError, match="too"):
+    with pytest.raises(SampleError, match="images are never cut"):
         train(cfg)
 
 

@@ -13,7 +13,8 @@ checks that media files exist; records are cut into shards of ``shard_size`` rea
 shard is one call of the pure function :func:`build_shard` ``(shard index, [(input index, Sample)])``,
 run inline (``workers=1``) or in a ``ProcessPoolExecutor``. It reads each media file once, sniffs its
 type from content, checks images cheaply (:func:`mmit.data.media.check_image`; ``check="decode"``
-for a full decode) and stores the ORIGINAL bytes — nothing is re-encoded. Tar member mtimes are
+for a full decode) and stores the ORIGINAL bytes — nothing is re-encoded; each image's
+``Media.meta`` gains ``width`` and ``height`` (pixels). Tar member mtimes are
 fixed, so the tars are byte-identical for any number of workers.
 
 A shard can hold fewer than ``shard_size`` samples when some of its images are unreadable.
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from mmit.data.media import MAX_PIXELS, check_image, read_media_bytes, sniff_ext
 from mmit.data.sample import Sample, SampleError
-from mmit.data.shards import ShardWriter, dump_json, stats_path
+from mmit.data.shards import ShardWriter, dump_json
 from mmit.data.sources import get_reader
 from mmit.data.stats import SkipCounter
 from mmit.registry import UnknownNameError
@@ -121,9 +122,8 @@ def _prepare_output(output: str, overwrite: bool) -> None:
     if old and not overwrite:
         raise FileExistsError(f"output folder {output} already holds {len(old)} shard/stats "
                               f"file(s) (e.g. {old[0]}); use an empty folder or --overwrite")
-    for name in (["_stats.json"] if "_stats.json" in old else []) + old:
-        if os.path.exists(os.path.join(output, name)):
-            os.remove(os.path.join(output, name))
+    for name in sorted(old, key=lambda n: n != "_stats.json"):  # _stats.json goes first
+        os.remove(os.path.join(output, name))
 
 
 def convert(format: str, input: str, output: str, media_root: Optional[str] = None,

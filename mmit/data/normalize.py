@@ -38,8 +38,10 @@ def normalize_role(role: Any, where: str) -> str:
     Raises :class:`SampleError` (reason ``bad-role``) naming ``where`` for anything not in
     :data:`ROLE_ALIASES`.
     """
-    if isinstance(role, str) and role.strip().lower() in ROLE_ALIASES:
-        return ROLE_ALIASES[role.strip().lower()]
+    if isinstance(role, str):
+        found = ROLE_ALIASES.get(role) or ROLE_ALIASES.get(role.strip().lower())
+        if found:
+            return found
     raise SampleError(f"{where}: unknown role {role!r} (expected one of "
                       f"{', '.join(sorted(ROLE_ALIASES))})", "bad-role")
 
@@ -59,7 +61,7 @@ def normalize_turns(conversations: Any, where: str) -> List[Turn]:
         raise SampleError(f"{where}: empty 'conversations'", "no-turns")
     turns: List[Turn] = []
     for i, item in enumerate(conversations):
-        if not isinstance(item, Mapping):
+        if not isinstance(item, dict):
             raise SampleError(f"{where}: turn {i} is not an object", "invalid-record")
         if "from" in item or "value" in item:
             role, text = item.get("from"), item.get("value")

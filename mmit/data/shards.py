@@ -26,9 +26,7 @@ import hashlib
 import itertools
 import json
 import os
-import queue
 import tarfile
-import threading
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import webdataset as wds
@@ -74,80 +72,6 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-class _BackgroundFile:
-    """Write-only file whose ``write`` queues the bytes for a writer thread.
-
-    ``os.writev`` releases the GIL, so the kernel copy of a shard's bytes overlaps the Python work
-    of the next samples (JSON parsing, header checks, tar headers). Chunks are batched to ~1 MiB
-    and the queue is bounded (``depth`` batches), so memory stays at a few MiB. Errors from the
-    thread are re-raised by the next ``write`` or by ``close``.
-    """
-
-    def __init__(self, path: str, batch: int = 1 << 20, depth: int = 8):
-        self.name = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._queue: "queue.Queue[Optional[List[bytes]]]" = queue.Queue(maxsize=depth)
-        self._pending: List[bytes] = []
-        self._size, self._batch, self._written = 0, batch, 0
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="mmit-shard-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            bufs = self._queue.get()
-            if bufs is None:
-                return
-            if self._error is not None:
-                continue
-            try:
-                for i in range(0, len(bufs), 512):  # stay below IOV_MAX
-                    part = [memoryview(b) for b in bufs[i:i + 512]]
-                    while part:
-                        n = os.writev(self._fd, part)
-                        while part and n >= len(part[0]):
-                            n -= len(part[0])
-                            part.pop(0)
-                        if part and n:
-                            part[0] = part[0][n:]
-            except BaseException as e:  # reported to the producer
-                self._error = e
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def write(self, data: bytes) -> int:
-        self._check()
-        self._pending.append(bytes(data))
-        self._size += len(data)
-        self._written += len(data)
-        if self._size >= self._batch:
-            self._queue.put(self._pending)
-            self._pending, self._size = [], 0
-        return len(data)
-
-    def flush(self) -> None:
-        self._check()
-
-    def tell(self) -> int:
-        """Bytes written so far (tarfile asks once, at open)."""
-        return self._written
-
-
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        if self._pending:
-            self._queue.put(self._pending)
-            self._pending = []
-        self._queue.put(None)
-        self._thread.join()
-        os.close(self._fd)
-        self._fd = -1
-        self._check()
-
-
 class ShardWriter:
     """Streaming writer of one shard: ``write(sample, index)`` per sample, then :meth:`finish`.
 
@@ -162,7 +86,7 @@ class ShardWriter:
 
     def __init__(self, tar_path: Union[str, "os.PathLike[str]"], mtime: int = SHARD_MTIME):
         self.tar_path = os.fspath(tar_path)
-        self._file = _BackgroundFile(self.tar_path)
+        self._file = open(self.tar_path, "wb")
         self._tw = wds.TarWriter(self._file, encoder=False, mtime=mtime, user="mmit", group="mmit")
         # webdataset 1.0.2 opens tarfile in stream mode "w|" (which re-slices a 10 KiB buffer for
         # every 16 KiB chunk, i.e. copies each byte ~4 times) and drops its own format=USTAR.

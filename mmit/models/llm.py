@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmit.config.schema import LLMConfig
+from mmit.models.cache import build_dir_once, mmit_cache_dir
 from mmit.models.tokenizer import build_tiny_tokenizer, ensure_image_token
 from mmit.registry import Registry
 
@@ -59,28 +60,14 @@ def _tiny_llama_4l(save_dir: str) -> None:
     _save_tiny(cfg, save_dir, seed=0)
 
 
-def _cache_root() -> str:
-    return os.path.join(os.environ.get("MMIT_CACHE") or os.path.expanduser("~/.cache/mmit"), "tiny")
+def _tiny_spec(name: str) -> dict:
+    """What a tiny LLM folder holds: its name, a format version and the tokenizer corpus' hash, so a
+    cached folder from an older build is rebuilt rather than reused."""
+    import hashlib
+    from importlib import resources
 
-
-def build_once(name: str, builder: Callable[[str], None]) -> str:
-    """Build a tiny member into ``<cache>/tiny/<name>`` unless it is there; returns the folder.
-    Builds into a temporary folder and renames it, so concurrent builders never see half a folder."""
-    import tempfile
-
-    dest = os.path.join(_cache_root(), name)
-    if os.path.isfile(os.path.join(dest, "config.json")):
-        return dest
-    os.makedirs(_cache_root(), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=_cache_root())
-    builder(tmp)
-    try:
-        os.replace(tmp, dest)
-    except OSError:  # another process won the race
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    corpus = resources.files("mmit.models").joinpath("tiny_assets/corpus.txt").read_bytes()
+    return {"family": "llm", "name": name, "version": 1, "corpus_sha256": hashlib.sha256(corpus).hexdigest()}
 
 
 def resolve_llm_path(name_or_path: str) -> str:
@@ -89,7 +76,8 @@ def resolve_llm_path(name_or_path: str) -> str:
     :class:`~mmit.registry.UnknownNameError`."""
     if name_or_path.startswith("tiny-") and not os.path.isdir(name_or_path):
         builder = TINY_LLMS.get(name_or_path)
-        return build_once(name_or_path, builder)
+        folder = mmit_cache_dir() / "tiny" / name_or_path
+        return str(build_dir_once(folder, lambda tmp: builder(str(tmp)), _tiny_spec(name_or_path)))
     return name_or_path
 
 

@@ -1,0 +1,127 @@
+"""From a :class:`~mmit.data.sample.Sample` to model inputs, and batches of them.
+
+:class:`SamplePreprocessor` decodes the images, renders the conversation template with labels, and
+expands every ``<image>`` token into the vision tower's ``num_image_tokens`` copies. Image tokens
+are budgeted before truncating: text after the last image may be cut to ``max_length``, but an
+image span is never cut and never dropped (LLaVA truncates after splicing and can cut an image in
+half); a sample whose images cannot all fit is an error or a counted skip.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from mmit.constants import IGNORE_INDEX
+from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
+from mmit.data.sample import Sample, SampleError
+from mmit.templates.labels import encode_conversation
+
+
+class SamplePreprocessor:
+    """Sample -> ``{"id", "input_ids" [T], "labels" [T], "pixel_values" [n_img,3,H,W] or None}``.
+
+    Args:
+        tokenizer: fast tokenizer with ``<image>`` as one token.
+        template: conversation template name.
+        image_transform: ``list[PIL.Image] -> FloatTensor [n,3,H,W]`` (the tower's ``image_processor``).
+        num_image_tokens: N, tokens per image in the LLM sequence.
+        image_token_id: id of ``<image>``.
+        max_length: token budget per sample, image tokens included.
+        overflow: ``skip`` (``try_call`` counts and returns None) or ``error`` (``try_call`` raises).
+    Picklable (used in DataLoader workers).
+    """
+
+    def __init__(self, tokenizer, template: str, image_transform: Callable, num_image_tokens: int,
+                 image_token_id: int, max_length: int, overflow: str = "skip", max_pixels: int = MAX_PIXELS):
+        if overflow not in ("skip", "error"):
+            raise ValueError(f"data.overflow must be skip or error, not {overflow!r}")
+        self.tokenizer, self.template, self.image_transform = tokenizer, template, image_transform
+        self.num_image_tokens, self.image_token_id = int(num_image_tokens), int(image_token_id)
+        self.max_length, self.overflow, self.max_pixels = int(max_length), overflow, max_pixels
+
+    def _images(self, sample: Sample):
+        images = []
+        for m in sample.media:
+            if m.kind != "image":
+                raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by this model",
+                                  "unsupported-media")
+            data = m.data if m.data is not None else read_media_bytes(m.path)
+            images.append(decode_image(data, f"sample {sample.id!r} ({m.path})", self.max_pixels))
+        return images
+
+    def expand(self, ids: List[int], labels: List[int]):
+        """Repeat each image token N times (labels IGNORE_INDEX there); returns the new lists and
+        the end index of the last image span (0 when there is none)."""
+        out_ids, out_labels, last_end = [], [], 0
+        for t, l in zip(ids, labels):
+            if t == self.image_token_id:
+                out_ids.extend([t] * self.num_image_tokens)
+                out_labels.extend([IGNORE_INDEX] * self.num_image_tokens)
+                last_end = len(out_ids)
+            else:
+                out_ids.append(t)
+                out_labels.append(l)
+        return out_ids, out_labels, last_end
+
+    def __call__(self, sample: Sample) -> Dict[str, object]:
+        """Raises SampleError (reasons: ``undecodable-image``, ``image-count-mismatch``,
+        ``too-long-for-images``, ``no-supervised-tokens``, ``label-misaligned``, ...) naming the id."""
+        sample.validate()
+        ids, labels = encode_conversation(self.tokenizer, sample.turns, self.template, sample.id)
+        ids, labels, last_end = self.expand(ids, labels)
+        if len(ids) > self.max_length:
+            if last_end > self.max_length:
+                n_img = sum(1 for m in sample.media if m.kind == "image")
+                raise SampleError(
+                    f"sample {sample.id!r}: {n_img} image(s) x {self.num_image_tokens} tokens end at token "
+                    f"{last_end}, beyond max_length {self.max_length} (full length {len(ids)}); images are never cut",
+                    "too-long-for-images")
+            ids, labels = ids[:self.max_length], labels[:self.max_length]
+        if all(l == IGNORE_INDEX for l in labels):
+            raise SampleError(f"sample {sample.id!r}: no supervised token left after truncation to "
+                              f"{self.max_length} tokens", "no-supervised-tokens")
+        images = self._images(sample)
+        pixel_values = self.image_transform(images) if images else None
+        return {"id": sample.id, "input_ids": torch.tensor(ids, dtype=torch.long),
+                "labels": torch.tensor(labels, dtype=torch.long), "pixel_values": pixel_values}
+
+    def try_call(self, sample: Sample, stats) -> Optional[Dict[str, object]]:
+        """``self(sample)``; under ``overflow='skip'`` a SampleError is counted in ``stats`` (by its
+        reason) and None returned, under ``'error'`` it propagates."""
+        try:
+            return self(sample)
+        except SampleError as e:
+            if self.overflow == "error":
+                raise
+            stats.add(e.reason, sample.id, str(e))
+            return None
+
+
+def collate(items: List[Dict[str, object]], pad_token_id: int) -> Dict[str, object]:
+    """Right-pad a list of preprocessed items into a batch.
+
+    Returns ``input_ids`` LongTensor [B,T], ``attention_mask`` LongTensor [B,T] (1 = token),
+    ``labels`` LongTensor [B,T] (IGNORE_INDEX on padding), ``pixel_values`` FloatTensor
+    [sum n_img,3,H,W] in sample order (None when no sample has an image), ``ids`` list[str],
+    ``num_images`` list[int].
+    """
+    T = max(int(it["input_ids"].shape[0]) for it in items)
+    B = len(items)
+    input_ids = torch.full((B, T), int(pad_token_id), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    pixels, counts = [], []
+    for i, it in enumerate(items):
+        n = int(it["input_ids"].shape[0])
+        input_ids[i, :n] = it["input_ids"]
+        labels[i, :n] = it["labels"]
+        mask[i, :n] = 1
+        pv = it.get("pixel_values")
+        counts.append(0 if pv is None else int(pv.shape[0]))
+        if pv is not None:
+            pixels.append(pv)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels,
+            "pixel_values": torch.cat(pixels) if pixels else None,
+            "ids": [str(it["id"]) for it in items], "num_images": counts}

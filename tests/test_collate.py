@@ -1,0 +1,124 @@
+"""SamplePreprocessor and collate: image-token expansion, budgeting before truncation, skips, padding."""
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer
+
+from mmit.constants import IGNORE_INDEX
+from mmit.data.collate import SamplePreprocessor, collate
+from mmit.data.sample import Media, Sample, SampleError, Turn
+from mmit.data.stats import SkipCounter
+from mmit.models.llm import resolve_llm_path
+
+N = 5  # tokens per image in these tests
+
+
+def _png(color=(255, 0, 0)):
+    b = io.BytesIO()
+    Image.new("RGB", (7, 5), color).save(b, format="PNG")
+    return b.getvalue()
+
+
+def _transform(images):
+    return torch.stack([torch.tensor(list(im.getpixel((0, 0))), dtype=torch.float32).view(3, 1, 1).expand(3, 2, 2)
+                        for im in images])
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(resolve_llm_path("tiny-llama"))
+
+
+def _pre(tok, max_length=512, overflow="skip", template="vicuna-v1"):
+    return SamplePreprocessor(tok, template, _transform, N, tok.convert_tokens_to_ids("<image>"), max_length, overflow)
+
+
+def _sample(n_images=1, answer="The dog is brown.", sid="s"):
+    ph = "<image>\n" * n_images
+    return Sample(id=sid, turns=[Turn("user", ph + "What is it?"), Turn("assistant", answer)],
+                  media=[Media("image", path=f"im{i}.png", data=_png((10 * i, 0, 0))) for i in range(n_images)])
+
+
+def test_each_image_expands_to_n_masked_tokens(tok):
+    pre = _pre(tok)
+    img = tok.convert_tokens_to_ids("<image>")
+    for k in (0, 1, 3):
+        item = pre(_sample(k))
+        ids, labels = item["input_ids"], item["labels"]
+        assert int((ids == img).sum()) == k * N
+        assert bool((labels[ids == img] == IGNORE_INDEX).all())
+        assert (item["pixel_values"] is None) if k == 0 else item["pixel_values"].shape == (k, 3, 2, 2)
+        learned = tok.decode(ids[labels != IGNORE_INDEX])
+        assert learned.strip() == "The dog is brown.</s>"
+
+
+def test_images_keep_their_order(tok):
+    item = _pre(tok)(_sample(3))
+    assert item["pixel_values"][:, 0, 0, 0].tolist() == [0.0, 10.0, 20.0]
+
+
+def test_truncation_cuts_text_after_the_images_only(tok):
+    full = _pre(tok)(_sample(1, answer="one two three four five six seven eight nine ten"))
+    T = full["input_ids"].shape[0]
+    cut = _pre(tok, max_length=T - 3)(_sample(1, answer="one two three four five six seven eight nine ten"))
+    assert cut["input_ids"].shape[0] == T - 3
+    assert torch.equal(cut["input_ids"], full["input_ids"][:T - 3])
+
+
+def test_a_cut_inside_an_image_span_is_refused(tok):
+    item = _pre(tok)(_sample(2))
+    img = tok.convert_tokens_to_ids("<image>")
+    last_image_end = int((item["input_ids"] == img).nonzero().max()) + 1
+    pre = _pre(tok, max_length=last_image_end - 2, overflow="error")  # would cut inside the second image
+    with pytest.raises(SampleError, match="never cut") as e:
+        pre(_sample(2, sid="two-images"))
+    assert e.value.reason == "too-long-for-images" and "two-images" in str(e.value)
+    stats = SkipCounter()
+    assert _pre(tok, max_length=last_image_end - 2).try_call(_sample(2), stats) is None
+    assert stats.as_dict() == {"too-long-for-images": 1}
+
+
+def test_truncation_that_leaves_nothing_to_learn_is_a_counted_skip(tok):
+    item = _pre(tok)(_sample(1))
+    first_learned = int((item["labels"] != IGNORE_INDEX).nonzero().min())
+    stats = SkipCounter()
+    assert _pre(tok, max_length=first_learned).try_call(_sample(1), stats) is None
+    assert stats.as_dict() == {"no-supervised-tokens": 1}
+
+
+def test_undecodable_image_and_count_mismatch(tok):
+    bad = _sample(1, sid="bad-img")
+    bad.media[0].data = b"not an image at all"
+    with pytest.raises(SampleError) as e:
+        _pre(tok, overflow="error")(bad)
+    assert e.value.reason == "undecodable-image" and "bad-img" in str(e.value)
+    mism = _sample(1, sid="mism")
+    mism.media.append(Media("image", data=_png()))
+    with pytest.raises(SampleError) as e:
+        _pre(tok)(mism)
+    assert e.value.reason == "image-count-mismatch"
+
+
+def test_collate_pads_right_and_mixes_text_only(tok):
+    pre = _pre(tok)
+    items = [pre(_sample(2, sid="a")), pre(_sample(0, sid="b")), pre(_sample(1, sid="c"))]
+    b = collate(items, tok.pad_token_id)
+    T = max(int(i["input_ids"].shape[0]) for i in items)
+    assert b["input_ids"].shape == (3, T) and b["attention_mask"].shape == (3, T)
+    assert b["pixel_values"].shape == (3, 3, 2, 2) and b["num_images"] == [2, 0, 1] and b["ids"] == ["a", "b", "c"]
+    for row, it in enumerate(items):
+        n = int(it["input_ids"].shape[0])
+        assert int(b["attention_mask"][row].sum()) == n
+        assert bool((b["labels"][row, n:] == IGNORE_INDEX).all())
+        assert bool((b["input_ids"][row, n:] == tok.pad_token_id).all())
+    assert collate([pre(_sample(0))], tok.pad_token_id)["pixel_values"] is None
+
+
+def test_preprocessor_pickles(tok):
+    import pickle
+
+    pre = pickle.loads(pickle.dumps(_pre(tok)))
+    assert pre(_sample(1))["input_ids"].shape[0] > 0
