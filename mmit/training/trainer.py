@@ -142,7 +142,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                             resume_step=step if ckpt is not None else None)
     data_iter = batches(stream, pre, tc.batch_size, tokenizer.pad_token_id, epoch, pos, cfg.data.num_workers)
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (tc.progress_bar and accelerator.is_main_process),
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=2.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
     model.train()
