@@ -128,3 +128,15 @@ def test_unknown_template_suggests():
     with pytest.raises(UnknownNameError, match="vicuna-v1"):
         get_template("vicuna_v1")
     assert set(TEMPLATES.names()) == {"plain", "vicuna-v1", "llama-2", "chatml"}
+
+
+@pytest.mark.parametrize("name", ["vicuna-v1", "llama-2", "chatml", "plain"])
+@pytest.mark.parametrize("answer", ["It is unusual.", "The dog is brown.", "4 legs"])
+def test_generation_prompt_ends_exactly_where_learning_starts(tok, name, answer):
+    """Train/inference consistency: the generation prompt's ids are exactly the training ids before
+    the first learned token. Otherwise the model is asked to continue from a context it never saw
+    (e.g. a lone-space token left unlearned between "ASSISTANT:" and the answer)."""
+    turns = [Turn("user", "<image>\nWhat is it?"), Turn("assistant", answer)]
+    ids, labels = encode_conversation(tok, turns, name, "boundary")
+    first = next(i for i, l in enumerate(labels) if l != IGNORE_INDEX)
+    assert encode_prompt(tok, turns[:1], name) == ids[:first]

@@ -16,6 +16,11 @@ from typing import Optional, Tuple
 
 from mmit.registry import Registry
 
+# The space between "ASSISTANT:" (or "[/INST]") and the answer is inside the learned span: a
+# byte-level BPE may make it a token of its own, and a model that never learned to emit it would,
+# after the generation prompt "ASSISTANT:", start its answer with a different first token than in
+# training (sentencepiece tokenizers fold it into the first word, where this changes nothing).
+
 # Renders `content` (string, or a list of typed parts) into the variable-free text.
 _RENDER = (
     "{%- macro render(content) -%}"
@@ -92,7 +97,7 @@ VICUNA_V1 = TEMPLATES.register("vicuna-v1", ConversationTemplate(
     "{%- if sys -%}{{ sys }} {% endif -%}"
     "{%- for m in msgs -%}"
     "{%- if m['role'] == 'user' -%}USER: {{ render(m['content']) }}{{ ' ' }}"
-    "{%- elif m['role'] == 'assistant' -%}ASSISTANT: {% generation %}{{ render(m['content']) }}{{ eos_token }}{% endgeneration %}"
+    "{%- elif m['role'] == 'assistant' -%}ASSISTANT:{% generation %}{{ ' ' + render(m['content']) }}{{ eos_token }}{% endgeneration %}"
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}",
     system=VICUNA_SYSTEM, end_of_turn="{eos}",
@@ -107,7 +112,7 @@ LLAMA_2 = TEMPLATES.register("llama-2", ConversationTemplate(
     "{%- if m['role'] == 'user' -%}{{ bos_token }}[INST]{{ ' ' }}"
     "{%- if loop.first and sys -%}{{ '<<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}{%- endif -%}"
     "{{ render(m['content']) }} [/INST]"
-    "{%- elif m['role'] == 'assistant' -%}{{ ' ' }}{% generation %}{{ render(m['content']) }} {{ eos_token }}{% endgeneration %}"
+    "{%- elif m['role'] == 'assistant' -%}{% generation %}{{ ' ' + render(m['content']) }} {{ eos_token }}{% endgeneration %}"
     "{%- endif -%}{%- endfor -%}",
     system=LLAMA2_SYSTEM, end_of_turn=" {eos}",
     source="LLaVA llava/conversation.py conv_llava_llama_2; llava/train/train.py preprocess_llama_2"))
