@@ -9,11 +9,12 @@ cache (greedy unless told otherwise).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import torch
 
 from mmit.constants import IMAGE_PLACEHOLDER
+from mmit.data.collate import expand_image_tokens
 from mmit.data.sample import Turn
 
 
@@ -32,14 +33,6 @@ def prompt_turns(prompt: str, with_image: bool) -> List[Turn]:
     return [Turn("user", prompt)]
 
 
-def expand_image_tokens(ids: List[int], image_token_id: int, n: int) -> List[int]:
-    """Repeat every ``image_token_id`` ``n`` times (the layout the model and HF Llava splice into)."""
-    out: List[int] = []
-    for t in ids:
-        out.extend([t] * n if t == image_token_id else [t])
-    return out
-
-
 @torch.no_grad()
 def generate(model, tokenizer, template: str, prompt: str, image=None, max_new_tokens: int = 64,
              **generate_kwargs) -> Answer:
@@ -51,7 +44,7 @@ def generate(model, tokenizer, template: str, prompt: str, image=None, max_new_t
     from mmit.templates.labels import encode_prompt
 
     ids = encode_prompt(tokenizer, prompt_turns(prompt, image is not None), template)
-    ids = expand_image_tokens(ids, model.image_token_id, model.num_image_tokens)
+    ids, _, _ = expand_image_tokens(ids, None, model.image_token_id, model.num_image_tokens)
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     pixel_values = None

@@ -30,7 +30,8 @@ def _mmit_generate(ckpt, capsys, n=12):
 def test_export_gives_same_greedy_tokens_and_logits(trained, tmp_path, capsys):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from mmit.inference import expand_image_tokens, prompt_turns
+    from mmit.data.collate import expand_image_tokens
+    from mmit.inference import prompt_turns
     from mmit.templates.labels import encode_prompt
     from mmit.training.checkpoint import load_model_from_checkpoint
 
@@ -53,8 +54,8 @@ def test_export_gives_same_greedy_tokens_and_logits(trained, tmp_path, capsys):
 
     # Same prompt ids, same pixels, logits within 1e-4.
     model, tok, cfg = load_model_from_checkpoint(trained)
-    ids = expand_image_tokens(encode_prompt(tok, prompt_turns(PROMPT, True), cfg.model.template),
-                              model.image_token_id, model.num_image_tokens)
+    ids, _, _ = expand_image_tokens(encode_prompt(tok, prompt_turns(PROMPT, True), cfg.model.template), None,
+                                    model.image_token_id, model.num_image_tokens)
     assert inputs["input_ids"][0].tolist() == ids
     px = model.vision_tower.image_processor([image])
     assert torch.allclose(px, inputs["pixel_values"], atol=1e-5)

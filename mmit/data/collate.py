@@ -19,6 +19,27 @@ from mmit.data.sample import Sample, SampleError
 from mmit.templates.labels import encode_conversation
 
 
+def expand_image_tokens(ids: List[int], labels: Optional[List[int]], image_token_id: int, n: int):
+    """Repeat every ``image_token_id`` ``n`` times: the layout MultimodalLM and transformers' Llava
+    splice image features into. Labels there become IGNORE_INDEX.
+
+    Returns ``(ids, labels or None, end)`` where ``end`` is the index just past the last image span
+    (0 when there is none).
+    """
+    out_ids: List[int] = []
+    out_labels: List[int] = []
+    end = 0
+    for j, t in enumerate(ids):
+        if t == image_token_id:
+            out_ids.extend([t] * n)
+            out_labels.extend([IGNORE_INDEX] * n)
+            end = len(out_ids)
+        else:
+            out_ids.append(t)
+            out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
+    return out_ids, (out_labels if labels is not None else None), end
+
+
 class SamplePreprocessor:
     """Sample -> ``{"id", "input_ids" [T], "labels" [T], "pixel_values" [n_img,3,H,W] or None}``.
 
@@ -51,26 +72,12 @@ class SamplePreprocessor:
             images.append(decode_image(data, f"sample {sample.id!r} ({m.path})", self.max_pixels))
         return images
 
-    def expand(self, ids: List[int], labels: List[int]):
-        """Repeat each image token N times (labels IGNORE_INDEX there); returns the new lists and
-        the end index of the last image span (0 when there is none)."""
-        out_ids, out_labels, last_end = [], [], 0
-        for t, l in zip(ids, labels):
-            if t == self.image_token_id:
-                out_ids.extend([t] * self.num_image_tokens)
-                out_labels.extend([IGNORE_INDEX] * self.num_image_tokens)
-                last_end = len(out_ids)
-            else:
-                out_ids.append(t)
-                out_labels.append(l)
-        return out_ids, out_labels, last_end
-
     def __call__(self, sample: Sample) -> Dict[str, object]:
         """Raises SampleError (reasons: ``undecodable-image``, ``image-count-mismatch``,
         ``too-long-for-images``, ``no-supervised-tokens``, ``label-misaligned``, ...) naming the id."""
         sample.validate()
         ids, labels = encode_conversation(self.tokenizer, sample.turns, self.template, sample.id)
-        ids, labels, last_end = self.expand(ids, labels)
+        ids, labels, last_end = expand_image_tokens(ids, labels, self.image_token_id, self.num_image_tokens)
         if len(ids) > self.max_length:
             if last_end > self.max_length:
                 n_img = sum(1 for m in sample.media if m.kind == "image")

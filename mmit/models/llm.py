@@ -38,26 +38,24 @@ def _save_tiny(config, save_dir: str, seed: int) -> None:
     tok.save_pretrained(save_dir)
 
 
-@TINY_LLMS.register("tiny-llama")
-def _tiny_llama(save_dir: str) -> None:
-    """Llama-style decoder, 2 layers, width 128, GQA (4 query / 2 key-value heads): about 0.5 M parameters."""
+def _tiny_llama_config(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int):
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False)
-    _save_tiny(cfg, save_dir, seed=0)
+    return LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+                       rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+@TINY_LLMS.register("tiny-llama")
+def _tiny_llama(save_dir: str) -> None:
+    """Llama-style decoder, 2 layers, width 128, GQA (4 query / 2 key-value heads): about 0.6 M parameters."""
+    _save_tiny(_tiny_llama_config(128, 344, 2, 4, 2), save_dir, seed=0)
 
 
 @TINY_LLMS.register("tiny-llama-4l")
 def _tiny_llama_4l(save_dir: str) -> None:
-    """Llama-style decoder, 4 layers, width 256 (about 3 M parameters): the demo's language model."""
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False)
-    _save_tiny(cfg, save_dir, seed=0)
+    """Llama-style decoder, 4 layers, width 256 (about 3.6 M parameters): the demo's language model."""
+    _save_tiny(_tiny_llama_config(256, 688, 4, 4, 4), save_dir, seed=0)
 
 
 def _tiny_spec(name: str) -> dict:
