@@ -80,3 +80,13 @@ def test_generate_with_kv_cache_matches_recomputing_everything(model_tok):
             logits = model(torch.tensor([seq]), pixel_values=px).logits
         seq.append(int(logits[0, -1].argmax()))
     assert new[0].tolist() == seq[len(ids[0]):]
+
+
+def test_gradient_checkpointing_flag_reaches_llm_and_tower():
+    cfg = ModelConfig()
+    cfg.vision_tower.name, cfg.llm.name_or_path = "tiny-clip-vit", "tiny-llama"
+    model, _ = build_model(cfg)
+    assert not model.llm.is_activation_checkpointing
+    model.gradient_checkpointing_enable()
+    assert model.llm.is_activation_checkpointing
+    assert model.vision_tower.vision_model.is_activation_checkpointing

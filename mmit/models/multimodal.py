@@ -95,9 +95,13 @@ class MultimodalLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def gradient_checkpointing_enable(self) -> None:
-        """Recompute the LLM's (and, if it supports it, the tower's) activations in the backward pass."""
-        kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        self.llm.gradient_checkpointing_enable(**kw)
-        inner = getattr(self.vision_tower, "vision_model", None)
-        if inner is not None and getattr(inner, "supports_gradient_checkpointing", False):
-            inner.gradient_checkpointing_enable(**kw)
+        """Recompute the LLM's (and, if it supports it, the tower's) activations in the backward pass
+        (transformers' activation checkpointing, non-reentrant)."""
+        kw = {"use_reentrant": False}
+        for m in (self.llm, getattr(self.vision_tower, "vision_model", None)):
+            if m is None or not getattr(m, "supports_gradient_checkpointing", False):
+                continue
+            if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
