@@ -131,3 +131,15 @@ def test_checkpoint_pruning_keeps_the_newest(tmp_path):
     cfg = tiny_run_config(tmp_path, max_steps=6, save_steps=2, save_total_limit=2)
     train(cfg)
     assert [s for s, _ in list_checkpoints(cfg.train.output_dir)] == [4, 6]
+
+
+def test_processes_see_disjoint_samples_that_cover_the_epoch(tmp_path):
+    from mmit.training.data import SampleStream
+
+    cfg = tiny_run_config(tmp_path).data
+    full = [s.id for s in SampleStream(cfg, seed=3).epoch(0)]
+    parts = [[s.id for s in SampleStream(cfg, seed=3, rank=r, world=2).epoch(0)] for r in (0, 1)]
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(full)
+    assert [s.id for s in SampleStream(cfg, seed=3).epoch(1)] != full  # reshuffled each epoch
+    assert [s.id for s in SampleStream(cfg, seed=3).epoch(0)] == full  # and deterministic
