@@ -122,3 +122,45 @@ def test_preprocessor_pickles(tok):
 
     pre = pickle.loads(pickle.dumps(_pre(tok)))
     assert pre(_sample(1))["input_ids"].shape[0] > 0
+
+
+def test_budget_boundary_is_the_end_of_the_last_image_span(tok):
+    """max_length one short of the last image's end -> too-long-for-images; exactly at it -> the images fit
+    (the cut falls on the span's end) but the answer is gone -> no-supervised-tokens."""
+    img = tok.convert_tokens_to_ids("<image>")
+    item = _pre(tok)(_sample(2))
+    end = int((item["input_ids"] == img).nonzero().max()) + 1
+    for max_length, reason in ((end - 1, "too-long-for-images"), (end, "no-supervised-tokens")):
+        with pytest.raises(SampleError) as e:
+            _pre(tok, max_length=max_length, overflow="error")(_sample(2, sid="edge"))
+        assert e.value.reason == reason and "edge" in str(e.value)
+
+
+def test_try_call_reraises_under_overflow_error_and_counts_with_a_duck_typed_stats(tok):
+    with pytest.raises(SampleError, match="never cut"):
+        _pre(tok, max_length=N, overflow="error").try_call(_sample(1, sid="big"), SkipCounter())
+
+    class Stats:  # anything with .add(reason, sample_id=None, message=None)
+        def __init__(self):
+            self.calls = []
+
+        def add(self, reason, sample_id=None, message=None):
+            self.calls.append((reason, sample_id))
+
+    stats = Stats()
+    pre = _pre(tok, max_length=int(_pre(tok)(_sample(0))["input_ids"].shape[0]))  # the text-only sample fits exactly
+    assert [pre.try_call(_sample(k, sid=f"s{k}"), stats) is None for k in (0, 4, 8)] == [False, True, True]
+    assert stats.calls == [("too-long-for-images", "s4"), ("too-long-for-images", "s8")]
+
+
+def test_media_path_is_read_when_data_is_absent(tok, tmp_path):
+    p = tmp_path / "im.png"
+    p.write_bytes(_png((30, 0, 0)))
+    s = _sample(1)
+    s.media[0] = Media("image", path=str(p))
+    assert _pre(tok)(s)["pixel_values"][:, 0, 0, 0].tolist() == [30.0]
+
+
+def test_collate_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="no items"):
+        collate([], 0)

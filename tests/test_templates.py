@@ -140,3 +140,90 @@ def test_generation_prompt_ends_exactly_where_learning_starts(tok, name, answer)
     ids, labels = encode_conversation(tok, turns, name, "boundary")
     first = next(i for i, l in enumerate(labels) if l != IGNORE_INDEX)
     assert encode_prompt(tok, turns[:1], name) == ids[:first]
+
+
+# Exact learned spans (token positions [start, end) and what they decode to) of every golden case, written
+# out by hand so a regenerated golden file cannot silently change what is learned. The leading space of
+# vicuna-v1 / llama-2 answers is learned on purpose (see chat_templates.py); chatml's "\n" after
+# <|im_end|> and every template's prompt part are not.
+LEARNED = {
+    "chatml/multi-turn": [(29, 35, "The dog is brown.<|im_end|>"), (49, 59, "No, it is small.<|im_end|>")],
+    "chatml/single-image": [(29, 35, "The dog is brown.<|im_end|>")],
+    "chatml/text-only-with-system": [(28, 32, "Four.<|im_end|>")],
+    "llama-2/multi-turn": [(89, 96, " The dog is brown. </s>"), (108, 118, " No, it is small. </s>")],
+    "llama-2/single-image": [(89, 96, " The dog is brown. </s>")],
+    "llama-2/text-only-with-system": [(33, 37, " Four. </s>")],
+    "plain/single-image": [(2, 8, "The dog is brown.\n")],
+    "vicuna-v1/multi-turn": [(44, 50, " The dog is brown.</s>"), (59, 68, " No, it is small.</s>")],
+    "vicuna-v1/single-image": [(44, 50, " The dog is brown.</s>")],
+    "vicuna-v1/text-only-with-system": [(21, 24, " Four.</s>")],
+}
+
+
+def test_every_golden_case_has_hand_written_learned_spans():
+    assert set(LEARNED) == set(GOLDEN)
+
+
+@pytest.mark.parametrize("key", sorted(LEARNED))
+def test_golden_learned_spans_exact(tok, key):
+    g = GOLDEN[key]
+    ids, labels = encode_conversation(tok, [Turn(r, c) for r, c in g["turns"]], key.split("/")[0], key)
+    learned = [i for i, l in enumerate(labels) if l != IGNORE_INDEX]
+    want = LEARNED[key]
+    assert learned == [i for a, b, _ in want for i in range(a, b)]
+    assert [tok.decode(ids[a:b]) for a, b, _ in want] == [s for _, _, s in want]
+    assert len(ids) == len(g["tokens"])
+
+
+def test_multi_turn_joins_match_llava():
+    # llama-2: LLaVA's SeparatorStyle.LLAMA_2 joins rounds as "... {a} </s><s>[INST] {q2} [/INST]".
+    assert GOLDEN["llama-2/multi-turn"]["text"].endswith(
+        "What color is the dog? [/INST] The dog is brown. </s><s>[INST] Is it big? [/INST] No, it is small. </s>")
+    assert GOLDEN["llama-2/multi-turn"]["text"].count("<<SYS>>") == 1
+    assert GOLDEN["chatml/multi-turn"]["text"].endswith(
+        "<|im_start|>assistant\nThe dog is brown.<|im_end|>\n<|im_start|>user\nIs it big?<|im_end|>\n"
+        "<|im_start|>assistant\nNo, it is small.<|im_end|>\n")
+
+
+@pytest.mark.parametrize("name", ["vicuna-v1", "llama-2", "chatml"])
+def test_list_content_in_every_role_renders_like_strings(tok, name):
+    tpl = get_template(name).chat_template
+    as_str = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nWhat is it?"},
+              {"role": "assistant", "content": "A dog."}, {"role": "user", "content": "<image>\n<image>\nAnd these?"}]
+    as_list = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+               {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "A dog."}]},
+               {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "And these?"}]}]
+    a = tok.apply_chat_template(as_str, chat_template=tpl, tokenize=False, add_generation_prompt=True)
+    assert a == tok.apply_chat_template(as_list, chat_template=tpl, tokenize=False, add_generation_prompt=True)
+    assert a.count("<image>") == 3 and "Be brief." in a
+
+
+def test_plain_generation_prompt_is_bos_and_images(tok):
+    assert tok.convert_ids_to_tokens(encode_prompt(tok, [Turn("user", "Describe.\n<image>")], "plain")) == ["<s>", "<image>"]
+
+
+def test_a_template_that_learns_its_role_tag_is_refused(tok, monkeypatch):
+    """A real template bug (the generation block opens before "ASSISTANT:"), not a patched mask: LLaVA
+    would train on it (or zero the loss); here the sample is refused, naming it and both strings."""
+    import dataclasses
+
+    tpl = get_template("vicuna-v1")
+    broken = tpl.chat_template.replace("ASSISTANT:{% generation %}", "{% generation %}ASSISTANT:")
+    assert broken != tpl.chat_template
+    monkeypatch.setitem(TEMPLATES._items, "vicuna-v1", dataclasses.replace(tpl, chat_template=broken))
+    with pytest.raises(LabelAlignmentError, match="rec-7") as e:
+        encode_conversation(tok, [Turn("user", "q"), Turn("assistant", "A dog.")], "vicuna-v1", "rec-7")
+    # byte-level BPE keeps the space before "ASSISTANT" in that token, so it is learned too
+    assert "' ASSISTANT: A dog.</s>'" in str(e.value) and "expected 'A dog.</s>'" in str(e.value)
+
+
+def test_answer_with_spaced_punctuation_is_not_a_false_mismatch(tok, monkeypatch):
+    # A tokenizer whose decode cleans up spaces (clean_up_tokenization_spaces=True; transformers 5 still
+    # applies it to Unigram/WordPiece models, and to BPE when forced as here) turns " ," into ",".
+    monkeypatch.setattr(tok, "clean_up_tokenization_spaces", True)
+    monkeypatch.setattr(tok, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", True)
+    assert tok.decode(tok.encode("a dog , brown .")) == "a dog, brown."
+    ids, labels = encode_conversation(tok, [Turn("user", "q"), Turn("assistant", "a dog , brown .")], "vicuna-v1", "sp")
+    learned = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+    assert tok.decode(learned, clean_up_tokenization_spaces=False) == " a dog , brown .</s>"

@@ -112,8 +112,11 @@ def collate(items: List[Dict[str, object]], pad_token_id: int) -> Dict[str, obje
     Returns ``input_ids`` LongTensor [B,T], ``attention_mask`` LongTensor [B,T] (1 = token),
     ``labels`` LongTensor [B,T] (IGNORE_INDEX on padding), ``pixel_values`` FloatTensor
     [sum n_img,3,H,W] in sample order (None when no sample has an image), ``ids`` list[str],
-    ``num_images`` list[int].
+    ``num_images`` list[int]. Raises ``ValueError`` on an empty list (every sample of a batch was
+    skipped: the loader must drop such a batch, not hand the model a [0,0] tensor).
     """
+    if not items:
+        raise ValueError("collate() got no items (every sample of the batch was skipped?)")
     T = max(int(it["input_ids"].shape[0]) for it in items)
     B = len(items)
     input_ids = torch.full((B, T), int(pad_token_id), dtype=torch.long)

@@ -7,6 +7,12 @@ token. Message content may be a string with inline ``<image>`` placeholders (mmi
 list of HF-style parts ``[{"type": "image"}, {"type": "text", "text": ...}]`` (what transformers'
 ``LlavaProcessor.apply_chat_template`` passes); an image part renders as ``<image>\\n``, so one
 image + text renders identically both ways (LLaVA puts ``<image>\\n`` first, arXiv 2304.08485).
+
+``plain``, ``vicuna-v1`` and ``llama-2`` write ``{{ bos_token }}`` / ``{{ eos_token }}`` rather than
+``<s>`` / ``</s>``: they are used with LLMs whose special tokens differ (Llama/Vicuna ``<s>``/``</s>``,
+Mistral, Llama-3 ``<|begin_of_text|>``/``<|end_of_text|>``), and a tokenizer without a bos token
+(Qwen) renders none. ``chatml`` writes its ``<|im_start|>``/``<|im_end|>`` markers literally, since
+they are part of the format, not of a tokenizer family, and uses no bos (as Qwen does).
 """
 
 from __future__ import annotations

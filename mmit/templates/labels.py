@@ -55,7 +55,10 @@ def encode_conversation(tokenizer, turns: Sequence[Turn], template: str, sample_
     Raises:
         LabelAlignmentError: the number of learned spans differs from the number of assistant turns,
             or a span does not decode to its turn's answer plus the end-of-turn text (message names
-            ``sample_id`` and shows both strings).
+            ``sample_id`` and shows both strings). Strings are compared after stripping their ends and
+            collapsing whitespace runs (some tokenizers, e.g. T5's sentencepiece, do not round-trip
+            whitespace); decoding never applies ``clean_up_tokenization_spaces``, which would turn an
+            answer's " ." into "." and report a false mismatch.
         SampleError: (reason ``no-supervised-tokens``) nothing would be learned.
     """
     tpl = get_template(template)
@@ -75,7 +78,7 @@ def encode_conversation(tokenizer, turns: Sequence[Turn], template: str, sample_
         raise LabelAlignmentError(f"sample {sample_id!r}: {len(spans)} learned span(s) for {len(answers)} "
                                   f"assistant turn(s) with template {template!r}")
     for (a, b), answer in zip(spans, answers):
-        got = tokenizer.decode(ids[a:b], skip_special_tokens=False)
+        got = tokenizer.decode(ids[a:b], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         want = tpl.learned_text(answer, tokenizer.eos_token)
         if _norm(got) != _norm(want):
             raise LabelAlignmentError(f"sample {sample_id!r}: learned tokens decode to {got!r}, expected {want!r} "
