@@ -117,6 +117,14 @@ def test_overflow_skips_are_counted_and_logged(tmp_path):
     assert "skipped" in (run / "train.log").read_text()
 
 
+def test_skips_in_dataloader_workers_are_counted_too(tmp_path):
+    cfg = tiny_run_config(tmp_path, max_steps=2)
+    cfg.model.template, cfg.model.max_length = "plain", 12
+    cfg.data.num_workers = 2
+    summary = json.loads((train(cfg) / "summary.json").read_text())
+    assert summary["skipped"].get("too-long-for-images", 0) > 0
+
+
 def test_overflow_error_policy_raises_with_sample_id(tmp_path):
     from mmit.data.sample import SampleError
 

@@ -76,15 +76,17 @@ class SampleStream:
 class _PreprocessedEpoch(IterableDataset):
     """Preprocessed items of one epoch from ``start``; DataLoader workers take every k-th sample."""
 
-    def __init__(self, stream: SampleStream, pre: SamplePreprocessor, epoch: int, start: int, stats: SkipCounter):
-        self.stream, self.pre, self.epoch, self.start, self.stats = stream, pre, epoch, start, stats
+    def __init__(self, stream: SampleStream, pre: SamplePreprocessor, epoch: int, start: int):
+        self.stream, self.pre, self.epoch, self.start = stream, pre, epoch, start
 
     def __iter__(self):
+        """Yields ``(position, item or None, skip)``; ``skip`` is a one-sample SkipCounter (or None),
+        returned rather than counted here because a worker process's counter never reaches the trainer."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         for pos, sample in islice(enumerate(self.stream.epoch(self.epoch)), self.start + wid, None, nw):
-            item = self.pre.try_call(sample, self.stats)
-            yield pos, item
+            skip = SkipCounter()
+            yield pos, self.pre.try_call(sample, skip), (skip if skip else None)
 
 
 def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, pad_token_id: int,
@@ -99,11 +101,13 @@ def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, pad_
     """
     epoch, pos = start_epoch, start_pos
     while True:
-        ds = _PreprocessedEpoch(stream, pre, epoch, pos, stream.stats)
+        ds = _PreprocessedEpoch(stream, pre, epoch, pos)
         it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers)) if num_workers else iter(ds)
         items, produced = [], 0
-        for p, item in it:
+        for p, item, skip in it:
             pos = max(pos, p + 1)
+            if skip is not None:
+                stream.stats.merge(skip)
             if item is None:
                 continue
             items.append(item)
@@ -125,4 +129,5 @@ def count_tokens(batch: dict) -> int:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with every tensor moved to ``device`` (other values, e.g. ``ids``, unchanged)."""
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
