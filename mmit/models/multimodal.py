@@ -44,10 +44,7 @@ class MultimodalLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` FloatTensor ``[I,3,H,W]`` -> projected features ``[I,N,D]`` (LLM dtype)."""
-        tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
-        tower_dtype = next(self.vision_tower.parameters()).dtype
-        with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
-            feats = self.vision_tower(pixel_values.to(tower_dtype))
+        feats = self.vision_tower(pixel_values)  # runs without autograd when the tower is frozen
         proj_dtype = next(iter(self.projector.parameters()), feats).dtype
         return self.projector(feats.to(proj_dtype))
 
