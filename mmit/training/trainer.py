@@ -137,6 +137,10 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         stats.merge(state.get("skipped", {}))
         log.info("resumed from %s: step %d, epoch %d, sample position %d", ckpt, step, epoch, pos)
 
+    def trainer_state() -> dict:
+        return {"step": step, "epoch": epoch, "position": pos, "tokens_seen": tokens_seen,
+                "total_steps": total_steps, "skipped": stats.as_dict()}
+
     model, optimizer = accelerator.prepare(model, optimizer)
     metrics = MetricsLogger(run_dir, tc.report_to if accelerator.is_main_process else "none",
                             resume_step=step if ckpt is not None else None)
@@ -170,8 +174,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
         bar.update(1)
-        state = {"step": step, "epoch": epoch, "position": pos, "tokens_seen": tokens_seen,
-                 "total_steps": total_steps, "skipped": stats.as_dict()}
+        state = trainer_state()
         if tc.save_steps > 0 and step % tc.save_steps == 0 and accelerator.is_main_process:
             save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}", model=accelerator.unwrap_model(model),
                             cfg=cfg, tokenizer=tokenizer, trainer_state=state, optimizer=optimizer,
@@ -186,7 +189,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     metrics.close()
     if accelerator.is_main_process:
         save_checkpoint(run_dir / "final", model=accelerator.unwrap_model(model), cfg=cfg, tokenizer=tokenizer,
-                        trainer_state=state)
+                        trainer_state=trainer_state())
         png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         summary = {"steps": step, "tokens_seen": tokens_seen, "skipped": stats.as_dict(),
                    "skipped_total": stats.total, "loss_png": str(png) if png else None}
