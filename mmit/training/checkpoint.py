@@ -43,6 +43,7 @@ def trainable_state_dict(model: nn.Module, only_trainable: bool = True) -> Dict[
 
 
 def save_weights(model: nn.Module, path: str | Path, only_trainable: bool = True) -> None:
+    """Write the trainable (or all) parameters to a safetensors file, keyed by parameter name."""
     save_file(trainable_state_dict(model, only_trainable), str(path), metadata={"format": "pt"})
 
 
@@ -66,7 +67,8 @@ def load_weights(model: nn.Module, path: str | Path) -> int:
 
 def _rng_state() -> Tuple[dict, Dict[str, torch.Tensor]]:
     np_state = np.random.get_state()
-    meta = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"python": [py_version, list(py_state), py_gauss],
             "numpy": [np_state[0], np_state[1].tolist(), *[x for x in np_state[2:]]]}
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -134,11 +136,13 @@ def list_checkpoints(output_dir: str | Path):
 
 
 def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
+    """The complete step checkpoint with the highest step, or None."""
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints (``keep <= 0`` keeps all)."""
     if keep > 0:
         for _, d in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(d, ignore_errors=True)

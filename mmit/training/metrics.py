@@ -45,6 +45,7 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> List[dict]:
+    """The records of a ``metrics.jsonl`` file, in order. Raises ``json.JSONDecodeError`` on a bad line."""
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
 
 
