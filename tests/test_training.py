@@ -151,3 +151,12 @@ def test_processes_see_disjoint_samples_that_cover_the_epoch(tmp_path):
     assert sorted(parts[0] + parts[1]) == sorted(full)
     assert [s.id for s in SampleStream(cfg, seed=3).epoch(1)] != full  # reshuffled each epoch
     assert [s.id for s in SampleStream(cfg, seed=3).epoch(0)] == full  # and deterministic
+
+
+def test_resume_of_a_finished_run_saves_final_without_training(tmp_path):
+    cfg = tiny_run_config(tmp_path, max_steps=2, save_steps=2)
+    train(cfg)
+    cfg.train.resume = True
+    run = train(cfg)
+    assert json.loads((run / "final" / "trainer_state.json").read_text())["step"] == 2
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
