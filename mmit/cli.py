@@ -1,4 +1,5 @@
-"""The ``mmit`` command: ``train``, ``convert``, ``generate``, ``export``, ``import``.
+"""The ``mmit`` command: ``train``, ``convert``, ``inspect``, ``generate``, ``eval``, ``edit``, ``export``,
+``import``.
 
 Errors the user can fix (bad config keys, unknown registry names, missing files, bad records) are
 printed as one line on stderr with exit code 2; anything else is a bug and shows a traceback.
@@ -17,9 +18,12 @@ USAGE = """usage: mmit <command> [options]
 commands:
   train     train from a config:   mmit train --config_path configs/llava/tiny_demo.yaml [--train.max_steps=4 ...] [--resume]
   convert   source files -> webdataset shards:   mmit convert --format llava --input FILE --media-root DIR --output DIR
+  inspect   look at converted shards:   mmit inspect OUT_DIR
   generate  answer a prompt:       mmit generate --checkpoint DIR --image PATH --prompt TEXT [--json]
-  export    to a transformers folder:   mmit export --checkpoint DIR --format hf-llava --output DIR
-  import    from a transformers folder: mmit import --format hf-llava --input DIR --output DIR
+  eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR
+  edit      edit an image (InstructPix2Pix):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
+  export    to another toolkit's folder:   mmit export --checkpoint DIR --format FORMAT --output DIR
+  import    from another toolkit's folder: mmit import --format FORMAT --input DIR --output DIR
 
 `mmit <command> --help` for a command's options."""
 
@@ -109,8 +113,21 @@ def cmd_import(argv: List[str]) -> int:
     return import_main(argv)
 
 
-COMMANDS = {"train": cmd_train, "convert": cmd_convert, "generate": cmd_generate, "export": cmd_export,
-            "import": cmd_import}
+def _lazy(target: str):
+    """A command implemented as ``module:function(argv) -> int``, imported only when it runs."""
+
+    def run(argv: List[str]) -> int:
+        import importlib
+
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(argv)
+
+    return run
+
+
+COMMANDS = {"train": cmd_train, "convert": cmd_convert, "inspect": _lazy("mmit.data.inspect:main"),
+            "generate": cmd_generate, "eval": _lazy("mmit.evaluation.cli:main"),
+            "edit": _lazy("mmit.diffusion.cli:edit_main"), "export": cmd_export, "import": cmd_import}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
