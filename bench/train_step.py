@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="baseline under bf16 autocast too (GPU)")
     a = ap.parse_args()
 
+    from mmit.families.llava import LlavaFamily
     from mmit.config.schema import ModelConfig, TrainConfig
     from mmit.export.hf_llava import to_hf_llava
     from mmit.models.builder import build_model
@@ -63,6 +64,7 @@ def main() -> None:
     sched = build_scheduler(opt, tc, 10_000)
     model, opt = accelerator.prepare(model, opt)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    family = LlavaFamily()
     device = accelerator.device
     hf.to(device)
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
@@ -72,7 +74,7 @@ def main() -> None:
 
     def run_mmit(n):
         for _ in range(n):
-            train_step(accelerator, model, opt, sched, [batch], trainable, 1.0)
+            train_step(accelerator, model, opt, sched, [batch], trainable, 1.0, family)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -127,6 +127,8 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    #: Model family (``mmit.families.FAMILIES``): ``llava``, ``instructblip``, ``instructpix2pix``.
+    family: str = "llava"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

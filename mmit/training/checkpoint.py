@@ -23,7 +23,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -90,8 +90,12 @@ def _set_rng_state(meta: dict, tensors: Dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RunConfig, tokenizer, trainer_state: dict,
-                    optimizer=None, scheduler=None, only_trainable: bool = True) -> Path:
-    """Write a checkpoint folder atomically (a temporary folder renamed into place)."""
+                    optimizer=None, scheduler=None, only_trainable: bool = True,
+                    extra: Optional[Callable[[nn.Module, Path], None]] = None) -> Path:
+    """Write a checkpoint folder atomically (a temporary folder renamed into place).
+
+    ``extra(model, folder)`` writes family-specific files (e.g. EMA weights) before the folder is
+    marked complete."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -99,6 +103,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RunConfig, token
     save_config(cfg, tmp / "config.yaml")
     save_weights(model, tmp / "model.safetensors", only_trainable)
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    if extra is not None:
+        extra(model, tmp)
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if scheduler is not None:
@@ -180,14 +186,16 @@ def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.floa
     """
     from transformers import AutoTokenizer
 
-    from mmit.models.builder import build_model
+    from mmit.families import get_family
 
     ckpt = resolve_checkpoint_dir(path)
     cfg = load_config(str(ckpt / "config.yaml"))
     _absolutise(cfg, ckpt)
-    model, tokenizer = build_model(cfg.model, dtype)
+    family = get_family(cfg.family)
+    model, tokenizer = family.build(cfg, dtype)
     if (ckpt / "tokenizer").is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
     load_weights(model, ckpt / "model.safetensors")
+    family.load_extra(model, ckpt)
     model.eval()
     return model, tokenizer, cfg

@@ -14,13 +14,13 @@ import json
 import os
 import random
 from itertools import islice
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmit.config.schema import DataConfig
-from mmit.data.collate import SamplePreprocessor, collate
+from mmit.data.collate import SamplePreprocessor
 from mmit.data.sample import Sample
 from mmit.data.stats import SkipCounter
 
@@ -89,12 +89,13 @@ class _PreprocessedEpoch(IterableDataset):
             yield pos, self.pre.try_call(sample, skip), (skip if skip else None)
 
 
-def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, pad_token_id: int,
+def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, collate_fn: Callable[[list], dict],
             start_epoch: int = 0, start_pos: int = 0, num_workers: int = 0
             ) -> Iterator[Tuple[dict, int, int]]:
     """Endless batches across epochs: yields ``(batch, epoch, next_position)``.
 
-    ``batch`` is :func:`mmit.data.collate.collate`'s dict. ``next_position`` is the raw-sample index in
+    ``batch`` is ``collate_fn(items)`` (the family's collate, e.g. :func:`mmit.data.collate.collate`).
+    ``next_position`` is the raw-sample index in
     ``epoch`` where a resumed run starts. Skipped samples (counted in ``stream.stats``) never reach a
     batch. A partial batch at the end of an epoch is yielded as is. Raises ``RuntimeError`` if an
     epoch yields no usable sample.
@@ -113,19 +114,14 @@ def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, pad_
             items.append(item)
             if len(items) == batch_size:
                 produced += 1
-                yield collate(items, pad_token_id), epoch, pos
+                yield collate_fn(items), epoch, pos
                 items = []
         if items:
             produced += 1
-            yield collate(items, pad_token_id), epoch, pos
+            yield collate_fn(items), epoch, pos
         if produced == 0 and start_pos == 0:
             raise RuntimeError(f"epoch {epoch} produced no usable sample (skips: {stream.stats.as_dict()})")
         epoch, pos, start_pos = epoch + 1, 0, 0
-
-
-def count_tokens(batch: dict) -> int:
-    """Non-padding tokens in a batch (image tokens included): the unit of tokens/s."""
-    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

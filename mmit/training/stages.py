@@ -7,7 +7,7 @@ alignment); ``finetune`` trains the projector and the LLM (stage 2, visual instr
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from torch import nn
 
@@ -32,10 +32,10 @@ def apply_stage(model: nn.Module, stage: str, tower_frozen: bool = True) -> Dict
     return trains
 
 
-def parameter_table(model: nn.Module) -> Tuple[str, List[Dict[str, object]]]:
+def parameter_table(model: nn.Module, modules: Sequence[str] = MODULES) -> Tuple[str, List[Dict[str, object]]]:
     """A text table of trainable and frozen parameter counts per top-level module, and its rows."""
     rows = []
-    for name in MODULES:
+    for name in modules:
         mod = getattr(model, name)
         trainable = sum(p.numel() for p in mod.parameters() if p.requires_grad)
         total = sum(p.numel() for p in mod.parameters())

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -20,15 +21,14 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mmit.config.schema import RunConfig, save_config
-from mmit.data.collate import SamplePreprocessor
 from mmit.data.stats import SkipCounter
-from mmit.models.builder import build_model
+from mmit.families import ModelFamily, get_family
 from mmit.training.checkpoint import (latest_checkpoint, load_training_state, load_weights, prune_checkpoints,
                                       resolve_checkpoint_dir, save_checkpoint)
-from mmit.training.data import SampleStream, batches, count_tokens, to_device
+from mmit.training.data import SampleStream, batches, to_device
 from mmit.training.metrics import MetricsLogger, loss_fell, plot_loss, read_metrics
 from mmit.training.optim import build_optimizer, build_scheduler
-from mmit.training.stages import apply_stage, parameter_table
+from mmit.training.stages import parameter_table
 
 log = logging.getLogger("mmit.train")
 
@@ -63,22 +63,19 @@ def _setup_logging(run_dir: Path) -> None:
 
 
 def train_step(accelerator: Accelerator, model, optimizer, scheduler, micro_batches, trainable,
-               max_grad_norm: float):
+               max_grad_norm: float, family: ModelFamily):
     """One optimizer step over ``micro_batches`` (gradient accumulation): forward under autocast,
     backward of loss / n, gradient sync only on the last micro-batch, clipping, AdamW, lr schedule.
 
-    Returns ``(mean loss over the micro-batches, grad norm before clipping or None)``. Raises
-    ``RuntimeError`` for a batch without a supervised token (the preprocessor never lets one through).
+    The loss of a micro-batch is ``family.loss(model, batch)``. Returns ``(mean loss over the
+    micro-batches, grad norm before clipping or None)``.
     """
     n = len(micro_batches)
     step_loss = 0.0
     for i, batch in enumerate(micro_batches):
-        if int((batch["labels"] != -100).sum()) == 0:
-            raise RuntimeError(f"batch with no supervised token: {batch.get('ids')}")
-        inputs = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values")},
-                           accelerator.device)
+        inputs = to_device(batch, accelerator.device)
         with (nullcontext() if i == n - 1 else accelerator.no_sync(model)), accelerator.autocast():
-            loss = model(**inputs).loss
+            loss = family.loss(model, inputs)
         accelerator.backward(loss / n)
         step_loss += float(loss.detach()) / n
     grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm) if max_grad_norm > 0 else None
@@ -103,21 +100,21 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     set_seed(tc.seed)
     save_config(cfg, run_dir / "config.yaml")
 
-    model, tokenizer = build_model(cfg.model)
+    family = get_family(cfg.family)
+    model, tokenizer = family.build(cfg)
     if cfg.model.init_from:
         src = resolve_checkpoint_dir(cfg.model.init_from)
         n = load_weights(model, src / "model.safetensors")
         log.info("initialised %d tensors from %s", n, src)
-    apply_stage(model, tc.stage, cfg.model.vision_tower.frozen)
-    table, _ = parameter_table(model)
+    family.apply_stage(model, cfg)
+    table, _ = parameter_table(model, family.parameter_modules(model))
     log.info("stage %s, parameters:\n%s", tc.stage, table)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
     stats = SkipCounter()
     stream = SampleStream(cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes, stats)
-    pre = SamplePreprocessor(tokenizer, cfg.model.template, model.vision_tower.image_processor,
-                             model.num_image_tokens, model.image_token_id, cfg.model.max_length, cfg.data.overflow)
+    pre = family.preprocessor(cfg, model, tokenizer)
     per_step = tc.batch_size * tc.gradient_accumulation_steps
     if tc.max_steps > 0:
         total_steps = tc.max_steps
@@ -132,6 +129,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
     if ckpt is not None:
         load_weights(model, ckpt / "model.safetensors")
+        family.load_extra(model, ckpt)
         state = load_training_state(ckpt, optimizer, scheduler)
         step, epoch, pos, tokens_seen = state["step"], state["epoch"], state["position"], state["tokens_seen"]
         stats.merge(state.get("skipped", {}))
@@ -144,7 +142,8 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     metrics = MetricsLogger(run_dir, tc.report_to if accelerator.is_main_process else "none",
                             resume_step=step if ckpt is not None else None)
-    data_iter = batches(stream, pre, tc.batch_size, tokenizer.pad_token_id, epoch, pos, cfg.data.num_workers)
+    data_iter = batches(stream, pre, tc.batch_size, partial(family.collate, tokenizer=tokenizer), epoch, pos,
+                        cfg.data.num_workers)
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (tc.progress_bar and accelerator.is_main_process),
                dynamic_ncols=True, mininterval=2.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -154,31 +153,34 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         micro_batches = []
         for _ in range(tc.gradient_accumulation_steps):
             batch, epoch, pos = next(data_iter)
-            n_tok = count_tokens(batch)
+            n_tok = family.count(batch)
             window_tokens += n_tok
             tokens_seen += n_tok
             micro_batches.append(batch)
         step_loss, grad_norm = train_step(accelerator, model, optimizer, scheduler, micro_batches, trainable,
-                                          tc.max_grad_norm)
+                                          tc.max_grad_norm, family)
         step += 1
+        family.on_step_end(accelerator.unwrap_model(model), step)
         window_loss += step_loss
         window_n += 1
         if step % tc.logging_steps == 0 or step == total_steps:
             dt = time.perf_counter() - t0
             rec = {"loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0], "epoch": epoch,
-                   "tokens_per_s": window_tokens / max(dt, 1e-9), "tokens_seen": tokens_seen}
+                   f"{family.unit}_per_s": window_tokens / max(dt, 1e-9), f"{family.unit}_seen": tokens_seen}
             if grad_norm is not None:
                 rec["grad_norm"] = float(grad_norm)
             if accelerator.is_main_process:
                 metrics.log(step, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
+                            per_s=f"{rec[f'{family.unit}_per_s']:.0f}")
             window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
         bar.update(1)
         state = trainer_state()
         if tc.save_steps > 0 and step % tc.save_steps == 0 and accelerator.is_main_process:
-            save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}", model=accelerator.unwrap_model(model),
-                            cfg=cfg, tokenizer=tokenizer, trainer_state=state, optimizer=optimizer,
-                            scheduler=scheduler)
+            ckpt_dir = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}",
+                                       model=accelerator.unwrap_model(model), cfg=cfg, tokenizer=tokenizer,
+                                       trainer_state=state, optimizer=optimizer, scheduler=scheduler,
+                                       extra=family.save_extra)
             prune_checkpoints(run_dir, tc.save_total_limit)
         if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
             bar.close()
@@ -189,7 +191,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     metrics.close()
     if accelerator.is_main_process:
         save_checkpoint(run_dir / "final", model=accelerator.unwrap_model(model), cfg=cfg, tokenizer=tokenizer,
-                        trainer_state=trainer_state())
+                        trainer_state=trainer_state(), extra=family.save_extra)
         png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         summary = {"steps": step, "tokens_seen": tokens_seen, "skipped": stats.as_dict(),
                    "skipped_total": stats.total, "loss_png": str(png) if png else None}
