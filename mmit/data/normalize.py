@@ -12,22 +12,50 @@ Every reader that sees ``[{"from": "human"|"gpt", "value": ...}]`` or ``[{"role"
 * :func:`place_image_placeholders`: LLaVA ``preprocess_multimodal`` rule — with one image, the
   ``<image>`` placeholder is removed from wherever it sits in its turn and re-inserted at the start as
   ``"<image>\\n{text}"``; an image record without any placeholder gets them prepended to the first
-  user turn.
+  user turn. :func:`add_media_placeholders` does the same for ``<video>``, ``<audio>`` and
+  ``<pointcloud>`` (:data:`MEDIA_PLACEHOLDERS`). Several images per record keep their written
+  positions; text-only records (no media) are left as they are.
+* :func:`decode_base64`: standard and URL-safe alphabets, missing padding, data URIs.
+* :func:`resolve_media_path` / :func:`coco_name_variants`: ``./`` prefixes, format-specific
+  alternative layouts, COCO 2014 (``COCO_train2014_000000033471.jpg``) vs 2017
+  (``000000033471.jpg``) names.
+* :func:`load_media`: bytes kept exactly as stored, type sniffed from content (extensions lie),
+  content checked against the media kind, optional pixel cap (``image-too-large``); RGBA /
+  palette / grayscale images become RGB only when decoded (:func:`mmit.data.media.decode_image`).
+* :func:`apply_policy`: the ``missing="skip"|"error"`` policy every reader uses: under ``skip`` a
+  record that fails (missing media, malformed, invalid) is counted by reason in a
+  :class:`~mmit.data.stats.SkipCounter`; under ``error`` a :class:`SampleError` names file and record.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+import base64
+import binascii
+import io
+import os
+import re
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
 
 from mmit.constants import IMAGE_PLACEHOLDER
-from mmit.data.sample import SampleError, Turn
+from mmit.data.media import check_image, media_kind, read_media_bytes, sniff_ext
+from mmit.data.sample import Media, Sample, SampleError, Turn
+from mmit.data.stats import SkipCounter
 
-#: Role spellings seen in the wild → normalised role (keys are lower-case).
+#: Role spellings seen in the wild → normalised role (keys are lower-case). ``human``/``gpt``:
+#: LLaVA, ShareGPT4V, LAMM, Vision-Flan; ``user``/``assistant``/``system``: OpenAI / HF chat
+#: templates; ``model``: Gemini-style chat logs; ``chatgpt``/``bard``/``bing``: raw ShareGPT dumps,
+#: which FastChat's ``clean_sharegpt`` maps to ``gpt``.
 ROLE_ALIASES: Dict[str, str] = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
     "system": "system",
 }
 
@@ -129,3 +157,276 @@ def place_image_placeholders(turns: List[Turn], n_images: int,
 def record_extras(record: Mapping[str, Any], used: Sequence[str]) -> Dict[str, Any]:
     """The record's fields other than ``used``, to keep in :attr:`Sample.meta` (JSON-safe as read)."""
     return {k: v for k, v in record.items() if k not in used}
+
+
+# -- placeholders for the other media kinds --------------------------------------------------------
+
+#: Placeholder written into turn text for one media item of each kind. ``<image>`` is LLaVA's
+#: (``mmit.constants.IMAGE_PLACEHOLDER``); the others follow the same spelling so one rule
+#: (:func:`place_image_placeholders` with ``placeholder=``) places them all.
+MEDIA_PLACEHOLDERS: Dict[str, str] = {
+    "image": IMAGE_PLACEHOLDER,
+    "video": "<video>",
+    "audio": "<audio>",
+    "pointcloud": "<pointcloud>",
+}
+
+
+def add_media_placeholders(turns: List[Turn], media: Sequence[Media]) -> List[Turn]:
+    """Place one placeholder per media item, kind by kind (:data:`MEDIA_PLACEHOLDERS`).
+
+    Images follow :func:`place_image_placeholders` (LLaVA's rule). For every other kind, records
+    whose text holds none of its placeholder get them prepended to the first user turn, after
+    any image placeholders (LAMM's 3D JSON has none: its model inserts the point-cloud tokens
+    itself, arXiv 2306.06687). Returns new turns.
+    """
+    out = place_image_placeholders(turns, sum(1 for m in media if m.kind == "image"))
+    for kind, ph in MEDIA_PLACEHOLDERS.items():
+        n = sum(1 for m in media if m.kind == kind)
+        if kind == "image" or n == 0 or any(ph in t.content for t in out):
+            continue
+        for i, t in enumerate(out):
+            if t.role == "user":
+                head = ""
+                while t.content[len(head):].startswith(f"{IMAGE_PLACEHOLDER}\n"):
+                    head += f"{IMAGE_PLACEHOLDER}\n"
+                out[i] = Turn("user", head + f"{ph}\n" * n + t.content[len(head):].strip())
+                break
+    return out
+
+
+# -- base64 ------------------------------------------------------------------------------------------
+
+_B64_DATA_URI = re.compile(r"^data:[^,;]*(?:;[^,;]*)*;base64,", re.I)
+_B64_URLSAFE = str.maketrans("-_", "+/")
+_B64_WS = re.compile(r"\s+")
+
+
+def decode_base64(text: Any, where: str) -> bytes:
+    """Decode base64 media as found in instruction JSON (MIMIC-IT's image JSON, data URIs, ...).
+
+    Accepts the standard (``+/``) and the URL-safe (``-_``, RFC 4648 §5) alphabets, missing ``=``
+    padding, embedded whitespace/newlines, a ``data:image/png;base64,`` prefix and ``bytes`` input.
+    Returns the decoded bytes.
+
+    Raises :class:`SampleError` (reason ``bad-base64``) naming ``where`` for non-string input, an
+    empty payload, characters outside both alphabets or an impossible length.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("ascii", errors="replace")
+    if not isinstance(text, str):
+        raise SampleError(f"{where}: base64 media must be a string, got {type(text).__name__}",
+                          "bad-base64")
+    body = _B64_WS.sub("", _B64_DATA_URI.sub("", text.strip(), count=1))
+    if not body:
+        raise SampleError(f"{where}: empty base64 payload", "bad-base64")
+    body = body.translate(_B64_URLSAFE).rstrip("=")
+    if len(body) % 4 == 1:
+        raise SampleError(f"{where}: base64 payload has an impossible length ({len(body)} "
+                          f"characters without padding)", "bad-base64")
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise SampleError(f"{where}: invalid base64: {e}", "bad-base64") from None
+
+
+# -- media paths -------------------------------------------------------------------------------------
+
+_COCO2014 = re.compile(r"^COCO_(train|val|test)2014_(\d{12})\.(jpg|jpeg|png)$", re.I)
+_COCO2017 = re.compile(r"^(\d{12})\.(jpg|jpeg|png)$", re.I)
+_COCO_DIRS = {"train2014": ("train2017",), "val2014": ("val2017", "train2017"),
+              "train2017": ("train2014", "val2014"), "val2017": ("val2014",),
+              "test2014": ("test2017",), "test2017": ("test2014",)}
+
+
+def coco_name_variants(path: str) -> List[str]:
+    """Other spellings of the same COCO image path in the other release (2014 ↔ 2017).
+
+    COCO 2014 names files ``COCO_train2014_000000033471.jpg`` under ``train2014/``; COCO 2017
+    names the same image ``000000033471.jpg`` under ``train2017/`` (2017 train = 2014 train + most
+    of 2014 val; 2017 val ⊂ 2014 val). LLaVA/ShareGPT4V write 2017 names, MultiInstruct and
+    VideoChat 2014 names (DATASETS.md §0). Variants keep the folder and, when the parent folder is a
+    split folder (``train2014``, ``val2017``, ...), also try the other release's split folders.
+    Returns ``[]`` for non-COCO names. Pure string work: nothing is read from disk.
+    """
+    head, name = os.path.split(path)
+    parent, split_dir = os.path.split(head)
+    out: List[str] = []
+    m14 = _COCO2014.match(name)
+    if m14:
+        split, num, ext = m14.groups()
+        new = f"{num}.{ext}"
+        out.append(os.path.join(head, new))
+        for d in _COCO_DIRS.get(split_dir, ()):
+            out.append(os.path.join(parent, d, new))
+        return out
+    m17 = _COCO2017.match(name)
+    if m17:
+        num, ext = m17.groups()
+        dirs = _COCO_DIRS.get(split_dir)
+        if dirs:
+            for d in dirs:
+                out.append(os.path.join(parent, d, f"COCO_{d[:-4]}2014_{num}.{ext}"))
+            if split_dir.endswith("2014"):  # 2017-style name inside a 2014 folder
+                out.insert(0, os.path.join(head, f"COCO_{split_dir[:-4]}2014_{num}.{ext}"))
+        else:
+            out += [os.path.join(head, f"COCO_{s}2014_{num}.{ext}") for s in ("train", "val")]
+    return out
+
+
+def strip_dot_slash(path: str) -> str:
+    """``./raw_datasets/x.jpg`` → ``raw_datasets/x.jpg`` (repeated ``./`` too); others unchanged."""
+    while path.startswith("./"):
+        path = path[2:]
+    return path
+
+
+def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[str] = (),
+                       coco: bool = True) -> Tuple[str, Optional[str]]:
+    """Find the file a record's media path points to.
+
+    Tried in order, first existing file wins: ``path`` itself if absolute, else ``root/path``
+    (leading ``./`` removed); then each of ``alternatives`` (absolute, or relative to ``root``;
+    readers pass their format's known layouts); then, with ``coco=True``, the COCO 2014/2017
+    spellings (:func:`coco_name_variants`) of every candidate so far.
+
+    Returns ``(resolved path, how)`` where ``how`` is None for the path as written,
+    ``"alternative"`` or ``"coco-name"``. Costs one ``stat`` when the path is right.
+
+    Raises :class:`SampleError` (reason ``missing-media``) naming ``where`` and the path as
+    resolved against ``root``.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise SampleError(f"{where}: media path must be a non-empty string, got {path!r}",
+                          "invalid-record")
+
+    def full(p: str) -> str:
+        p = strip_dot_slash(p)
+        return p if os.path.isabs(p) else os.path.join(root, p)
+
+    first = full(path)
+    if os.path.isfile(first):
+        return first, None
+    alts = [full(a) for a in alternatives]
+    for a in alts:
+        if os.path.isfile(a):
+            return a, "alternative"
+    if coco:
+        for c in [first] + alts:
+            for v in coco_name_variants(c):
+                if os.path.isfile(v):
+                    return v, "coco-name"
+    raise SampleError(f"{where}: media file not found: {first}", "missing-media")
+
+
+# -- media bytes ------------------------------------------------------------------------------------
+
+_EXT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff"}
+
+
+def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Media:
+    """Read ``media.path`` into ``media.data`` and set ``media.ext`` from the content.
+
+    * Extensions lie (``xray.jpg`` is a PNG, ShareGPT4V's ``breaking_bad.png`` is WebP):
+      ``ext`` is what :func:`mmit.data.media.sniff_ext` finds in the bytes; when the file name says
+      otherwise, ``meta["named_ext"]`` keeps the name's extension.
+    * The bytes must be of the declared kind: an ``image`` that is not an image format (an HTML
+      error page saved as ``.jpg``, a truncated file) raises ``undecodable-image``; a
+      ``pointcloud`` must be a ``.npy`` of shape ``(N, C)`` with ``C >= 3`` (xyz, optionally rgb,
+      ...; ``meta["shape"]`` and ``meta["dtype"]`` are set from its header, nothing is unpickled),
+      else ``bad-pointcloud``.
+    * ``max_pixels`` (e.g. :data:`mmit.data.media.MAX_PIXELS`): also parse the image header,
+      set ``meta["width"]``/``meta["height"]`` and raise ``image-too-large`` above the cap.
+      RGBA, palette and grayscale images pass unchanged: the bytes are kept as stored and
+      :func:`mmit.data.media.decode_image` turns them into RGB when pixels are needed.
+
+    Returns ``media`` (modified in place). Raises :class:`SampleError` naming ``where`` and the
+    file: ``missing-media`` (cannot read), ``undecodable-image``, ``image-too-large``,
+    ``bad-pointcloud``.
+    """
+    try:
+        data = read_media_bytes(media.path)
+    except OSError as e:
+        raise SampleError(f"{where}: cannot read {media.kind} file {media.path}: "
+                          f"{e.strerror or e}", "missing-media") from None
+    ext = sniff_ext(data)
+    named = os.path.splitext(media.path or "")[1].lower().lstrip(".")
+    named = _EXT_ALIASES.get(named, named)
+    if named and ext and named != ext:
+        media.meta["named_ext"] = named
+    if media.kind == "image":
+        if media_kind(ext) != "image":
+            raise SampleError(f"{where}: {media.path} is not an image (content: "
+                              f"{ext or 'unknown'}, {len(data)} bytes)", "undecodable-image")
+        if max_pixels is not None:
+            info = check_image(data, f"{where}: {media.path}", max_pixels)
+            media.meta["width"], media.meta["height"] = info.width, info.height
+    elif media.kind == "pointcloud":
+        shape, dtype = npy_header(data, f"{where}: {media.path}")
+        media.meta["shape"], media.meta["dtype"] = list(shape), dtype
+    media.data, media.ext = data, ext
+    return media
+
+
+def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
+    """Shape and dtype of a ``.npy`` point cloud from its header (no data parsed, no pickle).
+
+    Returns ``(shape, dtype string)``. Raises :class:`SampleError` (reason ``bad-pointcloud``) when
+    the bytes are not ``.npy``, hold Python objects, or the array is not ``(N, C)`` with ``N >= 1``
+    and ``C >= 3``.
+    """
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read(buf)
+    except Exception as e:
+        raise SampleError(f"{where}: not a .npy array ({sniff_ext(data) or 'unknown'}): {e}",
+                          "bad-pointcloud") from None
+    if dtype.hasobject:
+        raise SampleError(f"{where}: .npy holds Python objects ({dtype}); refusing to unpickle",
+                          "bad-pointcloud")
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 3:
+        raise SampleError(f"{where}: point cloud must have shape (N, C>=3) (xyz[rgb...]), got "
+                          f"{tuple(shape)}", "bad-pointcloud")
+    return tuple(int(x) for x in shape), dtype.str
+
+
+# -- the skip / error policy --------------------------------------------------------------------------
+
+MISSING_POLICIES = ("skip", "error")
+
+
+def check_missing_policy(missing: str) -> str:
+    """Return ``missing`` if it is ``skip`` or ``error``; raise ``ValueError`` otherwise."""
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be 'skip' or 'error', got {missing!r}")
+    return missing
+
+
+def apply_policy(items: Iterable[Tuple[Any, Any, str]],
+                 to_sample: Callable[[Any, Any, str], Sample], missing: str,
+                 stats: SkipCounter, record_id: Callable[[Any, Any], Any]) -> Iterator[Sample]:
+    """Turn ``(index, record, where)`` items into validated samples under a missing policy.
+
+    ``to_sample(index, record, where)`` builds a :class:`Sample` or raises :class:`SampleError`;
+    the sample is then checked with :meth:`Sample.validate`. Under ``missing="skip"`` a failing
+    record is counted in ``stats`` under the error's reason with ``record_id(index, record)`` and
+    its message, so that records in == yielded + ``stats.total``; under ``"error"`` the error is
+    raised with ``where`` (file and record) at the front of its message.
+    """
+    check_missing_policy(missing)
+    for index, record, where in items:
+        try:
+            sample = to_sample(index, record, where)
+            try:
+                sample.validate()
+            except SampleError as e:
+                raise SampleError(f"{where}: {e}", e.reason) from None
+        except SampleError as e:
+            if missing == "error":
+                raise
+            stats.add(e.reason, record_id(index, record), str(e))
+            continue
+        yield sample
