@@ -1,0 +1,1 @@
+"""Zero-shot evaluation: eval tasks, scorers, metrics, answer post-processing and reports."""

@@ -1,0 +1,191 @@
+"""Accuracy-style metrics: ``vqa-accuracy``, ``exact-match``, ``mc-accuracy``.
+
+All return fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from mmit.evaluation.metrics.base import (Metric, MetricError, check_options, get_prediction,
+                                          get_references, nonempty, where)
+from mmit.evaluation.postprocess import (extract_option_letter, vqa_normalize,
+                                         vqa_process_punctuation)
+
+
+def vqa_score(prediction: str, answers: Sequence[str], min_matches: int = 3) -> float:
+    """VQA accuracy of one prediction against the human answers (Antol et al., arXiv 1505.00468;
+    official script GT-Vision-Lab/VQA ``vqaEval.py``).
+
+    The prediction is normalised with :func:`~mmit.evaluation.postprocess.vqa_normalize`. As in the
+    official script, the human answers only go through ``processPunctuation``, and only when they
+    are not all identical. Then for each of the ``n`` leave-one-out subsets of ``n - 1`` answers
+    (the 10-choose-9 subsets for VQA's 10), ``min(#matches / min_matches, 1)``; the score is the
+    mean over subsets.
+
+    A single answer (GQA-style data) has no leave-one-out subset: the score is then 1.0 when the
+    fully normalised prediction equals the fully normalised answer, else 0.0 (LAVIS's GQA rule).
+
+    Args:
+        prediction: the model's answer.
+        answers: the human answers (non-empty).
+        min_matches: matches that earn full credit (3 in VQA).
+
+    Returns:
+        float in [0, 1]; e.g. 4 of 10 humans agree -> 1.0, 3 -> 0.9, 2 -> 0.6, 1 -> 0.3.
+    """
+    if not answers:
+        raise ValueError("vqa_score needs at least one answer")
+    pred = vqa_normalize(prediction)
+    if len(answers) == 1:
+        return float(pred == vqa_normalize(answers[0]))
+    gts = list(answers)
+    if len(set(gts)) > 1:
+        gts = [vqa_process_punctuation(a) for a in gts]
+    total = 0.0
+    for i in range(len(gts)):
+        matches = sum(1 for j, a in enumerate(gts) if j != i and a == pred)
+        total += min(1.0, matches / min_matches)
+    return total / len(gts)
+
+
+def _vqa_full_credit(prediction: str, answers: Sequence[str], min_matches: int = 3) -> bool:
+    """The VQA paper's per-answer rule: at least ``min(min_matches, n)`` humans gave it."""
+    pred = vqa_normalize(prediction)
+    if len(answers) == 1:
+        return pred == vqa_normalize(answers[0])
+    gts = list(answers)
+    if len(set(gts)) > 1:
+        gts = [vqa_process_punctuation(a) for a in gts]
+    return sum(a == pred for a in gts) >= min(min_matches, len(gts))
+
+
+class VQAAccuracy(Metric):
+    """``vqa-accuracy``: mean of :func:`vqa_score` over records (``reference`` = the human answers).
+
+    Options: ``min_matches`` (int, default 3). ``correct`` is True when at least
+    ``min(min_matches, #answers)`` human answers equal the normalised prediction (the paper's
+    "100% accurate" rule before leave-one-out averaging).
+    """
+
+    name = "vqa-accuracy"
+    options = ("min_matches",)
+
+    def compute(self, records, **options) -> Dict[str, float]:
+        check_options(self.name, options, self.options)
+        nonempty(self.name, records)
+        k = int(options.get("min_matches", 3))
+        scores = [vqa_score(get_prediction(r, self.name, i), get_references(r, self.name, i), k)
+                  for i, r in enumerate(records)]
+        return {self.name: sum(scores) / len(scores)}
+
+    def correct(self, record) -> Optional[bool]:
+        return _vqa_full_credit(get_prediction(record, self.name), get_references(record, self.name))
+
+
+class ExactMatch(Metric):
+    """``exact-match``: fraction of records whose stripped prediction equals one of the stripped
+    references. Option ``ignore_case`` (bool, default False). Apply a post-processing (``vqa``,
+    ``lower``, ...) before scoring for looser matching."""
+
+    name = "exact-match"
+    options = ("ignore_case",)
+
+    @staticmethod
+    def _match(pred: str, refs: List[str], ignore_case: bool) -> bool:
+        norm = (lambda s: s.strip().lower()) if ignore_case else (lambda s: s.strip())
+        p = norm(pred)
+        return any(p == norm(r) for r in refs)
+
+    def compute(self, records, **options) -> Dict[str, float]:
+        check_options(self.name, options, self.options)
+        nonempty(self.name, records)
+        ic = bool(options.get("ignore_case", False))
+        hits = [self._match(get_prediction(r, self.name, i), get_references(r, self.name, i), ic)
+                for i, r in enumerate(records)]
+        return {self.name: sum(hits) / len(hits)}
+
+    def correct(self, record) -> Optional[bool]:
+        return self._match(get_prediction(record, self.name), get_references(record, self.name),
+                           False)
+
+
+def _canon(text: Any) -> str:
+    return str(text).strip().lower()
+
+
+def resolve_choice(record: Mapping[str, Any], metric: str = "mc-accuracy",
+                   index: Optional[int] = None) -> Optional[int]:
+    """Index into ``record["candidates"]`` that the record's answer picks, or None.
+
+    The prediction is matched to a candidate by text (case- and space-insensitive) first, then as an
+    option letter (``"B"``, ``"(b)"``, ``"The answer is B"`` -> candidate 1). Without a usable
+    ``prediction`` the highest of ``scores`` wins (first on ties).
+    """
+    cands = record.get("candidates")
+    if not isinstance(cands, (list, tuple)) or not cands:
+        return None
+    pred = record.get("prediction")
+    if not isinstance(pred, str) or not pred.strip():
+        scores = record.get("scores")
+        if isinstance(scores, (list, tuple)) and len(scores) == len(cands):
+            best = max(range(len(cands)), key=lambda j: (float(scores[j]), -j))
+            return best
+        return None
+    for j, c in enumerate(cands):
+        if _canon(c) == _canon(pred):
+            return j
+    letter = extract_option_letter(pred)
+    if letter is not None and ord(letter) - ord("A") < len(cands):
+        return ord(letter) - ord("A")
+    return None
+
+
+def gold_choice(record: Mapping[str, Any], metric: str = "mc-accuracy",
+                index: Optional[int] = None) -> str:
+    """The gold answer text: ``label`` when present (an int ``label`` indexes ``candidates``),
+    else the (first) ``reference``."""
+    label = record.get("label")
+    if label is None:
+        return get_references(record, metric, index)[0]
+    if isinstance(label, int) and not isinstance(label, bool):
+        cands = record.get("candidates") or []
+        if not 0 <= label < len(cands):
+            raise MetricError(f"{where(metric, index, record)}: integer label {label} does not "
+                              f"index the {len(cands)} candidates")
+        return str(cands[label])
+    return str(label)
+
+
+class MCAccuracy(Metric):
+    """``mc-accuracy``: multiple-choice accuracy. A record is correct when its answer picks the gold
+    candidate (``label``, else ``reference``): the prediction equals the gold text (ignoring case
+    and outer spaces) or names its option letter (A = first candidate). Works for ``rank`` output
+    (prediction = top-ranked candidate) and for generated letters (``option-letter``
+    post-processing)."""
+
+    name = "mc-accuracy"
+
+    def _is_correct(self, record, index: Optional[int] = None) -> bool:
+        gold = _canon(gold_choice(record, self.name, index))
+        j = resolve_choice(record, self.name, index)
+        cands = record.get("candidates") or []
+        if j is not None:
+            return _canon(cands[j]) == gold
+        pred = record.get("prediction")
+        if not isinstance(pred, str):
+            raise MetricError(f"{where(self.name, index, record)}: needs a string 'prediction' "
+                              f"or candidates with scores")
+        if _canon(pred) == gold:
+            return True
+        letter = extract_option_letter(pred)
+        return letter is not None and len(gold) == 1 and letter.lower() == gold
+
+    def compute(self, records, **options) -> Dict[str, float]:
+        check_options(self.name, options, ())
+        nonempty(self.name, records)
+        hits = [self._is_correct(r, i) for i, r in enumerate(records)]
+        return {self.name: sum(hits) / len(hits)}
+
+    def correct(self, record) -> Optional[bool]:
+        return self._is_correct(record)
