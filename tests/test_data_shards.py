@@ -89,10 +89,10 @@ def test_convert_stats_invariant_and_layout(corpus, monkeypatch):
     real_build = convert_mod.build_shard
     built = []
 
-    def spy(index, items, *a, **k):
+    def spy(task):
         assert not (out / "_stats.json").exists(), "_stats.json must be written last"
-        built.append(index)
-        return real_build(index, items, *a, **k)
+        built.append(task.index)
+        return real_build(task)
 
     monkeypatch.setattr(convert_mod, "build_shard", spy)
     stats = run(corpus)
@@ -107,7 +107,7 @@ def test_convert_stats_invariant_and_layout(corpus, monkeypatch):
     assert on_disk["format"] == "llava" and on_disk["input"] == str(corpus["ann"].resolve())
     names = sorted(os.listdir(out))
     assert names == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json",
-                     "00002.tar", "00002_stats.json", "_stats.json"]
+                     "00002.tar", "00002_stats.json", "_convert.json", "_stats.json"]
     per = [json.loads((out / f"{i:05d}_stats.json").read_text()) for i in range(3)]
     assert sum(p["written"] for p in per) == 8
     assert sum(p["records_in"] for p in per) == 9
@@ -168,10 +168,18 @@ def test_missing_error_policy_and_existing_output(corpus):
     with pytest.raises(SampleError) as e:
         run(corpus, "err", missing="error")
     assert "nope.jpg" in str(e.value)
+    err = corpus["tmp"] / "err"
+    assert not list(err.glob("*.tmp")) and not (err / "_stats.json").exists()
+    assert all(p.with_name(p.stem + "_stats.json").is_file() for p in err.glob("*.tar"))
     run(corpus, "twice")
-    with pytest.raises(FileExistsError):
-        run(corpus, "twice")
-    assert run(corpus, "twice", overwrite=True)["written"] == 8
+    again = run(corpus, "twice")  # same options: resumed, every shard kept
+    assert again["reused_shards"] == again["shards"] == 3 and again["written"] == 8
+    with pytest.raises(FileExistsError) as e:
+        run(corpus, "twice", shard_size=2)  # other options: refused
+    assert "shard_size: 3 -> 2" in str(e.value)
+    assert run(corpus, "twice", shard_size=2, overwrite=True)["written"] == 8
+    assert sorted(p.name for p in (corpus["tmp"] / "twice").glob("*.tar")) == \
+        [f"{i:05d}.tar" for i in range(5)]
 
 
 def test_real_vision_flan_keys_survive_odd_filenames(tmp_path):

@@ -2,249 +2,521 @@
 
 Output folder::
 
-    00000.tar 00000_stats.json 00001.tar 00001_stats.json ... _stats.json
+    _convert.json  00000.tar 00000_stats.json  00001.tar 00001_stats.json  ...  _stats.json
 
-``_stats.json`` is written last (atomically), so its presence means the run finished; it holds
-``format``, ``input``, ``records_in``, ``written``, ``skipped`` (reason → count), ``shards`` (count) and
-satisfies ``records_in == written + sum(skipped.values())``.
+* ``_convert.json`` (written first): the options that decide the output. A re-run with the same
+  options RESUMES: every shard whose ``NNNNN_stats.json`` is complete and carries the same digest
+  (hash of the shard's record descriptions and options) is kept, everything else is (re)built. A
+  re-run with other options stops with ``FileExistsError`` unless ``overwrite=True``.
+* ``NNNNN.tar`` is written as ``NNNNN.tar.tmp`` and renamed when complete; its stats file follows.
+* ``_stats.json`` is written last (atomically), so its presence means the run finished; it holds
+  ``format``, ``input``, ``records_in``, ``written``, ``skipped`` (reason → count), ``shards``,
+  ``counts`` (per task / source / media kind) and satisfies ``records_in == written +
+  sum(skipped.values())``. Records dropped by ``sample_rate`` count as ``skipped["not-sampled"]``.
 
-Pipeline: the reader (:data:`mmit.data.sources.FORMATS`) parses records in the main process and
-checks that media files exist; records are cut into shards of ``shard_size`` readable records; each
-shard is one call of the pure function :func:`build_shard` ``(shard index, [(input index, Sample)])``,
-run inline (``workers=1``) or in a ``ProcessPoolExecutor``. It reads each media file once, sniffs its
-type from content, checks images cheaply (:func:`mmit.data.media.check_image`; ``check="decode"``
-for a full decode) and stores the ORIGINAL bytes — nothing is re-encoded; each image's
-``Media.meta`` gains ``width`` and ``height`` (pixels). Tar member mtimes are
-fixed, so the tars are byte-identical for any number of workers.
+Pipeline: the reader (:data:`mmit.data.sources.FORMATS`) parses records in this process; records
+are cut into shards of ``shard_size`` selected records; each shard is ONE call of the pure function
+:func:`build_shard` on a :class:`ShardTask` (shard index, ``(input position, Sample)`` items with
+media referenced by path or carried inline, :class:`ShardOptions`). Its only effects are the shard
+file and its stats file, so a distributor (:mod:`mmit.data.distribute`: inline, process pool or Ray)
+can run it anywhere that sees the same paths, and the bytes written do not depend on where: tar
+member mtimes, owners, modes and order are fixed.
 
-A shard can hold fewer than ``shard_size`` samples when some of its images are unreadable.
+Media handling inside :func:`build_shard` (:func:`prepare_media`):
+
+* images: header check (``check="header"``) or full decode; stored as their ORIGINAL bytes unless
+  ``resize_max_side`` (downscale so the longer side is at most N pixels; never upscale) or
+  ``reencode`` (``jpeg``/``png``/``webp`` at ``quality``) asks for new pixels; ``meta`` gains
+  ``width``/``height`` (and ``original_width``/``original_height``/``original_ext`` when changed).
+* video and audio: stored as their bytes, extension sniffed from content.
+* point clouds: stored as ``.npy`` (``.npz`` converted); must be a numeric ``[N, C>=3]`` array.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
+import dataclasses
+import hashlib
+import io
+import json
 import os
 import re
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 from tqdm import tqdm
 
-from mmit.data.media import MAX_PIXELS, check_image, read_media_bytes, sniff_ext
+from mmit.data.distribute import DISTRIBUTORS, get_distributor
+from mmit.data.media import MAX_PIXELS, check_image, read_media_bytes, sniff_ext, to_rgb
 from mmit.data.sample import Sample, SampleError
-from mmit.data.shards import ShardWriter, dump_json
-from mmit.data.sources import get_reader
+from mmit.data.shards import (TMP_SUFFIX, ShardWriter, atomic_write, complete_shard_stats,
+                              dump_json, read_stats, sample_json)
+from mmit.data.sources import available_formats, get_reader
 from mmit.data.stats import SkipCounter
 from mmit.registry import UnknownNameError
 
-_SHARD_FILE = re.compile(r"^(\d{5,}\.tar|\d{5,}_stats\.json|_stats\.json)$")
+#: Bumped when the bytes written for the same input change; part of every shard digest.
+SHARD_FORMAT_VERSION = 2
+#: Skip reason of records left out by ``sample_rate``.
+NOT_SAMPLED = "not-sampled"
+#: ``reencode`` name → (PIL format, extension).
+REENCODE = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+MANIFEST = "_convert.json"
+_SHARD_FILE = re.compile(r"^(\d{5,})(\.tar|_stats\.json)$")
+_OWNED = re.compile(r"^(\d{5,}\.tar|\d{5,}_stats\.json|_stats\.json|_convert\.json)(\.tmp)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardOptions:
+    """Per-shard options of :func:`build_shard` (all plain values, picklable)."""
+
+    output: str
+    missing: str = "skip"
+    check: str = "header"
+    max_pixels: int = MAX_PIXELS
+    resize_max_side: Optional[int] = None
+    reencode: Optional[str] = None
+    quality: int = 95
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """Everything but ``output``: the options that change a shard's bytes."""
+        d = dataclasses.asdict(self)
+        d.pop("output")
+        return d
+
+
+@dataclasses.dataclass
+class ShardTask:
+    """Input of one :func:`build_shard` call: shard ``index``, its ``(input position, Sample)``
+    ``items``, the ``options`` and the ``digest`` of both (stored in the shard's stats)."""
+
+    index: int
+    items: List[Tuple[int, Sample]]
+    options: ShardOptions
+    digest: str
+
+
+@dataclasses.dataclass
+class ShardResult:
+    """Output of :func:`build_shard`: the shard's stats dict and its skips (with examples)."""
+
+    index: int
+    stats: Dict[str, Any]
+    skipped: SkipCounter
+
+
+# -- media -----------------------------------------------------------------------------------------
+
+def _fit(width: int, height: int, max_side: Optional[int]) -> Tuple[int, int]:
+    """Size after downscaling so that ``max(w, h) <= max_side`` (aspect kept, never upscaled)."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    s = max_side / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def transcode_image(data: bytes, where: str, size: Tuple[int, int], fmt: str, quality: int
+                    ) -> bytes:
+    """Decode ``data`` to RGB (:func:`mmit.data.media.to_rgb`), resize to ``size`` (bicubic;
+    JPEGs are first DCT-downscaled to at least twice the target with ``Image.draft``) and encode
+    as ``fmt`` (``JPEG``/``PNG``/``WEBP``; ``quality`` 1-100 for JPEG/WebP). Deterministic for a
+    given Pillow build. Raises :class:`SampleError` (``undecodable-image``) naming ``where``."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            if im.format == "JPEG" and size != im.size:
+                im.draft(None, (size[0] * 2, size[1] * 2))
+            im.load()
+        im = to_rgb(im)
+        if im.size != size:
+            im = im.resize(size, Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        kw = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
+        im.save(out, format=fmt, **kw)
+    except Exception as e:  # OSError (truncated), SyntaxError, ValueError, ...
+        raise SampleError(f"{where}: undecodable image: {e}", "undecodable-image") from None
+    return out.getvalue()
+
+
+def _prepare_image(m: Any, data: bytes, where: str, o: ShardOptions) -> None:
+    info = check_image(data, where, o.max_pixels, full=(o.check == "decode"))
+    size = _fit(info.width, info.height, o.resize_max_side)
+    if o.reencode is None and size == (info.width, info.height):
+        m.data, m.ext = data, sniff_ext(data) or info.ext
+        m.meta["width"], m.meta["height"] = info.width, info.height
+        return
+    name = o.reencode or ("jpeg" if info.ext == "jpg" else "png")
+    fmt, ext = REENCODE[name]
+    m.data, m.ext = transcode_image(data, where, size, fmt, o.quality), ext
+    m.meta.update(width=size[0], height=size[1], original_width=info.width,
+                  original_height=info.height, original_ext=sniff_ext(data) or info.ext)
+
+
+def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...]]:
+    """A point cloud file's bytes as ``.npy`` bytes and the array shape ``(N, C)``.
+
+    ``.npy`` is kept byte for byte; ``.npz`` (one array, or keys ``points``/``xyz``/``pcl``/
+    ``arr_0``) is re-saved as ``.npy``. Nothing is unpickled (``allow_pickle=False``).
+    Raises :class:`SampleError`: ``unsupported-pointcloud`` (another format, e.g. PLY) or
+    ``undecodable-pointcloud`` (corrupt, object dtype, not ``[N, C>=3]`` numeric).
+    """
+    ext = sniff_ext(data)
+    if ext not in ("npy", "npz"):
+        raise SampleError(f"{where}: point cloud is not a .npy/.npz array (content: "
+                          f"{ext or 'unknown type'})", "unsupported-pointcloud")
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if ext == "npz":
+            keys = loaded.files
+            pick = keys[0] if len(keys) == 1 else next(
+                (k for k in ("points", "xyz", "pcl", "arr_0") if k in keys), None)
+            if pick is None:
+                raise ValueError(f"several arrays and none named points/xyz/pcl: {keys}")
+            loaded = loaded[pick]
+    except Exception as e:
+        raise SampleError(f"{where}: undecodable point cloud ({ext}): {e}",
+                          "undecodable-pointcloud") from None
+    arr = np.asarray(loaded)
+    if arr.ndim != 2 or arr.shape[1] < 3 or arr.dtype.kind not in "fiu":
+        raise SampleError(f"{where}: point cloud must be a numeric [N, C>=3] array, got shape "
+                          f"{arr.shape} dtype {arr.dtype}", "undecodable-pointcloud")
+    if ext == "npy":
+        return data, tuple(arr.shape)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue(), tuple(arr.shape)
+
+
+def prepare_media(sample: Sample, o: ShardOptions) -> None:
+    """Load and check every media item of ``sample`` in place (``data``, ``ext``, ``meta``).
+
+    Bytes come from ``Media.data`` when the reader carried them inline, else from ``Media.path``.
+    Raises :class:`SampleError` naming the file and sample: ``missing-media`` (unreadable, empty or
+    no source), ``undecodable-image``, ``image-too-large``, ``*-pointcloud`` (see above).
+    """
+    for j, m in enumerate(sample.media):
+        where = f"{m.path or 'inline ' + m.kind} (sample {sample.id!r}, media {j})"
+        data = m.data
+        if data is None:
+            if not m.path:
+                raise SampleError(f"{where}: media has neither bytes nor a path", "missing-media")
+            try:
+                data = read_media_bytes(m.path)
+            except OSError as e:
+                raise SampleError(f"{where}: cannot read media file: {e.strerror or e}",
+                                  "missing-media") from None
+        if not data:
+            raise SampleError(f"{where}: empty media file", "missing-media")
+        if m.kind == "image":
+            _prepare_image(m, bytes(data), where, o)
+        elif m.kind == "pointcloud":
+            m.data, shape = pointcloud_npy(bytes(data), where)
+            m.ext, m.meta["shape"] = "npy", list(shape)
+        else:  # video, audio: bytes as they are
+            suffix = os.path.splitext(m.path or "")[1][1:].lower()
+            m.data = data
+            m.ext = sniff_ext(data) or (suffix if suffix.isalnum() and len(suffix) <= 5 else "bin")
+
+
+def build_shard(task: ShardTask) -> ShardResult:
+    """Write shard ``{index:05d}.tar`` + ``_stats.json`` into ``task.options.output``.
+
+    Pure: the files written depend only on ``task`` (and the media bytes it points to), never on
+    the process, host, time or worker count. Records whose media fail :func:`prepare_media` are
+    counted in the result's ``skipped`` (``missing="skip"``) or raise :class:`SampleError`
+    (``missing="error"``; the partial tar is deleted).
+    """
+    o = task.options
+    tar_path = os.path.join(o.output, f"{task.index:05d}.tar")
+    skipped = SkipCounter()
+    with ShardWriter(tar_path) as writer:
+        for position, sample in task.items:
+            try:
+                prepare_media(sample, o)
+            except SampleError as e:
+                if o.missing == "error":
+                    raise
+                skipped.add(e.reason, sample.id, str(e))
+                continue
+            writer.write(sample, position)
+            for m in sample.media:
+                m.data = None  # hold one sample's bytes at a time
+        stats = writer.finish(skipped, records_in=len(task.items), extra={"digest": task.digest})
+    return ShardResult(task.index, stats, skipped)
+
+
+# -- planning: which records, which shards -----------------------------------------------------
+
+def is_sampled(position: int, rate: float, seed: int = 0) -> bool:
+    """Whether the record at input ``position`` is in the ``rate`` subset for ``seed``.
+
+    A hash of ``(seed, position)`` compared with ``rate``: deterministic across runs, processes
+    and machines, and nested (the subset at rate 0.1 is inside the subset at 0.5, same seed)."""
+    if rate >= 1.0:
+        return True
+    h = hashlib.blake2b(f"{int(seed)}/{int(position)}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") < rate * 2.0 ** 64
 
 
 class _LimitReached(Exception):
     pass
 
 
-class _Budget(SkipCounter):
-    """Reader skip counter that also enforces ``max_records`` on records read (kept + skipped)."""
+class _Intake(SkipCounter):
+    """The reader's skip counter: enforces ``max_records`` on records read (kept + skipped) and
+    counts a skipped record that ``sample_rate`` leaves out as ``not-sampled``, whatever the
+    reader's reason, so the counts do not depend on records outside the subset."""
 
-    def __init__(self, limit: Optional[int]):
+    def __init__(self, limit: Optional[int], rate: float, seed: int):
         super().__init__()
-        self.limit, self.kept = limit, 0
+        self.limit, self.rate, self.seed, self.kept = limit, rate, seed, 0
+
+    @property
+    def seen(self) -> int:
+        return self.kept + self.total
 
     def room(self) -> bool:
-        return self.limit is None or self.kept + self.total < self.limit
+        return self.limit is None or self.seen < self.limit
 
     def add(self, reason, sample_id=None, message=None, n=1):
         if n and not self.room():
             raise _LimitReached
-        super().add(reason, sample_id, message, n)
+        start = self.seen
+        out = sum(not is_sampled(p, self.rate, self.seed) for p in range(start, start + n))
+        if out:
+            super().add(NOT_SAMPLED, n=out)
+        if n - out or not n:
+            super().add(reason, sample_id, message, n - out)
 
 
-def _read_media(sample: Sample) -> List[Any]:
-    """Bytes of each media file of ``sample``, or the ``OSError`` reading it raised."""
-    out: List[Any] = []
-    for m in sample.media:
-        try:
-            out.append(read_media_bytes(m.path))
-        except OSError as e:
-            out.append(e)
-    return out
-
-
-def _attach_media(sample: Sample, datas: List[Any], check: str, max_pixels: int) -> None:
-    """Attach read bytes to ``sample``, sniff each type and check images; raises SampleError."""
-    for j, (m, data) in enumerate(zip(sample.media, datas)):
-        where = f"{m.path} (sample {sample.id!r}, media {j})"
-        if isinstance(data, OSError):
-            raise SampleError(f"{where}: cannot read media file: {data.strerror or data}",
-                              "missing-media")
-        m.data, m.ext = data, sniff_ext(data)
-        if m.kind == "image":
-            info = check_image(data, where, max_pixels, full=(check == "decode"))
-            m.ext = m.ext or info.ext
-            m.meta["width"], m.meta["height"] = info.width, info.height
-        m.ext = m.ext or "bin"
-
-
-def build_shard(shard_index: int, items: Sequence[Tuple[int, Sample]], output: str,
-                missing: str = "skip", check: str = "header", max_pixels: int = MAX_PIXELS
-                ) -> Tuple[Dict[str, Any], SkipCounter]:
-    """Write shard ``{shard_index:05d}.tar`` (+ ``_stats.json``) from ``(input index, Sample)`` items
-    whose media are referenced by path. Deterministic: same arguments → byte-identical files.
-
-    Returns ``(shard stats dict, SkipCounter of records dropped here)``. Under ``missing="error"``
-    an unreadable or undecodable media file raises :class:`SampleError` naming the file.
-    """
-    tar_path = os.path.join(output, f"{shard_index:05d}.tar")
-    skipped = SkipCounter()
-    with ShardWriter(tar_path) as writer:
-        for index, sample in items:
-            try:
-                _attach_media(sample, _read_media(sample), check, max_pixels)
-            except SampleError as e:
-                if missing == "error":
-                    raise
-                skipped.add(e.reason, sample.id, str(e))
+def _chunks(samples: Iterator[Sample], intake: _Intake, shard_size: int
+            ) -> Iterator[List[Tuple[int, Sample]]]:
+    chunk: List[Tuple[int, Sample]] = []
+    try:
+        for sample in samples:
+            if not intake.room():
+                break
+            position = intake.seen
+            if not is_sampled(position, intake.rate, intake.seed):
+                intake.add(NOT_SAMPLED)
                 continue
-            writer.write(sample, index)
-            for m in sample.media:
-                m.data = None  # keep one sample's bytes in memory at a time
-        stats = writer.finish(skipped, records_in=len(items))
-    return stats, skipped
+            intake.kept += 1
+            chunk.append((position, sample))
+            if len(chunk) == shard_size:
+                yield chunk
+                chunk = []
+            if not intake.room():
+                break
+    except _LimitReached:
+        pass
+    finally:
+        getattr(samples, "close", lambda: None)()
+    if chunk:
+        yield chunk
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
+def task_digest(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOptions) -> str:
+    """sha256 (hex) of what decides shard ``index``'s bytes: the format version, options and each
+    item's position and description (``sample_json``, and the hash of inline media bytes).
+    Media files referenced by path are not hashed: a file changed in place is not detected."""
+    h = hashlib.sha256(dump_json([SHARD_FORMAT_VERSION, index, options.fingerprint()]))
+    for position, s in items:
+        inline = [hashlib.sha256(m.data).hexdigest() if m.data is not None else None
+                  for m in s.media]
+        h.update(dump_json([position, sample_json(s), inline]))
+    return h.hexdigest()
+
+
+def _prepare_output(output: str, manifest: Dict[str, Any], overwrite: bool) -> None:
+    """Create ``output``; resume (same manifest), refuse (other manifest) or clear (overwrite)."""
     os.makedirs(output, exist_ok=True)
-    old = sorted(n for n in os.listdir(output) if _SHARD_FILE.match(n))
-    if old and not overwrite:
-        raise FileExistsError(f"output folder {output} already holds {len(old)} shard/stats "
-                              f"file(s) (e.g. {old[0]}); use an empty folder or --overwrite")
-    for name in sorted(old, key=lambda n: n != "_stats.json"):  # _stats.json goes first
+    ours = sorted(n for n in os.listdir(output) if _OWNED.match(n))
+    shards = [n for n in ours if _SHARD_FILE.match(n)]
+    old = read_stats(os.path.join(output, MANIFEST))
+    if shards and not overwrite and old != manifest:
+        if old is None:
+            why = "no readable _convert.json"
+        else:
+            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            why = "; ".join(f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in diff)
+        raise FileExistsError(f"output folder {output} holds {len(shards)} shard file(s) of "
+                              f"another conversion ({why}); use the same options to resume, "
+                              "an empty folder, or --overwrite")
+    doomed = ours if overwrite else [n for n in ours if n == "_stats.json" or
+                                     n.endswith(TMP_SUFFIX)]
+    for name in sorted(doomed, key=lambda n: n != "_stats.json"):  # _stats.json goes first
         os.remove(os.path.join(output, name))
+    atomic_write(os.path.join(output, MANIFEST), dump_json(manifest))
+
+
+def _remove_stale(output: str, n_shards: int) -> None:
+    """Delete shard files numbered ``>= n_shards`` (left by an earlier, longer run)."""
+    for name in os.listdir(output):
+        m = _SHARD_FILE.match(name)
+        if m and int(m.group(1)) >= n_shards:
+            os.remove(os.path.join(output, name))
+
+
+def _merge_counts(into: Dict[str, Dict[str, int]], counts: Dict[str, Dict[str, int]]) -> None:
+    for group, c in counts.items():
+        g = into.setdefault(group, {})
+        for k, v in c.items():
+            g[k] = g.get(k, 0) + int(v)
 
 
 def convert(format: str, input: str, output: str, media_root: Optional[str] = None,
-            shard_size: int = 1000, workers: int = 1, missing: str = "skip",
-            max_records: Optional[int] = None, *, check: str = "header", overwrite: bool = False,
-            max_pixels: int = MAX_PIXELS, progress: bool = True) -> Dict[str, Any]:
+            shard_size: int = 1000, workers: Optional[int] = None, missing: str = "skip",
+            max_records: Optional[int] = None, *, sample_rate: float = 1.0, seed: int = 0,
+            resize_max_side: Optional[int] = None, reencode: Optional[str] = None,
+            quality: int = 95, check: str = "header", overwrite: bool = False,
+            max_pixels: int = MAX_PIXELS, distributor: str = "local",
+            ray_address: Optional[str] = None, reader_options: Optional[Dict[str, Any]] = None,
+            progress: bool = True) -> Dict[str, Any]:
     """Convert a source annotation file (+ media) into webdataset shards in ``output``.
 
     Args:
-        format: a :data:`~mmit.data.sources.FORMATS` name (``llava``, ...).
-        input: the annotation file. media_root: folder relative media paths resolve against.
-        output: folder for ``NNNNN.tar``, ``NNNNN_stats.json`` and ``_stats.json`` (created).
-        shard_size: readable records per shard (>= 1). workers: shard-building processes (>= 1).
+        format: a :data:`~mmit.data.sources.FORMATS` name (see ``available_formats()``).
+        input: the annotation file or folder the reader takes. media_root: folder relative
+            media paths resolve against (reader default when None).
+        output: folder for the shards (created). A folder holding a run with the same options
+            is resumed: complete shards are kept, the rest rebuilt (module docstring).
+        shard_size: selected records per shard (>= 1).
+        workers: shards built at once (``local``: processes, default 1; ``ray``: tasks in
+            flight, default the cluster's CPUs).
         missing: ``"skip"`` counts every unusable record under its reason (``missing-media``,
             ``invalid-record``, ``undecodable-image``, ...); ``"error"`` stops at the first one.
-        max_records: read at most this many input records (kept + skipped), or all when None.
-        check: ``"header"`` (default; header parse + ``verify()``, misses truncated JPEG data) or
-            ``"decode"`` (full pixel decode; several times slower). See ``check_image``.
-        overwrite: delete shard/stats files already in ``output`` (others are left alone).
+        max_records: read at most this many input records (selected or not), all when None.
+        sample_rate: keep each read record with this probability (0..1), decided by a hash of
+            its input position and ``seed`` (:func:`is_sampled`); the rest count as
+            ``skipped["not-sampled"]``.
+        resize_max_side: downscale images whose longer side exceeds this (pixels).
+        reencode: ``jpeg``/``png``/``webp``: re-encode every image; None keeps original bytes
+            (a resized image is written as JPEG if it was a JPEG, else PNG). quality: 1-100.
+        check: ``"header"`` (header parse + ``verify()``) or ``"decode"`` (full decode).
+        overwrite: delete this tool's files in ``output`` first (others are left alone).
         max_pixels: images above ``width * height`` are skipped as ``image-too-large``.
+        distributor: ``local`` or ``ray`` (:mod:`mmit.data.distribute`); ray_address: cluster.
+        reader_options: extra keyword arguments for the reader.
         progress: show a tqdm bar (auto-hidden when stderr is not a terminal).
 
     Returns:
-        The ``_stats.json`` dict. Sizes in bytes, ``seconds`` wall time.
+        The ``_stats.json`` dict (sizes in bytes, ``seconds`` wall time, ``reused_shards``).
 
     Raises:
-        FileNotFoundError (input missing), FileExistsError (shards in output), ValueError (bad
-        argument, malformed JSON), UnknownNameError (format), SampleError (``missing="error"``).
+        FileNotFoundError (input missing), FileExistsError (another conversion in output),
+        ValueError (bad argument, malformed input), UnknownNameError (format), SampleError
+        (``missing="error"``), ImportError (``ray`` not installed).
     """
     if missing not in ("skip", "error"):
         raise ValueError(f"missing must be 'skip' or 'error', got {missing!r}")
     if check not in ("header", "decode"):
         raise ValueError(f"check must be 'header' or 'decode', got {check!r}")
-    if int(shard_size) < 1 or int(workers) < 1:
+    if int(shard_size) < 1 or (workers is not None and int(workers) < 1):
         raise ValueError(f"shard_size and workers must be >= 1 (got {shard_size}, {workers})")
     if max_records is not None and int(max_records) < 0:
         raise ValueError(f"max_records must be >= 0, got {max_records}")
+    if not 0.0 <= float(sample_rate) <= 1.0:
+        raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
+    if resize_max_side is not None and int(resize_max_side) < 1:
+        raise ValueError(f"resize_max_side must be >= 1, got {resize_max_side}")
+    if reencode is not None and reencode not in REENCODE:
+        raise ValueError(f"reencode must be one of {', '.join(REENCODE)}, got {reencode!r}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    if distributor not in DISTRIBUTORS:
+        raise ValueError(f"distributor must be one of {', '.join(DISTRIBUTORS)}, got "
+                         f"{distributor!r}")
     input, output = os.fspath(input), os.fspath(output)
-    if not os.path.isfile(input):
-        raise FileNotFoundError(f"input file not found: {input}")
+    if not os.path.exists(input):
+        raise FileNotFoundError(f"input not found: {input}")
     if media_root is not None and not os.path.isdir(media_root):
         raise FileNotFoundError(f"media root folder not found: {media_root}")
     reader = get_reader(format)
-    _prepare_output(output, overwrite)
+    opts = ShardOptions(os.path.abspath(output), missing, check, int(max_pixels),
+                        None if resize_max_side is None else int(resize_max_side), reencode,
+                        int(quality))
+    manifest = {"version": SHARD_FORMAT_VERSION, "format": format,
+                "input": os.path.abspath(input),
+                "media_root": None if media_root is None else os.path.abspath(media_root),
+                "reader_options": dict(reader_options or {}), "shard_size": int(shard_size),
+                "max_records": max_records, "sample_rate": float(sample_rate), "seed": int(seed),
+                **opts.fingerprint()}
+    _prepare_output(output, manifest, overwrite)
     t0 = time.perf_counter()
-    budget = _Budget(None if max_records is None else int(max_records))
-    skipped = SkipCounter()
-    shard_stats: List[Dict[str, Any]] = []
-    pending: Deque[Future] = collections.deque()
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    bar = tqdm(unit="rec", desc="convert", disable=None if progress else True)
-    opts = (output, missing, check, max_pixels)
+    intake = _Intake(None if max_records is None else int(max_records), float(sample_rate),
+                     int(seed))
+    results: Dict[int, ShardResult] = {}
+    reused: List[int] = []
+    bar = tqdm(unit="rec", desc="convert", total=max_records,
+               disable=None if progress else True)
 
-    def collect(result: Tuple[Dict[str, Any], SkipCounter]) -> None:
-        stats, sk = result
-        shard_stats.append(stats)
-        skipped.merge(sk)
-        bar.update(stats["records_in"])
-        bar.set_postfix(written=sum(s["written"] for s in shard_stats), skipped=skipped.total)
+    def done(r: ShardResult) -> None:
+        results[r.index] = r
+        bar.update(r.stats["records_in"])
+        bar.set_postfix(shards=len(results), reused=len(reused),
+                        written=sum(x.stats["written"] for x in results.values()))
 
-    def submit(chunk: List[Tuple[int, Sample]]) -> None:
-        index = len(shard_stats) + len(pending)
-        if pool is None:
-            collect(build_shard(index, chunk, *opts))
-            return
-        while len(pending) >= 2 * workers:  # bound memory; results are collected in shard order
-            collect(pending.popleft().result())
-        pending.append(pool.submit(build_shard, index, chunk, *opts))
+    def tasks() -> Iterator[ShardTask]:
+        samples = reader(input, media_root=media_root, missing=missing, stats=intake,
+                         **(reader_options or {}))
+        for index, chunk in enumerate(_chunks(samples, intake, int(shard_size))):
+            digest = task_digest(index, chunk, opts)
+            old = complete_shard_stats(os.path.join(output, f"{index:05d}.tar"), digest)
+            if old is not None:
+                reused.append(index)
+                done(ShardResult(index, old, SkipCounter().merge(old.get("skipped", {}))))
+            else:
+                yield ShardTask(index, chunk, opts, digest)
 
+    dist = get_distributor(distributor, workers, ray_address)
     try:
-        chunk: List[Tuple[int, Sample]] = []
-        samples = reader(input, media_root=media_root, missing=missing, stats=budget)
-        try:
-            for sample in samples:
-                if not budget.room():
-                    break
-                chunk.append((budget.kept + budget.total, sample))
-                budget.kept += 1
-                if len(chunk) == shard_size:
-                    submit(chunk)
-                    chunk = []
-                if not budget.room():
-                    break
-        except _LimitReached:
-            pass
-        finally:
-            getattr(samples, "close", lambda: None)()
-        if chunk:
-            submit(chunk)
-        while pending:
-            collect(pending.popleft().result())
+        for r in dist.map(build_shard, tasks()):
+            done(r)
     finally:
+        dist.close()
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    _remove_stale(output, len(results))
 
-    skipped.merge(budget)
+    shard_stats = [results[i].stats for i in range(len(results))]
+    skipped = SkipCounter()
+    for i in range(len(results)):
+        skipped.merge(results[i].skipped)
+    skipped.merge(intake)
     written = sum(s["written"] for s in shard_stats)
-    records_in = budget.kept + budget.total
+    records_in = intake.seen
     if records_in != written + skipped.total:  # pragma: no cover - would be a bug here
         raise RuntimeError(f"stats invariant broken: records_in={records_in} written={written} "
                            f"skipped={skipped.as_dict()}")
+    counts: Dict[str, Dict[str, int]] = {}
+    for s in shard_stats:
+        _merge_counts(counts, s.get("counts", {}))
     result = {
-        "format": format, "input": os.path.abspath(input),
-        "media_root": None if media_root is None else os.path.abspath(media_root),
+        "format": format, "input": manifest["input"], "media_root": manifest["media_root"],
         "output": os.path.abspath(output), "records_in": records_in, "written": written,
         "skipped": skipped.as_dict(), "shards": len(shard_stats),
         "shard_files": [s["shard"] for s in shard_stats],
         "bytes": sum(s["bytes"] for s in shard_stats),
         "media_bytes": sum(s["media_bytes"] for s in shard_stats),
-        "shard_size": int(shard_size), "workers": int(workers), "missing": missing,
-        "check": check, "max_records": max_records,
-        "seconds": round(time.perf_counter() - t0, 3),
+        "counts": {k: dict(sorted(v.items())) for k, v in sorted(counts.items())},
+        "text_only": sum(s.get("text_only", 0) for s in shard_stats),
+        "shard_size": int(shard_size), "workers": getattr(dist, "workers", workers),
+        "distributor": distributor, "missing": missing, "check": check,
+        "max_records": max_records, "sample_rate": float(sample_rate), "seed": int(seed),
+        "resize_max_side": opts.resize_max_side, "reencode": reencode, "quality": int(quality),
+        "reused_shards": len(reused), "seconds": round(time.perf_counter() - t0, 3),
         "skip_examples": skipped.examples_dict(),
     }
-    tmp = os.path.join(output, "_stats.json.tmp")
-    with open(tmp, "wb") as f:
-        f.write(dump_json(result))
-    os.replace(tmp, os.path.join(output, "_stats.json"))
+    atomic_write(os.path.join(output, "_stats.json"), dump_json(result))
     return result
 
+
+# -- command line ------------------------------------------------------------------------------
 
 class _ArgError(Exception):
     pass
@@ -255,22 +527,50 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgError(message)
 
 
+def _reader_option(text: str) -> Tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mmit convert`` argument parser."""
+    """The ``mmit convert`` argument parser (``--format`` help lists the registered formats)."""
     p = _Parser(prog="mmit convert", description="Convert a dataset into webdataset shards "
-                "(NNNNN.tar + NNNNN_stats.json, _stats.json last).")
-    p.add_argument("--format", required=True, help="source format, e.g. llava")
-    p.add_argument("--input", required=True, help="annotation file (JSON list or JSONL)")
+                "(NNNNN.tar + NNNNN_stats.json, _stats.json last). Re-running with the same "
+                "options resumes: complete shards are kept.")
+    p.add_argument("--format", required=True,
+                   help=f"source format, one of: {', '.join(available_formats())}")
+    p.add_argument("--input", required=True, help="annotation file (or folder) of the source")
     p.add_argument("--media-root", default=None, help="folder relative media paths resolve against")
     p.add_argument("--output", required=True, help="output folder for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default 1000)")
-    p.add_argument("--workers", type=int, default=1, help="parallel shard writers (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="shards built at once (local: processes, default 1; ray: default all CPUs)")
+    p.add_argument("--distributor", choices=DISTRIBUTORS, default="local",
+                   help="local process pool (default) or a Ray cluster (pip install 'mmit[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (default $RAY_ADDRESS, else a local Ray instance)")
     p.add_argument("--missing", choices=("skip", "error"), default="skip",
                    help="unusable records: count and skip (default) or stop with an error")
     p.add_argument("--max-records", type=int, default=None, help="read at most N input records")
+    p.add_argument("--sample-rate", type=float, default=1.0,
+                   help="keep each record with this probability (deterministic, see --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample-rate (default 0)")
+    p.add_argument("--resize-max-side", type=int, default=None, metavar="N",
+                   help="downscale images so the longer side is at most N pixels")
+    p.add_argument("--reencode", choices=tuple(REENCODE), default=None,
+                   help="re-encode every image in this format (default: keep original bytes)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1-100 (default 95)")
     p.add_argument("--check", choices=("header", "decode"), default="header",
                    help="image check: header parse (fast, default) or full decode")
-    p.add_argument("--overwrite", action="store_true", help="replace shards already in --output")
+    p.add_argument("--reader-option", type=_reader_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="extra reader argument (VALUE parsed as JSON if it can be)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier conversion in --output instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -285,19 +585,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args_list[:1] == ["convert"]:
         args_list = args_list[1:]
     try:
-        args = build_parser().parse_args(args_list)
-        stats = convert(args.format, args.input, args.output, media_root=args.media_root,
-                        shard_size=args.shard_size, workers=args.workers, missing=args.missing,
-                        max_records=args.max_records, check=args.check, overwrite=args.overwrite,
-                        progress=not args.no_progress)
+        a = build_parser().parse_args(args_list)
+        stats = convert(a.format, a.input, a.output, media_root=a.media_root,
+                        shard_size=a.shard_size, workers=a.workers, missing=a.missing,
+                        max_records=a.max_records, sample_rate=a.sample_rate, seed=a.seed,
+                        resize_max_side=a.resize_max_side, reencode=a.reencode,
+                        quality=a.quality, check=a.check, overwrite=a.overwrite,
+                        distributor=a.distributor, ray_address=a.ray_address,
+                        reader_options=dict(a.reader_option), progress=not a.no_progress)
     except SystemExit as e:  # --help
         return int(e.code or 0)
-    except (_ArgError, UnknownNameError, OSError, ValueError) as e:
+    except (_ArgError, UnknownNameError, OSError, ValueError, ImportError) as e:
         msg = " ".join(str(e.args[0] if isinstance(e, UnknownNameError) else e).split())
         print(f"mmit convert: error: {msg}", file=sys.stderr)
         return 2
     sk = SkipCounter().merge(stats["skipped"])
+    reused = f", {stats['reused_shards']} kept from an earlier run" if stats["reused_shards"] else ""
     print(f"converted {stats['records_in']} records: {stats['written']} written, {sk.total} "
-          f"skipped ({sk.summary()}) into {stats['shards']} shard(s) in {stats['output']} "
-          f"({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f} s)")
+          f"skipped ({sk.summary()}) into {stats['shards']} shard(s){reused} in "
+          f"{stats['output']} ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f} s)")
     return 0

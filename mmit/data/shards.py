@@ -2,7 +2,10 @@
 
 Layout of an output folder (``mmit convert``)::
 
-    00000.tar  00000_stats.json  00001.tar  00001_stats.json  ...  _stats.json (written last)
+    _convert.json  00000.tar  00000_stats.json  00001.tar  00001_stats.json  ...  _stats.json
+
+``NNNNN_stats.json`` is written after its tar is complete and renamed into place, and
+``_stats.json`` after every shard: each marks completion (:func:`complete_shard_stats`).
 
 Each sample in a tar is a group of members sharing one key (webdataset splits a member name at the
 FIRST dot of its basename: ``<key>.<suffix>``):
@@ -27,6 +30,7 @@ import itertools
 import json
 import os
 import tarfile
+from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import webdataset as wds
@@ -37,6 +41,10 @@ from mmit.data.stats import SkipCounter
 
 #: Tar member mtime used for every shard (seconds since epoch): shards are byte-reproducible.
 SHARD_MTIME = 0
+#: Suffix of files being written (a half-written shard is ``NNNNN.tar.tmp``).
+TMP_SUFFIX = ".tmp"
+#: Count key for samples whose ``task`` (or ``source``) is None.
+NO_TASK = "(none)"
 
 
 def sample_key(sample: Sample, index: int) -> str:
@@ -76,17 +84,22 @@ class ShardWriter:
     """Streaming writer of one shard: ``write(sample, index)`` per sample, then :meth:`finish`.
 
     Only the sample being written is held in memory, so a shard of 1000 large images costs one
-    image of RAM. Use as a context manager; if the block raises, the tar is closed and no
-    ``*_stats.json`` is written (an incomplete shard has no stats file).
+    image of RAM. Crash safety: the tar is written as ``NNNNN.tar.tmp`` and renamed to
+    ``NNNNN.tar`` by :meth:`finish`, which then writes ``NNNNN_stats.json`` (atomically, last).
+    A shard is therefore complete exactly when its stats file exists and names the tar's size
+    (:func:`complete_shard_stats`). Use as a context manager; if the block raises, the partial
+    ``.tmp`` file is deleted and no stats file is written.
 
     Args:
         tar_path: output ``.tar``; ``*_stats.json`` goes beside it (:func:`stats_path`).
-        mtime: member mtime (seconds); fixed so that equal input gives byte-identical tars.
+        mtime: member mtime (seconds); fixed so that equal input gives byte-identical tars
+            (owner uid/gid 0, names ``mmit``, mode 0444 are fixed too).
     """
 
     def __init__(self, tar_path: Union[str, "os.PathLike[str]"], mtime: int = SHARD_MTIME):
         self.tar_path = os.fspath(tar_path)
-        self._file = open(self.tar_path, "wb")
+        self.tmp_path = self.tar_path + TMP_SUFFIX
+        self._file = open(self.tmp_path, "wb")
         self._tw = wds.TarWriter(self._file, encoder=False, mtime=mtime, user="mmit", group="mmit")
         # webdataset 1.0.2 opens tarfile in stream mode "w|" (which re-slices a 10 KiB buffer for
         # every 16 KiB chunk, i.e. copies each byte ~4 times) and drops its own format=USTAR.
@@ -96,8 +109,12 @@ class ShardWriter:
         self._tw.tarstream = tarfile.open(fileobj=self._file, mode="w",
                                           format=tarfile.USTAR_FORMAT, copybufsize=8 << 20)
         self._keys: set = set()
+        self._finished = False
         self.written = 0
         self.media_bytes = 0
+        self.counts: Dict[str, Counter] = {"task": Counter(), "source": Counter(),
+                                           "media_kind": Counter()}
+        self.text_only = 0
 
     def write(self, sample: Sample, index: int) -> str:
         """Append ``sample`` (every ``Media.data`` loaded) under key :func:`sample_key`; fills a
@@ -119,21 +136,38 @@ class ShardWriter:
         self._tw.write(obj)
         self._keys.add(key)
         self.written += 1
+        self.counts["task"][NO_TASK if sample.task is None else str(sample.task)] += 1
+        self.counts["source"][NO_TASK if sample.source is None else str(sample.source)] += 1
+        for m in sample.media:
+            self.counts["media_kind"][m.kind] += 1
+        self.text_only += not sample.media
         return key
 
     def close(self) -> None:
-        """Close the tar (idempotent)."""
+        """Close the tar file (idempotent); it stays at ``tmp_path`` until :meth:`finish`."""
         if self._tw is not None:
             self._tw.close()
             self._file.close()
             self._tw = None
 
-    def finish(self, skipped: Optional[SkipCounter] = None,
-               records_in: Optional[int] = None) -> Dict[str, Any]:
-        """Close the tar and write ``*_stats.json``; returns the stats dict: ``shard`` (file name),
-        ``records_in`` (default ``written + skipped``), ``written``, ``skipped`` (reason → count),
-        ``bytes`` (tar size), ``media_bytes``."""
+    def abort(self) -> None:
+        """Close and delete the partial ``.tmp`` tar (idempotent; no-op after :meth:`finish`)."""
         self.close()
+        if not self._finished and os.path.exists(self.tmp_path):
+            os.remove(self.tmp_path)
+
+    def finish(self, skipped: Optional[SkipCounter] = None, records_in: Optional[int] = None,
+               extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Close the tar, rename it into place and write ``*_stats.json`` (atomically, last).
+
+        Returns the stats dict: ``shard`` (file name), ``records_in`` (default ``written +
+        skipped``), ``written``, ``skipped`` (reason → count), ``bytes`` (tar size),
+        ``media_bytes``, ``counts`` (``task`` / ``source`` / ``media_kind`` → count; samples
+        without task or source count under ``"(none)"``), ``text_only`` (samples without media),
+        plus the items of ``extra`` (e.g. the conversion's ``digest``)."""
+        self.close()
+        os.replace(self.tmp_path, self.tar_path)
+        self._finished = True
         skipped = skipped if skipped is not None else SkipCounter()
         stats = {
             "shard": os.path.basename(self.tar_path),
@@ -142,16 +176,56 @@ class ShardWriter:
             "skipped": skipped.as_dict(),
             "bytes": os.path.getsize(self.tar_path),
             "media_bytes": self.media_bytes,
+            "counts": {k: dict(sorted(c.items())) for k, c in self.counts.items()},
+            "text_only": self.text_only,
         }
-        with open(stats_path(self.tar_path), "wb") as f:
-            f.write(dump_json(stats))
+        stats.update(extra or {})
+        atomic_write(stats_path(self.tar_path), dump_json(stats))
         return stats
 
     def __enter__(self) -> "ShardWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.abort()
+
+
+def atomic_write(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:
+    """Write ``data`` to ``path`` via ``path + ".tmp"`` and ``os.replace``: readers see either the
+    old file or the whole new one, never a prefix."""
+    tmp = os.fspath(path) + TMP_SUFFIX
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_stats(path: Union[str, "os.PathLike[str]"]) -> Optional[Dict[str, Any]]:
+    """The JSON object in a stats file, or None if it is absent or not a complete JSON object."""
+    try:
+        with open(path, "rb") as f:
+            d = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def complete_shard_stats(tar_path: Union[str, "os.PathLike[str]"],
+                         digest: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The stats of a COMPLETE shard at ``tar_path``, else None.
+
+    Complete means: ``*_stats.json`` (written last by :meth:`ShardWriter.finish`) parses, its
+    ``bytes`` equals the tar's size, and, when ``digest`` is given, its ``digest`` equals it (so
+    a shard built from other records or options is not reused). A tar without stats (killed
+    between rename and stats write), a truncated tar or a half-written ``.tmp`` is incomplete.
+    """
+    stats = read_stats(stats_path(tar_path))
+    if stats is None or (digest is not None and stats.get("digest") != digest):
+        return None
+    try:
+        size = os.path.getsize(tar_path)
+    except OSError:
+        return None
+    return stats if stats.get("bytes") == size else None
 
 
 def write_shard(samples: Iterable[Sample], tar_path: Union[str, "os.PathLike[str]"], *,
