@@ -1,0 +1,226 @@
+"""MultiInstruct reader, templates and task splits (mmit.data.sources.multiinstruct)."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmit.data.sample import SampleError
+from mmit.data.sources import available_formats, get_reader
+from mmit.data.sources.multiinstruct import (instruction_templates, match_template, parse_boxes,
+                                             read_multiinstruct, render_instruction, rerender,
+                                             task_split, training_tasks, unseen_tasks)
+from mmit.data.stats import SkipCounter
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "multiinstruct"
+
+REC = {"unique_id": "VQA_object_presence_10026521", "task_name": "VQA_object_presence",
+       "image_path": "./raw_datasets/MSCOCO2014/train2014/COCO_train2014_000000005277.jpg",
+       "question": "Are there any couches in the photo?", "target_txt": "no", "options": ["no", "yes"],
+       "prompt": "This task asks you to identify if an object appears in the image. Are there any "
+                 "couches in the photo?\n\n[Options]: no||||yes", "target": "no"}
+
+
+def jpeg(seed=0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 4), (seed % 256, 10, 20)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def put(root: Path, rel: str, data: bytes) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def real_records(name):
+    if not SAMPLES.is_dir():
+        pytest.skip("../shared/samples not present")
+    return [json.loads(line) for line in (SAMPLES / name).read_text().splitlines() if line.strip()]
+
+
+def fake_media_for(records, root: Path):
+    """Write a distinct small JPEG where each record's image would live in a MultiInstruct
+    checkout: relative paths as written, the authors' absolute paths under raw_datasets/."""
+    files = {}
+    for i, r in enumerate(records):
+        p = r["image_path"]
+        if p.startswith("/"):
+            tail = p.split("/seen_data/")[-1] if "/seen_data/" in p else p.split("/mata_data/")[-1] \
+                if "/mata_data/" in p else p.split("/pretrain/")[-1]
+            rel = "raw_datasets/" + tail
+        else:
+            rel = p[2:] if p.startswith("./") else p
+        files[i] = put(root, rel, jpeg(i))
+    return files
+
+
+# -- real files ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,n", [("train.jsonl", 59), ("test.jsonl", 11)])
+def test_real_files_without_images_every_record_counted(name, n):
+    real_records(name)
+    stats = SkipCounter()
+    out = list(read_multiinstruct(SAMPLES / name, stats=stats))
+    assert out == [] and stats.as_dict() == {"missing-media": n}
+
+
+@pytest.mark.parametrize("name,n", [("train.jsonl", 59), ("test.jsonl", 11)])
+def test_real_files_with_images(tmp_path, name, n):
+    records = real_records(name)
+    assert len(records) == n
+    files = fake_media_for(records, tmp_path)
+    stats = SkipCounter()
+    out = list(read_multiinstruct(SAMPLES / name, media_root=tmp_path, stats=stats,
+                                  load_bytes=True))
+    assert len(out) + stats.total == n and stats.total == 0
+    for i, (s, r) in enumerate(zip(out, records)):
+        s.validate()
+        assert s.media[0].data == files[i].read_bytes() and s.media[0].ext == "jpg"
+        assert s.turns[0].content == "<image>\n" + r["prompt"].strip()  # LLaVA strips
+        assert s.turns[1].content == r["target"] and s.task == r["task_name"]
+        assert s.meta["template_id"] is not None, r["task_name"]
+        if "options" in r:
+            assert s.meta["options"] == r["options"]
+            if r["target"] in r["options"]:
+                assert r["target"] in s.meta["options"]
+        # re-rendering with the template that built the prompt reproduces it exactly
+        assert rerender(s, s.meta["template_id"]).turns[0].content == s.turns[0].content
+    splits = {s.meta["split"] for s in out}
+    assert splits == ({"train"} if name == "train.jsonl" else {"unseen"})
+    if name == "test.jsonl":
+        assert {s.task for s in out} == set(unseen_tasks())
+
+
+def test_real_absolute_paths_are_rerooted(tmp_path):
+    records = real_records("train.jsonl")
+    absolute = [r for r in records if r["image_path"].startswith("/projects/")]
+    assert len(absolute) == 3
+    fake_media_for(absolute, tmp_path)
+    p = write_jsonl(tmp_path / "abs.jsonl", absolute)
+    out = list(read_multiinstruct(p, media_root=tmp_path, missing="error"))
+    assert [s.media[0].meta["resolved_by"] for s in out] == ["alternative"] * 3
+    assert all(s.media[0].path.startswith(str(tmp_path / "raw_datasets")) for s in out)
+
+
+def test_wikihow_step_order_options_come_from_prompt():
+    records = [r for r in real_records("train.jsonl") if r["task_name"].endswith("step_order")]
+    assert records and all("options" not in r for r in records)
+    for r in records:
+        opts = r["prompt"].rsplit("[Options]: ", 1)[1].split("||||")
+        assert sorted(opts) == ["next", "previous"]
+        assert match_template(dict(r, options=opts)) is not None
+
+
+# -- templates and splits --------------------------------------------------------------------------
+
+def test_task_splits_match_the_paper():
+    train, unseen = training_tasks(), unseen_tasks()
+    assert len(train) == 53 and len(set(train)) == 53
+    assert len(unseen) == 11 and not set(train) & set(unseen)
+    assert {"commonsense_VQA", "visual_nli", "visual_spatial_reasoning",
+            "natural_language_visual_reasoning", "text_vqa", "grounded_VQA",
+            "visual_text_extraction", "visual_dialog", "medic_disaster_types"} <= set(unseen)
+    assert task_split("image_caption") == "train" and task_split("visual_nli") == "unseen"
+    assert task_split("image_generation") is None
+
+
+def test_every_task_has_at_least_five_templates():
+    for task in training_tasks() + unseen_tasks():
+        t = instruction_templates(task)
+        assert len(t) >= 5, task
+    assert instruction_templates("image_caption")[1] == "What is the caption of the image?"
+    with pytest.raises(KeyError, match="image_caption"):
+        instruction_templates("image_captions")
+
+
+def test_render_each_template_of_an_instance():
+    prompts = [render_instruction(REC, i) for i in range(5)]
+    assert prompts[1] == REC["prompt"] and match_template(REC) == 1
+    assert prompts[0] == "Are there any couches in the photo?\n\n[Options]: no||||yes"
+    assert len(set(prompts)) == 5 and all(p.endswith("no||||yes") for p in prompts)
+    with pytest.raises(IndexError):
+        render_instruction(REC, 5)
+    with pytest.raises(ValueError, match="question"):
+        render_instruction({"task_name": "VQA_color", "options": ["red"]}, 0)
+
+
+def test_rerender_keeps_media_target_and_options(tmp_path):
+    put(tmp_path, "raw_datasets/MSCOCO2014/train2014/COCO_train2014_000000005277.jpg", jpeg())
+    (s,) = read_multiinstruct(write_jsonl(tmp_path / "t.jsonl", [REC]), media_root=tmp_path)
+    variants = [rerender(s, i) for i in range(5)]
+    assert [v.meta["template_id"] for v in variants] == list(range(5))
+    for v in variants:
+        v.validate()
+        assert v.turns[0].content.startswith("<image>\n") and v.turns[1].content == "no"
+        assert v.media == s.media and v.meta["options"] == ["no", "yes"]
+    assert variants[4].turns[0].content == "<image>\nQuestion: Are there any couches in the photo? " \
+        "look at the image and answer the question.\n\n[Options]: no||||yes"
+
+
+# -- hand-made edge cases --------------------------------------------------------------------------
+
+def test_regions_become_boxes():
+    assert parse_boxes(["57.79 177.34 491.2 629.53", "6 386 332 498"], "r") == [
+        [57.79, 177.34, 491.2, 629.53], [6.0, 386.0, 332.0, 498.0]]
+    for bad in (["1 2 3"], "1 2 3 4", ["a b c d"]):
+        with pytest.raises(SampleError) as e:
+            parse_boxes(bad, "rec 4")
+        assert e.value.reason == "invalid-record" and "rec 4" in str(e.value)
+
+
+def test_both_prefixes_root_variants_and_coco_2017(tmp_path):
+    put(tmp_path, "raw_datasets/a/x.jpg", jpeg(1))
+    put(tmp_path, "raw_datasets/MSCOCO2014/train2017/000000000009.jpg", jpeg(2))
+    recs = [dict(REC, unique_id="1", image_path="./raw_datasets/a/x.jpg"),
+            dict(REC, unique_id="2", image_path="raw_datasets/a/x.jpg"),
+            dict(REC, unique_id="3",
+                 image_path="raw_datasets/MSCOCO2014/train2014/COCO_train2014_000000000009.jpg"),
+            dict(REC, unique_id="4", image_path="raw_datasets/a/missing.jpg",
+                 region=["1 2 30 40"], task_name="GC", prompt="What is the content of 1 2 30 40?",
+                 target="a cat")]
+    p = write_jsonl(tmp_path / "train.jsonl", recs)
+    stats = SkipCounter()
+    out = list(read_multiinstruct(p, stats=stats))  # default media root: the file's folder
+    assert [s.id for s in out] == ["VQA_object_presence/1", "VQA_object_presence/2",
+                                   "VQA_object_presence/3"]
+    assert out[0].media[0].path == out[1].media[0].path == str(tmp_path / "raw_datasets/a/x.jpg")
+    assert out[2].media[0].meta["resolved_by"] == "coco-name"
+    assert stats.as_dict() == {"missing-media": 1} and len(out) + stats.total == len(recs)
+    # media_root may also be the raw_datasets folder itself
+    out2 = list(read_multiinstruct(p, media_root=tmp_path / "raw_datasets", stats=SkipCounter()))
+    assert [s.media[0].path for s in out2[:2]] == [str(tmp_path / "raw_datasets/a/x.jpg")] * 2
+    put(tmp_path, "raw_datasets/a/missing.jpg", jpeg(3))
+    (gc,) = [s for s in read_multiinstruct(p) if s.task == "GC"]
+    assert gc.meta["boxes"] == [[1.0, 2.0, 30.0, 40.0]] and gc.meta["box_format"] == "xyxy_abs"
+    assert gc.meta["template_id"] == 1
+
+
+def test_invalid_records_and_error_policy(tmp_path):
+    put(tmp_path, "raw_datasets/MSCOCO2014/train2014/COCO_train2014_000000005277.jpg", jpeg())
+    recs = [REC, {k: v for k, v in REC.items() if k != "target"},
+            dict(REC, options="no yes"), dict(REC, region=["1 2"]), [1, 2],
+            dict(REC, image_path="raw_datasets/none.jpg")]
+    p = write_jsonl(tmp_path / "bad.jsonl", recs)
+    stats = SkipCounter()
+    out = list(read_multiinstruct(p, stats=stats))
+    assert len(out) == 1 and stats.as_dict() == {"invalid-record": 4, "missing-media": 1}
+    assert len(out) + stats.total == len(recs)
+    with pytest.raises(SampleError) as e:
+        list(read_multiinstruct(p, missing="error"))
+    assert "line 2" in str(e.value) and str(p) in str(e.value) and "target" in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        read_multiinstruct(tmp_path / "nope.jsonl")
+
+
+def test_registered():
+    assert get_reader("multiinstruct") is read_multiinstruct
+    assert "multiinstruct" in available_formats()
