@@ -248,3 +248,26 @@ def test_real_readme_example_as_seeds_and_parquet(tmp_path):
     (t,), _ = read(p)
     assert t.media[0].data == src and t.media[1].data == edited
     check_convention(t, "turn him into a cyborg")
+
+
+@pytest.mark.parametrize("layout", ["seeds", "parquet"])
+def test_convert_roundtrip_same_text_and_bytes(tmp_path, seeds_ds, layout):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    src = seeds_ds
+    if layout == "parquet":
+        src = tmp_path / "p.parquet"
+        write_parquet(src, [(jpeg((1, 1, 1)), "a", jpeg((2, 2, 2))),
+                            (jpeg((3, 3, 3)), "b", jpeg((4, 4, 4)))])
+    stats = convert("instructpix2pix", str(src), str(tmp_path / "out"), shard_size=2,
+                    progress=False)
+    orig = list(read_instructpix2pix(src, load_bytes=True))
+    assert stats["written"] == len(orig) and stats["skipped"] == {}
+    back = {s.id: s for s in iter_shards(tmp_path / "out", split_by_node=False,
+                                         split_by_worker=False)}
+    for s in orig:
+        b = back[s.id]
+        assert [(t.role, t.content) for t in b.turns] == [(t.role, t.content) for t in s.turns]
+        assert [m.data for m in b.media] == [m.data for m in s.media]
+        assert [m.meta["role"] for m in b.media] == ["input", "edited"]

@@ -264,3 +264,19 @@ def test_real_otter_images_bytes_roundtrip(tmp_path):
             assert s.turns[0].content == f"<image>\nDescribe {f.name}."
         xray = next(s for s in out if s.turns[1].content == "xray")
         assert xray.media[0].ext == "png"                       # named .jpg, PNG inside
+
+
+def test_convert_roundtrip_same_text_and_bytes(tmp_path):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    ins = write_task(tmp_path / "src", store="parquet", urlsafe=True, train=TRAIN)
+    stats = convert("mimic-it", str(ins), str(tmp_path / "out"), shard_size=2, progress=False)
+    assert (stats["records_in"], stats["written"], stats["skipped"]) == (3, 3, {})
+    back = {s.id: s for s in iter_shards(tmp_path / "out", split_by_node=False,
+                                         split_by_worker=False)}
+    for s in read_mimic_it(ins):
+        b = back[s.id]
+        assert [(t.role, t.content) for t in b.turns] == [(t.role, t.content) for t in s.turns]
+        assert [m.data for m in b.media] == [m.data for m in s.media]
+        assert b.meta["in_context_ids"] == s.meta["in_context_ids"]

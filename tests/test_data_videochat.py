@@ -169,3 +169,23 @@ def test_real_mp4_bytes_untouched(tmp_path):
         assert s.media[0].data == src and s.media[0].ext == "mp4" and s.media[0].kind == "video"
         assert s.turns[0].content.startswith("<video>\n")
     assert len(out[0].media[0].data) == 776184 and len(out[1].media[0].data) == 687087
+
+
+def test_convert_roundtrip_same_text_and_bytes(tmp_path, media):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    recs = [{"video": "000001_000050/1066674784.mp4", "QA": [{"q": "What?", "a": "A horse."}]},
+            {"image": "2.jpg", "QA": [{"q": "Colour?", "a": "Dark."}]},
+            {"image": "gone.jpg", "QA": [{"q": "x", "a": "y"}]}]
+    p = write(tmp_path, recs)
+    stats = convert("videochat", str(p), str(tmp_path / "out"), media_root=str(media),
+                    progress=False)
+    assert (stats["records_in"], stats["written"], stats["skipped"]) == (3, 2,
+                                                                          {"missing-media": 1})
+    back = {s.id: s for s in iter_shards(tmp_path / "out", split_by_node=False,
+                                         split_by_worker=False)}
+    for s in read_videochat(p, media_root=media, load_bytes=True):
+        b = back[s.id]
+        assert [(t.role, t.content) for t in b.turns] == [(t.role, t.content) for t in s.turns]
+        assert [(m.kind, m.data) for m in b.media] == [(m.kind, m.data) for m in s.media]

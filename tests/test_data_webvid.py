@@ -151,3 +151,20 @@ def test_real_mp4s_in_webvid_layout(tmp_path):
     assert [s.id for s in out] == list(srcs) and stats.as_dict() == {"missing-media": 1}
     for s in out:
         assert s.media[0].data == srcs[s.id].read_bytes() and s.media[0].ext == "mp4"
+
+
+def test_convert_roundtrip_same_text_and_bytes(tmp_path, videos):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    (tmp_path / "a.csv").write_text(CSV_A + "404,https://x,PT1S,000001_000050,gone\n")
+    stats = convert("webvid", str(tmp_path / "a.csv"), str(tmp_path / "out"),
+                    media_root=str(videos), progress=False)
+    assert (stats["records_in"], stats["written"], stats["skipped"]) == (3, 2,
+                                                                          {"missing-media": 1})
+    back = {s.id: s for s in iter_shards(tmp_path / "out", split_by_node=False,
+                                         split_by_worker=False)}
+    for s in read_webvid(tmp_path / "a.csv", media_root=videos, load_bytes=True):
+        b = back[s.id]
+        assert [(t.role, t.content) for t in b.turns] == [(t.role, t.content) for t in s.turns]
+        assert b.media[0].kind == "video" and b.media[0].data == s.media[0].data
