@@ -447,7 +447,12 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
                 "reader_options": dict(reader_options or {}), "shard_size": int(shard_size),
                 "max_records": max_records, "sample_rate": float(sample_rate), "seed": int(seed),
                 **opts.fingerprint()}
-    _prepare_output(output, manifest, overwrite)
+    dist = get_distributor(distributor, workers, ray_address)
+    try:
+        _prepare_output(output, manifest, overwrite)
+    except BaseException:
+        dist.close()
+        raise
     t0 = time.perf_counter()
     intake = _Intake(None if max_records is None else int(max_records), float(sample_rate),
                      int(seed))
@@ -474,7 +479,6 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
             else:
                 yield ShardTask(index, chunk, opts, digest)
 
-    dist = get_distributor(distributor, workers, ray_address)
     try:
         for r in dist.map(build_shard, tasks()):
             done(r)
