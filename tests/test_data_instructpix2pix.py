@@ -111,7 +111,7 @@ def test_seeds_layout_missing_files_counted(seeds_ds):
 def test_seeds_layout_wrong_image_type(seeds_ds):
     (seeds_ds / "0000001" / "7_0.jpg").write_text("not an image")
     out, stats = read(seeds_ds, load_bytes=True)
-    assert len(out) == 4 and stats.as_dict() == {"wrong-media-type": 1}
+    assert len(out) == 4 and stats.as_dict() == {"undecodable-image": 1}
 
 
 def test_malformed_seeds_json(tmp_path):
@@ -188,7 +188,7 @@ def test_parquet_bad_rows_counted(tmp_path):
                       (b"GIF? no", "not an image", good), (good, "fine", good)])
     out, stats = read(p)
     assert [s.id for s in out] == ["d/0", "d/4"]
-    assert stats.as_dict() == {"invalid-record": 2, "wrong-media-type": 1}
+    assert stats.as_dict() == {"invalid-record": 2, "undecodable-image": 1}
     assert len(out) + stats.total == 5
     with pytest.raises(SampleError) as e:
         read(p, missing="error")

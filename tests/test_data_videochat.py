@@ -109,7 +109,7 @@ def test_video_that_is_not_a_video(tmp_path, media):
     out, stats = read(p, media_root=media)                       # not opened: accepted
     assert len(out) == 1
     out, stats = read(p, media_root=media, load_bytes=True)
-    assert out == [] and stats.as_dict() == {"wrong-media-type": 1}
+    assert out == [] and stats.as_dict() == {"undecodable-video": 1}
 
 
 def test_file_errors(tmp_path):
@@ -189,3 +189,23 @@ def test_convert_roundtrip_same_text_and_bytes(tmp_path, media):
         b = back[s.id]
         assert [(t.role, t.content) for t in b.turns] == [(t.role, t.content) for t in s.turns]
         assert [(m.kind, m.data) for m in b.media] == [(m.kind, m.data) for m in s.media]
+
+
+def test_real_coco2014_names_resolve_to_coco2017_copy(tmp_path):
+    """llava_complex_reasoning_2k writes COCO 2014 names; a user with COCO 2017 still finds them."""
+    if not VC.is_dir():
+        pytest.skip("../shared/samples not present")
+    recs = json.loads((VC / "llava_complex_reasoning_2k.head20.json").read_text())
+    real = SAMPLES / "llava" / "coco" / "train2017" / "000000319154.jpg"
+    first = recs[0]["image"]                        # train2014/COCO_train2014_000000021248.jpg
+    num = first.rsplit("_", 1)[1]
+    (tmp_path / "train2017").mkdir()
+    shutil.copy(real, tmp_path / "train2017" / num)
+    stats = SkipCounter()
+    out = list(read_videochat(VC / "llava_complex_reasoning_2k.head20.json", media_root=tmp_path,
+                              stats=stats, load_bytes=True))
+    assert len(out) == 1 and stats.as_dict() == {"missing-media": 19}
+    m = out[0].media[0]
+    assert m.path == str(tmp_path / "train2017" / num) and m.meta["resolved_by"] == "coco-name"
+    assert m.meta["original_path"] == first and m.data == real.read_bytes()
+    assert out[0].turns[0].content == "<image>\n" + recs[0]["QA"][0]["q"]

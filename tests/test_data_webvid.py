@@ -102,7 +102,7 @@ def test_not_a_video(tmp_path, videos):
     (videos / "000001_000050/1066674784.mp4").write_text("<html>404</html>")
     (tmp_path / "a.csv").write_text(CSV_A)
     out, stats = read(tmp_path / "a.csv", media_root=videos, load_bytes=True)
-    assert len(out) == 1 and stats.as_dict() == {"wrong-media-type": 1}
+    assert len(out) == 1 and stats.as_dict() == {"undecodable-video": 1}
 
 
 def test_missing_columns_are_clear_errors(tmp_path):

@@ -1,128 +1,78 @@
 """Helpers shared by the MIMIC-IT, VideoChat, WebVid and InstructPix2Pix readers.
 
 Not a format module (the leading ``_`` keeps :mod:`mmit.data.sources` from importing it as one).
+The normalisation rules themselves (base64, COCO names, content-checked loading, placeholders, the
+skip/error policy) live in :mod:`mmit.data.normalize`; this module only adapts them to these readers:
 
-* :data:`VIDEO_PLACEHOLDER`: ``"<video>"``, the placeholder a turn carries for each video item (the
-  Video-LLaVA / LLaVA-NeXT-Video spelling; :meth:`Sample.validate` only counts ``<image>``, so the
-  video readers check the video count themselves with :func:`check_video_placeholders`).
-* :func:`decode_base64`: standard **and** URL-safe alphabets (Otter decodes MIMIC-IT with
-  ``base64.urlsafe_b64decode``), missing padding, ``data:`` URIs, embedded newlines.
-* :func:`attach_file` / :func:`attach_bytes`: the ``load_bytes`` / missing-file rule every reader
-  follows (read and sniff, or only check the file exists).
-* :func:`report`: the ``missing="skip"|"error"`` policy in one place.
-* :func:`image_cell_bytes`: bytes out of a parquet image cell (HF ``datasets`` struct
-  ``{bytes, path}`` or a plain binary column).
+* :func:`attach_file`: the ``load_bytes`` rule — read the file unchanged and check its content
+  (:func:`mmit.data.normalize.load_media`, plus a video check), or only check that it exists.
+* :func:`attach_bytes`: the same content check for in-memory bytes (base64 JSON, parquet cells).
+* :func:`image_cell_bytes`: bytes out of a parquet image cell (HF ``datasets`` ``Image`` struct
+  ``{bytes, path}`` or a binary column).
+* :func:`validated`: :meth:`Sample.validate` plus the ``<video>`` count, which ``validate`` does not
+  check; :func:`report`: count or raise one failed record.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 from typing import Any, Optional, Tuple
 
-from mmit.data.media import media_kind, read_media_bytes, sniff_ext
+from mmit.data.media import media_kind, sniff_ext
+from mmit.data.normalize import MEDIA_PLACEHOLDERS, load_media
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.stats import SkipCounter
 
-#: Placeholder for one video item in turn text (``"<video>\\n"`` prefixes the first user turn).
-VIDEO_PLACEHOLDER = "<video>"
+#: Placeholder for one video item in turn text (:data:`mmit.data.normalize.MEDIA_PLACEHOLDERS`).
+VIDEO_PLACEHOLDER = MEDIA_PLACEHOLDERS["video"]
 
-_B64_JUNK = re.compile(r"\s+")
-_DATA_URI = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
-
-
-def check_missing_policy(missing: str) -> None:
-    """Raise ``ValueError`` unless ``missing`` is ``"skip"`` or ``"error"``."""
-    if missing not in ("skip", "error"):
-        raise ValueError(f"missing must be 'skip' or 'error', got {missing!r}")
+#: Skip reason when content does not match the media kind (same names as ``load_media``).
+_BAD_CONTENT = {"image": "undecodable-image", "video": "undecodable-video"}
 
 
 def report(error: SampleError, missing: str, stats: SkipCounter, record_id: Any) -> None:
-    """Apply the missing-media policy to a failed record: raise under ``"error"``, else count the
-    skip in ``stats`` under ``error.reason`` (with the message kept as an example)."""
+    """Apply the ``missing`` policy to a failed record: raise under ``"error"``, else count the
+    skip in ``stats`` under ``error.reason`` (the message is kept as an example)."""
     if missing == "error":
         raise error
     stats.add(error.reason, record_id, str(error))
 
 
-def decode_base64(text: Any, where: str) -> bytes:
-    """Decode a base64 string written with either alphabet.
-
-    Accepts the standard (``+/``) and URL-safe (``-_``) alphabets, missing ``=`` padding, embedded
-    whitespace/newlines and a ``data:<mime>;base64,`` prefix. A string mixing both alphabets is
-    rejected.
-
-    Returns the decoded bytes (not checked to be an image; see :func:`attach_bytes`).
-
-    Raises:
-        SampleError: reason ``bad-base64`` naming ``where`` (not a string, empty, characters outside
-            the alphabet, impossible length).
-    """
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("ascii")
-        except UnicodeDecodeError:
-            raise SampleError(f"{where}: base64 value is not ASCII text", "bad-base64") from None
-    if not isinstance(text, str):
-        raise SampleError(f"{where}: base64 value must be a string, got {type(text).__name__}",
-                          "bad-base64")
-    s = _B64_JUNK.sub("", _DATA_URI.sub("", text.strip(), count=1))
-    if not s:
-        raise SampleError(f"{where}: empty base64 string", "bad-base64")
-    urlsafe = "-" in s or "_" in s
-    if urlsafe and ("+" in s or "/" in s):
-        raise SampleError(f"{where}: base64 string mixes the standard (+/) and URL-safe (-_) "
-                          f"alphabets", "bad-base64")
-    s = s.rstrip("=")
-    if len(s) % 4 == 1:
-        raise SampleError(f"{where}: invalid base64 length ({len(s)} characters without padding)",
-                          "bad-base64")
-    s += "=" * (-len(s) % 4)
-    try:
-        return base64.b64decode(s, altchars=b"-_" if urlsafe else None, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SampleError(f"{where}: invalid base64: {e}", "bad-base64") from None
+def _check_kind(m: Media, data: bytes, ext: Optional[str], where: str) -> None:
+    if m.kind in _BAD_CONTENT and media_kind(ext) != m.kind:
+        src = m.path or m.meta.get("image_id") or "in-memory bytes"
+        raise SampleError(f"{where}: {src} is not {'an' if m.kind == 'image' else 'a'} {m.kind} "
+                          f"(content: {ext or 'unknown'}, {len(data)} bytes)",
+                          _BAD_CONTENT[m.kind])
 
 
-def attach_file(m: Media, where: str, load_bytes: bool, expect: Optional[str] = None) -> None:
+def attach_file(m: Media, where: str, load_bytes: bool) -> None:
     """Check (``load_bytes=False``) or read (``True``) the file at ``m.path``.
 
-    With ``load_bytes`` the whole file goes into ``m.data`` unchanged and ``m.ext`` is sniffed from
-    content; ``expect`` (``"image"``/``"video"``) then also checks the sniffed kind.
+    With ``load_bytes`` the whole file goes into ``m.data`` unchanged, ``m.ext`` is sniffed from
+    content and the content must match ``m.kind`` (an HTML error page saved as ``.mp4`` is
+    rejected). Without it only the file's existence is checked; ``mmit convert`` checks content.
 
     Raises:
-        SampleError: ``missing-media`` (absent, a folder, unreadable) or ``wrong-media-type``.
+        SampleError: ``missing-media`` (absent, a folder, unreadable), ``undecodable-image`` /
+            ``undecodable-video`` (content of another kind).
     """
     if not load_bytes:
         if not os.path.isfile(m.path):
             what = "is a folder, not a file" if os.path.isdir(m.path) else "not found"
             raise SampleError(f"{where}: {m.kind} file {what}: {m.path}", "missing-media")
         return
-    try:
-        data = read_media_bytes(m.path)
-    except OSError as e:
-        raise SampleError(f"{where}: cannot read {m.kind} file {m.path}: {e.strerror or e}",
-                          "missing-media") from None
-    attach_bytes(m, data, where, expect)
+    load_media(m, where)
+    _check_kind(m, m.data, m.ext, where)
 
 
-def attach_bytes(m: Media, data: bytes, where: str, expect: Optional[str] = None) -> None:
-    """Set ``m.data`` / ``m.ext`` from in-memory bytes (base64 or parquet cells).
+def attach_bytes(m: Media, data: bytes, where: str) -> None:
+    """Set ``m.data`` (unchanged) and ``m.ext`` (sniffed) from in-memory bytes.
 
-    ``expect`` (``"image"``/``"video"``): the kind the sniffed content must have.
-
-    Raises:
-        SampleError: ``wrong-media-type`` when the content is not of kind ``expect`` (names the
-            sniffed type, e.g. ``unknown`` for text).
-    """
+    Raises :class:`SampleError` ``undecodable-image`` / ``undecodable-video`` when the content is
+    not of kind ``m.kind`` (the message names the sniffed type, ``unknown`` for text)."""
     ext = sniff_ext(data)
-    if expect is not None and media_kind(ext) != expect:
-        src = m.path or m.meta.get("image_id") or "bytes"
-        raise SampleError(f"{where}: {src} is not a{'n' if expect[0] in 'aeiou' else ''} "
-                          f"{expect} (content sniffed as {ext or 'unknown'}, {len(data)} bytes)",
-                          "wrong-media-type")
+    _check_kind(m, data, ext, where)
     m.data, m.ext = data, ext
 
 

@@ -41,7 +41,7 @@ are files (``load_bytes`` reads them unchanged).
 
 Skip reasons: ``missing-prompt`` (no ``prompt.json``: every seed of that folder),
 ``invalid-record`` (no/empty ``edit``, malformed ``prompt.json``, null image cell),
-``missing-media``, ``wrong-media-type`` (image bytes that are not an image).
+``missing-media``, ``undecodable-image`` (image bytes that are not an image).
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.sources._media_helpers import (attach_bytes, attach_file, check_missing_policy,
-                                              image_cell_bytes, report, validated)
+from mmit.data.normalize import check_missing_policy
+from mmit.data.sources._media_helpers import (attach_bytes, attach_file, image_cell_bytes, report,
+                                              validated)
 from mmit.data.stats import SkipCounter
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -165,7 +166,7 @@ def _iter_seeds(path: str, root: str, missing: str, counter: SkipCounter, load_b
                     meta["generation"] = gen_meta[seed]
                 sample = edit_sample(sid, prompt.get("edit"), inp, out, meta, swhere)
                 for m in sample.media:
-                    attach_file(m, swhere, load_bytes, expect="image" if load_bytes else None)
+                    attach_file(m, swhere, load_bytes)
             except SampleError as e:
                 report(e, missing, counter, sid)
                 continue
@@ -191,9 +192,9 @@ def _media_from_cell(cell: Any, where: str, root: str, load_bytes: bool) -> Medi
     data, path = image_cell_bytes(cell, where, root)
     m = Media("image", path=path)
     if data is not None:
-        attach_bytes(m, data, where, expect="image")
+        attach_bytes(m, data, where)
     else:
-        attach_file(m, where, load_bytes, expect="image" if load_bytes else None)
+        attach_file(m, where, load_bytes)
     return m
 
 

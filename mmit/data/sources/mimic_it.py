@@ -43,7 +43,8 @@ one image per example (LA in-context, SD) put each image in its own chunk (IMAGE
 
 Skip reasons: ``unknown-instruction-id`` (a train/in-context id not in ``data``),
 ``invalid-record``, ``missing-media`` (image id not in the store: Otter issues #172/#329),
-``bad-base64``, ``wrong-media-type`` (decoded bytes are not an image).
+``bad-base64`` (:func:`mmit.data.normalize.decode_base64`), ``undecodable-image`` (decoded bytes
+are not an image).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.sources._media_helpers import (attach_bytes, attach_file, check_missing_policy,
-                                              decode_base64, report, validated)
+from mmit.data.normalize import check_missing_policy, decode_base64
+from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -131,18 +132,18 @@ class ImageStore:
     def media(self, image_id: str, where: str, load_bytes: bool) -> Media:
         """The :class:`Media` for ``image_id`` (bytes always set for base64 stores).
 
-        Raises :class:`SampleError`: ``missing-media``, ``bad-base64``, ``wrong-media-type``."""
+        Raises :class:`SampleError`: ``missing-media``, ``bad-base64``, ``undecodable-image``."""
         if image_id not in self:
             raise SampleError(f"{where}: image id {image_id!r} not in image store "
                               f"{self.location}", "missing-media")
         if self.kind == "folder":
             m = Media(kind="image", path=self._files[image_id], meta={"image_id": image_id})
-            attach_file(m, where, load_bytes, expect="image" if load_bytes else None)
+            attach_file(m, where, load_bytes)
             return m
         text = (self._b64[image_id] if self.kind == "json"
                 else self._col[self._rows[image_id]].as_py())
         m = Media(kind="image", meta={"image_id": image_id})
-        attach_bytes(m, decode_base64(text, f"{where}: image {image_id!r}"), where, expect="image")
+        attach_bytes(m, decode_base64(text, f"{where}: image {image_id!r}"), where)
         return m
 
 

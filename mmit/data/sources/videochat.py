@@ -16,7 +16,9 @@ Mapping:
 
 * ``image`` → ``Media(kind="image")``; ``video`` → ``Media(kind="video")`` holding the file's bytes
   untouched (``load_bytes=True``); paths resolve against ``media_root`` (default: the annotation
-  file's folder); ``Media.meta["original_path"]`` keeps the path as written, and a video's
+  file's folder), COCO 2014 names (``train2014/COCO_train2014_000000021248.jpg``) also match a
+  COCO 2017 copy (:func:`mmit.data.normalize.resolve_media_path`; ``meta["resolved_by"]`` then
+  says ``coco-name``); ``Media.meta["original_path"]`` keeps the path as written, and a video's
   ``meta`` keeps ``start``/``end`` (seconds) when the record has them.
 * ``QA`` → alternating ``user`` (``q``) / ``assistant`` (``a``) turns. The first user turn starts
   with ``"<image>\\n"`` or ``"<video>\\n"`` (VideoChat instead sends the media in a turn of its own,
@@ -27,7 +29,8 @@ Mapping:
   ``source = "videochat"``; :attr:`Sample.task` = ``task=`` argument (default None).
 
 Skip reasons: ``invalid-record`` (no ``image``/``video`` or both, bad ``QA`` item), ``no-turns``,
-``missing-media``, ``wrong-media-type`` (``load_bytes``: a ``video`` that is not a video file).
+``missing-media``, ``undecodable-image`` / ``undecodable-video`` (``load_bytes``: content of
+another kind).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from typing import Any, Iterator, List, Optional, Union
 from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.sources._media_helpers import (VIDEO_PLACEHOLDER, attach_file,
-                                              check_missing_policy, report, validated)
+from mmit.data.normalize import check_missing_policy, resolve_media_path
+from mmit.data.sources._media_helpers import VIDEO_PLACEHOLDER, attach_file, report, validated
 from mmit.data.sources.llava import iter_json_records
 from mmit.data.stats import SkipCounter
 
@@ -74,7 +77,7 @@ def videochat_record_to_sample(record: Any, index: int, where: str, media_root: 
     """Normalise one VideoChat record (see module docstring).
 
     Raises :class:`SampleError`: ``invalid-record``, ``no-turns``, ``missing-media``,
-    ``wrong-media-type``."""
+    ``undecodable-image``, ``undecodable-video``."""
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
                           "invalid-record")
@@ -91,19 +94,22 @@ def videochat_record_to_sample(record: Any, index: int, where: str, media_root: 
                           "invalid-record")
     placeholder = IMAGE_PLACEHOLDER if kind == "image" else VIDEO_PLACEHOLDER
     turns = _qa_turns(record.get("QA"), placeholder, where)
-    path = rel if os.path.isabs(rel) else os.path.join(media_root, rel)
     mmeta = {"original_path": rel}
     for k in ("start", "end"):
         if k in record:
             mmeta[k] = record[k]
-    media = Media(kind=kind, path=path, meta=mmeta)
+    media = Media(kind=kind, path=os.path.join(media_root, rel), meta=mmeta)
     meta = {k: v for k, v in record.items() if k not in _USED}
     instr = [it.get("i") for it in record["QA"] if isinstance(it.get("i"), str)]
     if len(set(instr)) > 1:
         meta["instructions"] = instr
     sample = validated(Sample(id=sid, turns=turns, media=[media], task=task, source="videochat",
                               meta=meta), where)
-    attach_file(media, where, load_bytes, expect=kind)
+    media.path, how = resolve_media_path(rel, media_root, where)
+    if how is not None:
+        media.meta["resolved_by"] = how
+    if load_bytes:
+        attach_file(media, where, load_bytes)
     return sample
 
 

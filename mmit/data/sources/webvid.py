@@ -25,7 +25,7 @@ every CSV of ``anno_dir``). Columns are found **by header name** (copies order t
 
 Skip reasons: ``invalid-record`` (wrong field count, empty ``videoid`` or caption),
 ``missing-media`` (most WebVid URLs are dead, so many videos are never downloaded),
-``wrong-media-type`` (``load_bytes``: the file is not a video).
+``undecodable-video`` (``load_bytes``: the file is not a video).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Dict, Iterator, List, Optional, Union
 
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.sources._media_helpers import (VIDEO_PLACEHOLDER, attach_file,
-                                              check_missing_policy, report, validated)
+from mmit.data.normalize import check_missing_policy, resolve_media_path
+from mmit.data.sources._media_helpers import VIDEO_PLACEHOLDER, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -105,10 +105,8 @@ def _row_to_sample(row: Dict[str, Optional[str]], cols: Dict[str, str], where: s
     if not caption:
         raise SampleError(f"{where}: empty caption", "invalid-record")
     page_dir = row[cols["page_dir"]].strip() if "page_dir" in cols else ""
-    candidates = ([os.path.join(media_root, page_dir, f"{vid}.mp4")] if page_dir else []) + \
-        [os.path.join(media_root, f"{vid}.mp4")]
-    vpath = next((c for c in candidates if os.path.isfile(c)), candidates[0])
-    media = Media(kind="video", path=vpath, meta={"original_path": os.path.relpath(vpath, media_root)})
+    rel = f"{page_dir}/{vid}.mp4" if page_dir else f"{vid}.mp4"
+    media = Media(kind="video", path=os.path.join(media_root, rel))
     meta: Dict[str, object] = {}
     for k, v in row.items():
         if k in (cols["videoid"], cols["caption"]):
@@ -125,7 +123,11 @@ def _row_to_sample(row: Dict[str, Optional[str]], cols: Dict[str, str], where: s
     user = VIDEO_PLACEHOLDER + (f"\n{prompt.strip()}" if prompt and prompt.strip() else "")
     sample = validated(Sample(id=vid, turns=[Turn("user", user), Turn("assistant", caption)],
                               media=[media], task="captioning", source="webvid", meta=meta), where)
-    attach_file(media, where, load_bytes, expect="video")
+    media.path, _ = resolve_media_path(rel, media_root, where, alternatives=[f"{vid}.mp4"],
+                                       coco=False)
+    media.meta["original_path"] = os.path.relpath(media.path, media_root)
+    if load_bytes:
+        attach_file(media, where, load_bytes)
     return sample
 
 
