@@ -72,12 +72,14 @@ def test_videochat2_instruction_becomes_system_turn(tmp_path, media):
              "QA": [{"i": "Answer briefly.", "q": "Who?", "a": "A man."},
                     {"i": "Answer briefly.", "q": "Where?", "a": "Outside."}]},
             {"image": "2.jpg", "QA": [{"i": "Describe.", "q": "", "a": "A man."},
-                                      {"i": "Be short.", "q": "More?", "a": "No."}]}]
+                                      {"i": "Be short.", "q": "More?", "a": "No.",
+                                       "candidates": ["No.", "Yes."]}]}]
     a, b = read(write(tmp_path, recs), media_root=media)[0]
     assert [t.role for t in a.turns] == ["system", "user", "assistant", "user", "assistant"]
     assert a.turns[0].content == "Answer briefly." and "instructions" not in a.meta
     assert b.turns[1].content == "<image>"                    # empty q: placeholder only
     assert b.meta["instructions"] == ["Describe.", "Be short."]
+    assert b.meta["qa_extra"] == [{}, {"candidates": ["No.", "Yes."]}] and "qa_extra" not in a.meta
 
 
 def test_bad_records_counted_and_named(tmp_path, media):

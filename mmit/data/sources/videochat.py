@@ -103,6 +103,9 @@ def videochat_record_to_sample(record: Any, index: int, where: str, media_root: 
     instr = [it.get("i") for it in record["QA"] if isinstance(it.get("i"), str)]
     if len(set(instr)) > 1:
         meta["instructions"] = instr
+    extra = [{k: v for k, v in it.items() if k not in ("q", "a", "i")} for it in record["QA"]]
+    if any(extra):
+        meta["qa_extra"] = extra  # e.g. VideoChat2 multiple-choice candidates, per QA item
     sample = validated(Sample(id=sid, turns=turns, media=[media], task=task, source="videochat",
                               meta=meta), where)
     media.path, how = resolve_media_path(rel, media_root, where)
