@@ -41,6 +41,8 @@ def generate(model, tokenizer, template: str, prompt: str, image=None, max_new_t
     Returns :class:`Answer` with the decoded text (special tokens removed) and the newly generated ids
     (the eos token included when the model emitted one).
     """
+    if hasattr(model, "answer"):  # families with their own prompt layout (InstructBLIP: no chat template)
+        return model.answer(tokenizer, prompt, image, max_new_tokens, **generate_kwargs)
     from mmit.templates.labels import encode_prompt
 
     ids = encode_prompt(tokenizer, prompt_turns(prompt, image is not None), template)

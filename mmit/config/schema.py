@@ -52,10 +52,47 @@ class LLMConfig:
 
 
 @dataclass
+class QFormerConfig:
+    """The Q-Former connector of the ``instructblip`` family (BLIP-2 arXiv 2301.12597, InstructBLIP
+    arXiv 2305.06500). Defaults are InstructBLIP's: BERT-base width, 32 queries, cross-attention
+    every 2 layers, the instruction fed to the Q-Former, 128 instruction / 256 answer tokens."""
+
+    #: Learned query tokens M (the connector's output length per image).
+    num_query_tokens: int = 32
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    #: A layer cross-attends to the image features when ``layer_idx % cross_attention_frequency == 0``.
+    cross_attention_frequency: int = 2
+    #: The Q-Former's word vocabulary (bert-base-uncased 30522, +1 for LAVIS's ``[DEC]`` = 30523).
+    vocab_size: int = 30523
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    #: Feed the instruction to the Q-Former (InstructBLIP); False is BLIP-2 (queries only).
+    text_input: bool = True
+    #: The Q-Former's BERT-family tokenizer: hub id, local folder or ``tiny-bert``.
+    tokenizer: str = "bert-base-uncased"
+    #: Initial weights: None (random, N(0, 0.02)), a BERT checkpoint (``bert-base-uncased``; cross-attention
+    #: stays random, query FFNs copy the text FFNs, as LAVIS ``init_Qformer``), or an
+    #: ``InstructBlipForConditionalGeneration`` folder (Q-Former, queries and, if shapes fit, projection).
+    init_from: Optional[str] = None
+    #: Instruction tokens kept (left-truncated), for the Q-Former text and the LLM input (LAVIS ``max_txt_len``).
+    max_text_length: int = 128
+    #: Answer tokens kept, eos included (right-truncated; LAVIS ``max_output_txt_len``).
+    max_output_length: int = 256
+    #: Frames taken from each video (uniformly spaced); each goes through the tower and Q-Former.
+    num_frames: int = 4
+
+
+@dataclass
 class ModelConfig:
     vision_tower: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    #: Q-Former connector settings (``family: instructblip`` only).
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
     #: Conversation template: ``plain``, ``vicuna-v1``, ``llama-2``, ``chatml``.
     template: str = "vicuna-v1"
     #: Token budget per sample, image tokens included (LLaVA: ``model_max_length`` 2048).

@@ -24,6 +24,7 @@ open_clip and timm are imported when a tower is built.
 from mmit.models.encoders.base import VISION_TOWERS, VisionTower, build_vision_tower, resolve_layer
 from mmit.models.encoders.preprocess import ImageProcessor, expand2square
 from mmit.models.encoders import hf_clip, open_clip_tower, timm_vit, tiny  # noqa: F401,E402  (register members)
+from mmit.models.encoders import eva  # noqa: F401,E402  (eva-vit-g, tiny-eva-vit: InstructBLIP)
 from mmit.models.encoders.tiny import ensure_tiny_tower, tiny_tower_names
 
 __all__ = [
