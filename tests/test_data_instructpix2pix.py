@@ -58,7 +58,8 @@ def seeds_ds(tmp_path):
             (ds / d / f"{seed}_0.jpg").write_bytes(jpeg((10 * i, 0, 0)))
             (ds / d / f"{seed}_1.jpg").write_bytes(jpeg((0, 10 * i, 200)))
     (ds / "0000000" / "metadata.jsonl").write_text(
-        json.dumps({"seed": 111, "p2p_threshold": 0.5, "cfg_scale": 7.5, "clip_sim_dir": 0.3}) + "\n")
+        json.dumps({"seed": 111, "p2p_threshold": 0.5, "cfg_scale": 7.5, "clip_sim_dir": 0.3})
+        + "\n")
     (ds / "seeds.json").write_text(json.dumps([[d, [int(s) for s in seeds]]
                                                for d, (_, seeds) in folders.items()]))
     return ds

@@ -49,7 +49,7 @@ DATA = {
                           "answer": " A chest X-ray.", "image_ids": ["LA_IMG_000001"],
                           "rel_ins_ids": []},
         "DC_INS_00001": {"instruction": "Who is the main focus of the video?",
-                         "answer": "The main focus of the video is a police officer riding a horse.",
+                         "answer": "The main focus of the video is a police officer on a horse.",
                          "image_ids": IMAGE_IDS[2:],
                          "rel_ins_ids": ["DC_INS_00002", "DC_INS_00003"]},
         "DC_INS_00002": {"instruction": "What is the weather like?", "answer": "Sunny.",
@@ -185,7 +185,8 @@ def test_decode_base64_variants():
     assert decode_base64(base64.b64encode(raw).decode().rstrip("="), "w") == raw
     wrapped = "\n".join(base64.b64encode(raw).decode()[i:i + 76] for i in range(0, 1024, 76))
     assert decode_base64(wrapped, "w") == raw
-    assert decode_base64("data:image/png;base64," + base64.b64encode(b"abc").decode(), "w") == b"abc"
+    uri = "data:image/png;base64," + base64.b64encode(b"abc").decode()
+    assert decode_base64(uri, "w") == b"abc"
     for bad in ["", "abc!", "a", 5]:
         with pytest.raises(SampleError) as e:
             decode_base64(bad, "img X")
@@ -252,7 +253,8 @@ def test_real_otter_images_bytes_roundtrip(tmp_path):
     files = sorted(OTTER.iterdir())
     images = {f"OT_IMG_{i:02d}": f.read_bytes() for i, f in enumerate(files)}
     data = {"meta": {}, "data": {f"OT_INS_{i:02d}": {"instruction": f"Describe {f.name}.",
-                                                     "answer": f.stem, "image_ids": [f"OT_IMG_{i:02d}"],
+                                                     "answer": f.stem,
+                                                     "image_ids": [f"OT_IMG_{i:02d}"],
                                                      "rel_ins_ids": []}
                                  for i, f in enumerate(files)}}
     for store in ("json", "parquet"):

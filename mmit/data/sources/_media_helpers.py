@@ -1,8 +1,9 @@
 """Helpers shared by the MIMIC-IT, VideoChat, WebVid and InstructPix2Pix readers.
 
 Not a format module (the leading ``_`` keeps :mod:`mmit.data.sources` from importing it as one).
-The normalisation rules themselves (base64, COCO names, content-checked loading, placeholders, the
-skip/error policy) live in :mod:`mmit.data.normalize`; this module only adapts them to these readers:
+The normalisation rules themselves (base64, COCO names, content-checked loading, placeholders,
+the skip/error policy) live in :mod:`mmit.data.normalize`; this module adapts them to these
+readers:
 
 * :func:`attach_file`: the ``load_bytes`` rule — read the file unchanged and check its content
   (:func:`mmit.data.normalize.load_media`, plus a video check), or only check that it exists.

@@ -1,4 +1,4 @@
-"""InstructPix2Pix reader (format name ``instructpix2pix``): (input image, edit prompt, edited image).
+"""InstructPix2Pix reader (format name ``instructpix2pix``): input image, edit prompt, edited image.
 
 InstructPix2Pix: "InstructPix2Pix: Learning to Follow Image Editing Instructions", Brooks et al.,
 arXiv 2211.09800. Reference code: timothybrooks/instruct-pix2pix ``edit_dataset.py``
@@ -19,8 +19,8 @@ Two layouts, chosen from ``path``:
    ``seeds.json`` the sub-folders holding a ``prompt.json`` are read, their seeds taken from the
    ``<seed>_0.jpg`` files. Image folders resolve against ``media_root`` (default: the dataset
    folder). :attr:`Sample.id` = ``"<folder>/<seed>"``.
-2. **Parquet** (``path`` = a ``.parquet`` file or a folder of them, read in name order with pyarrow in
-   batches): HF ``fusing/instructpix2pix-1000-samples`` columns ``input_image`` / ``edit_prompt`` /
+2. **Parquet** (``path`` = a ``.parquet`` file or a folder of them, read in name order with
+   pyarrow in batches): HF ``fusing/instructpix2pix-1000-samples`` columns ``input_image`` / ``edit_prompt`` /
    ``edited_image``, or ``timbrooks/instructpix2pix-clip-filtered`` ``original_image`` /
    ``edit_prompt`` / ``edited_image`` (+ ``original_prompt`` / ``edited_prompt`` captions). Image
    cells are binary or HF ``{bytes, path}`` structs (a struct with only a path is read from
@@ -133,7 +133,8 @@ def _read_prompt(folder: str, where: str) -> Dict[str, Any]:
     except FileNotFoundError:
         raise SampleError(f"{where}: prompt.json not found: {path}", "missing-prompt") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise SampleError(f"{where}: unreadable prompt.json {path}: {e}", "invalid-record") from None
+        raise SampleError(f"{where}: unreadable prompt.json {path}: {e}",
+                          "invalid-record") from None
     if not isinstance(prompt, dict):
         raise SampleError(f"{where}: {path} is not a JSON object", "invalid-record")
     return prompt

@@ -25,8 +25,8 @@ otherwise every instruction id, with its ``rel_ins_ids`` as in-context examples 
 ``populate_rel_ins``).
 
 How a sample carries its in-context examples (``in_context="turns"``, the default): for each id in
-``in_context_ids + [id]`` (Otter's ``process_general`` order) one user turn (``instruction``) and one
-assistant turn (``answer``). Every image id not already in the sample is appended to ``media`` and
+``in_context_ids + [id]`` (Otter's ``process_general`` order) one user turn (``instruction``) and
+one assistant turn (``answer``). Every image id not already in the sample is appended to ``media`` and
 gets a ``"<image>\\n"`` at the start of the user turn of the chunk that introduces it. So video
 tasks whose examples share the same frames (DC, TVC, E4D) carry the frames once, with all their
 placeholders in the first chunk (Otter's VIDEO_TEXT / IMAGE_TEXT rule), and in-context tasks with
@@ -150,7 +150,8 @@ class ImageStore:
 def _find_store(instructions: str, media_root: Optional[str]) -> str:
     """The image store for ``XX_instructions.json``: ``XX.parquet``/``XX.json``/``images.*`` in
     ``media_root`` (default: the instruction file's folder), else ``media_root`` as a folder."""
-    folder = media_root if media_root is not None else os.path.dirname(os.path.abspath(instructions))
+    folder = (media_root if media_root is not None
+              else os.path.dirname(os.path.abspath(instructions)))
     if os.path.isfile(folder):
         return folder
     base = os.path.basename(instructions)

@@ -1,7 +1,7 @@
 """VideoChat instruction-data reader (format name ``videochat``).
 
-VideoChat: "VideoChat: Chat-Centric Video Understanding", Li et al., arXiv 2305.06355. Reference code:
-OpenGVLab/Ask-Anything ``video_chat/dataset/it_dataset.py`` (``ITImgTrainDataset`` /
+VideoChat: "VideoChat: Chat-Centric Video Understanding", Li et al., arXiv 2305.06355. Reference
+code: OpenGVLab/Ask-Anything ``video_chat/dataset/it_dataset.py`` (``ITImgTrainDataset`` /
 ``ITVidTrainDataset``) @ 4dd8210; the same files feed Video-LLaMA (arXiv 2306.02858,
 ``video_instruct_dataset.py``). Formats: DATASETS.md §7.
 
@@ -124,7 +124,8 @@ def read_videochat(path: PathLike, media_root: Optional[PathLike] = None, missin
     Args:
         path: the annotation file (``videochat_instruct_11k.json``, ``minigpt_caption_3k.json``...).
         media_root: folder ``image``/``video`` paths resolve against (VideoChat's ``data_root``;
-            for ``videochat_instruct_11k`` the WebVid ``videos/`` folder). Default: the file's folder.
+            for ``videochat_instruct_11k`` the WebVid ``videos/`` folder). Default: the file's
+            folder.
         missing: ``"skip"`` counts unusable records in ``stats`` by reason; ``"error"`` raises.
         stats: skip counter (a fresh one when None).
         load_bytes: read each image/video file into ``Media.data`` (bytes unchanged) and sniff

@@ -5,9 +5,9 @@ arXiv 2104.00650 (m-bain/webvid ``download.py``); used for Video-LLaMA stage 1 (
 ``webvid_datasets.py``) and as VideoChat's video source. Formats: DATASETS.md §7.
 
 Files it reads: ``results_2M_train.csv``, ``results_2M_val.csv``, ``results_10M_{train,val}.csv``,
-re-hosted partitions with the same columns, or ``.tsv`` (tab-separated) copies; ``path`` may also be a
-folder, whose ``*.csv``/``*.tsv`` files are read in name order (Video-LLaMA's ``WebvidDataset`` reads
-every CSV of ``anno_dir``). Columns are found **by header name** (copies order them differently)::
+re-hosted partitions with the same columns, or ``.tsv`` (tab-separated) copies; ``path`` may also
+be a folder, whose ``*.csv``/``*.tsv`` files are read in name order (Video-LLaMA's
+``WebvidDataset`` reads every CSV of ``anno_dir``). Columns are found **by header name** (copies order them differently)::
 
     videoid,contentUrl,duration,page_dir,name
     videoid,name,page_idx,page_dir,duration,contentUrl
