@@ -238,6 +238,13 @@ def test_folder_store_and_media_root(tmp_path):
     assert stats.total == 0 and len(out) == len(DATA["data"])
     la = by_id(out)["LA_INS_000000"]
     assert la.media[1].path == str(frames / "LA_IMG_000000.jpg") and la.media[1].data == IMGS[0]
+    data = {"meta": {}, "data": {"P_INS_1": {"instruction": "q", "answer": "a",
+                                             "image_ids": ["coco/train2017/000000033471.jpg"]}}}
+    (frames / "coco" / "train2017").mkdir(parents=True)
+    (frames / "coco" / "train2017" / "000000033471.jpg").write_bytes(IMGS[0])
+    (tmp_path / "ann" / "P_instructions.json").write_text(json.dumps(data))
+    (p,), _ = read(tmp_path / "ann" / "P_instructions.json", media_root=frames, load_bytes=True)
+    assert p.media[0].data == IMGS[0]
     (frames / "LA_IMG_000001.jpg").unlink()
     out, stats = read(ins, media_root=frames)
     assert stats.as_dict() == {"missing-media": 2}

@@ -16,7 +16,8 @@ Files read, per task ``XX`` (LA, DC, TVC, VST, SN, SD, CGD, E4D, ...):
   ``data`` is a dict keyed by instruction id. ``image_ids`` may be absent/null (text-only groups).
 * the image store, one of: ``XX.json`` = ``{"<image id>": "<base64 JPEG>"}`` (standard or URL-safe
   alphabet); ``XX.parquet`` = one column ``base64`` with the image id as (pandas) index, read with
-  pyarrow; or a folder of image files named ``<image id>.<ext>`` (extracted copies).
+  pyarrow; or a folder of image files named ``<image id>.<ext>`` or at the relative path the id
+  spells (``coco/train2017/000000033471.jpg``), for extracted copies.
 * ``XX_train.json`` (optional train config): ``{"DC_INS_00001": ["DC_INS_00002", ...], ...}``, the
   instruction ids to train on, each with its in-context example ids.
 
@@ -126,6 +127,10 @@ class ImageStore:
 
     def __contains__(self, image_id: str) -> bool:
         if self.kind == "folder":
+            if image_id not in self._files:  # ids that are relative paths (coco/train2017/x.jpg)
+                rel = os.path.join(self.location, image_id)
+                if ".." not in image_id.split("/") and os.path.isfile(rel):
+                    self._files[image_id] = rel
             return image_id in self._files
         return image_id in (self._b64 if self.kind == "json" else self._rows)
 
