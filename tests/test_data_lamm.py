@@ -17,18 +17,23 @@ from mmit.data.sources import available_formats, get_reader
 from mmit.data.sources.lamm import default_media_root, read_lamm
 from mmit.data.stats import SkipCounter
 
-REC_2D = {"id": "000000019028", "image": "coco_images/000000019028.jpg",
-          "conversations": [{"from": "human", "value": "How is the kitchen in the image furnished?"},
-                            {"from": "gpt", "value": "The kitchen in the image is furnished with white "
-                             "cabinets and white appliances. There is a dishwasher, a stove, and a sink. ..."}],
-          "task_type": "conversation", "src_image": "coco2017"}
-REC_3D = {"pcl": "shapenet_pcls/04256520_cb71cb7b36dbcb6f826fc8d57346a2e4_4096.npy",
-          "conversations": [{"from": "human", "value": "What scenario does this point cloud belong to "
-                             "according to the model\u2019s prediction?"},
-                            {"from": "gpt", "value": "Through meticulous analysis, it becomes evident that "
-                             "the point cloud aligns with the characteristics of sofa,couch,lounge s       cenario."}],
-          "task_type": "classification3d", "src_dataset": "ShapeNet",
-          "src_id": "04256520_cb71cb7b36dbcb6f826fc8d57346a2e4"}
+REC_2D = {
+    "id": "000000019028", "image": "coco_images/000000019028.jpg",
+    "conversations": [
+        {"from": "human", "value": "How is the kitchen in the image furnished?"},
+        {"from": "gpt", "value": "The kitchen in the image is furnished with white cabinets and "
+                                 "white appliances. There is a dishwasher, a stove, and a sink. ..."}],
+    "task_type": "conversation", "src_image": "coco2017"}
+REC_3D = {
+    "pcl": "shapenet_pcls/04256520_cb71cb7b36dbcb6f826fc8d57346a2e4_4096.npy",
+    "conversations": [
+        {"from": "human", "value": "What scenario does this point cloud belong to according to "
+                                   "the model\u2019s prediction?"},
+        {"from": "gpt", "value": "Through meticulous analysis, it becomes evident that the point "
+                                 "cloud aligns with the characteristics of sofa,couch,lounge "
+                                 "s       cenario."}],
+    "task_type": "classification3d", "src_dataset": "ShapeNet",
+    "src_id": "04256520_cb71cb7b36dbcb6f826fc8d57346a2e4"}
 
 
 def png(mode="RGB", size=(8, 6)) -> bytes:

@@ -25,8 +25,9 @@ Fields mapped:
   ``raw_datasets/``); a ``media_root`` that *is* the ``raw_datasets`` folder also works. Absolute
   paths from the authors' machines (``/projects/nlp_lab/...``) are tried as written, then re-rooted:
   the part after ``raw_datasets/``, then ever shorter tails (at least two components) under
-  ``media_root`` and ``media_root/raw_datasets`` (``/projects/.../seen_data/wikihow/data/x/image/
-  method_0_step_0.jpg`` finds ``raw_datasets/wikihow/data/x/image/method_0_step_0.jpg``). COCO 2014 names also find COCO 2017 files (:func:`coco_name_variants`).
+  ``media_root`` and ``media_root/raw_datasets`` (``/projects/.../seen_data/wikihow/data/x/
+  image/s.jpg`` finds ``raw_datasets/wikihow/data/x/image/s.jpg``). COCO 2014 names also find
+  COCO 2017 files (:func:`~mmit.data.normalize.coco_name_variants`).
 * ``options`` → ``meta["options"]`` (the candidate answers, in the order the prompt lists them, for
   vocabulary ranking; records without ``options`` whose prompt ends in an ``[Options]:`` list,
   the wikihow step-order tasks, get that list and ``meta["options_from_prompt"] = True``).
