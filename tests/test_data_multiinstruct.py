@@ -153,6 +153,22 @@ def test_render_each_template_of_an_instance():
         render_instruction({"task_name": "VQA_color", "options": ["red"]}, 0)
 
 
+def test_malformed_template_inputs_do_not_stop_reading(tmp_path):
+    put(tmp_path, "raw_datasets/a.jpg", jpeg())
+    recs = [{"unique_id": "1", "task_name": "visual_dialog", "image_path": "raw_datasets/a.jpg",
+             "question": "is it red", "meta_data": "oops", "prompt": "is it red?", "target": "no"},
+            {"unique_id": "2", "task_name": "visual_dialog", "image_path": "raw_datasets/a.jpg",
+             "question": "is it red", "meta_data": {"dialog_hist": [{"q": "hi"}]},
+             "prompt": "is it red?", "target": "no"},
+            {"unique_id": "3", "task_name": "brand_new_task", "image_path": "raw_datasets/a.jpg",
+             "prompt": "Describe.", "target": "x"}]
+    out = list(read_multiinstruct(write_jsonl(tmp_path / "m.jsonl", recs), missing="error"))
+    assert [s.meta["template_id"] for s in out] == [None, None, None]
+    assert out[2].meta["split"] is None and out[2].task == "brand_new_task"
+    with pytest.raises(ValueError, match="visual_dialog"):
+        render_instruction(recs[1], 0)
+
+
 def test_rerender_keeps_media_target_and_options(tmp_path):
     put(tmp_path, "raw_datasets/MSCOCO2014/train2014/COCO_train2014_000000005277.jpg", jpeg())
     (s,) = read_multiinstruct(write_jsonl(tmp_path / "t.jsonl", [REC]), media_root=tmp_path)

@@ -131,6 +131,8 @@ def _join(items: Any) -> str:
 
 def _template_fields(task: str, record: Mapping[str, Any], template_id: int) -> Dict[str, Any]:
     md = record.get("meta_data") or {}
+    if not isinstance(md, dict):
+        raise TypeError(f"'meta_data' must be an object, got {type(md).__name__}")
     regs = md.get("object_regions") or {}
     region = list(record.get("region") or [])
     fields: Dict[str, Any] = {
@@ -179,16 +181,17 @@ def render_instruction(record: Mapping[str, Any], template_id: int,
     """
     task = task or record.get("task_name")
     key = task
-    if task == "visual_dialog" and not (record.get("meta_data") or {}).get("dialog_hist"):
+    md = record.get("meta_data")
+    if task == "visual_dialog" and not (isinstance(md, dict) and md.get("dialog_hist")):
         key = "visual_dialog:no_history"
     templates = instruction_templates(key)
     if not 0 <= template_id < len(templates):
         raise IndexError(f"task {task!r} has {len(templates)} templates; no template_id "
                          f"{template_id}")
-    fields = _template_fields(task, record, template_id)
     try:
+        fields = _template_fields(task, record, template_id)
         return templates[template_id].format(**fields)
-    except (KeyError, IndexError, TypeError) as e:
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise ValueError(f"task {task!r} template {template_id} needs a field the record lacks: "
                          f"{e!r}") from None
 
