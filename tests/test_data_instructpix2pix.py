@@ -25,8 +25,12 @@ def jpeg(color, size=(8, 8)) -> bytes:
 
 
 def read(path, **kw):
+    """Read all samples (checking each validates) and the skip counter."""
     stats = kw.pop("stats", SkipCounter())
-    return list(read_instructpix2pix(path, stats=stats, **kw)), stats
+    out = list(read_instructpix2pix(path, stats=stats, **kw))
+    for s in out:  # every yielded sample is valid
+        s.validate()
+    return out, stats
 
 
 def check_convention(s, edit):

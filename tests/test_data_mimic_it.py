@@ -89,8 +89,12 @@ def write_task(folder, data=DATA, images=None, urlsafe=False, store="json", trai
 
 
 def read(path, **kw):
+    """Read all samples (checking each validates) and the skip counter."""
     stats = kw.pop("stats", SkipCounter())
-    return list(read_mimic_it(path, stats=stats, **kw)), stats
+    out = list(read_mimic_it(path, stats=stats, **kw))
+    for s in out:  # every yielded sample is valid
+        s.validate()
+    return out, stats
 
 
 def by_id(samples):

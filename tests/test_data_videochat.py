@@ -32,8 +32,12 @@ def write(tmp_path, records, name="ann.json"):
 
 
 def read(path, **kw):
+    """Read all samples (checking each validates) and the skip counter."""
     stats = kw.pop("stats", SkipCounter())
-    return list(read_videochat(path, stats=stats, **kw)), stats
+    out = list(read_videochat(path, stats=stats, **kw))
+    for s in out:  # every yielded sample is valid
+        s.validate()
+    return out, stats
 
 
 @pytest.fixture
@@ -211,3 +215,12 @@ def test_real_coco2014_names_resolve_to_coco2017_copy(tmp_path):
     assert m.path == str(tmp_path / "train2017" / num) and m.meta["resolved_by"] == "coco-name"
     assert m.meta["original_path"] == first and m.data == real.read_bytes()
     assert out[0].turns[0].content == "<image>\n" + recs[0]["QA"][0]["q"]
+
+
+def test_placeholder_written_in_text_is_a_count_mismatch(tmp_path, media):
+    recs = [{"video": "000001_000050/1066674784.mp4",
+             "QA": [{"q": "What?", "a": "ok"}, {"q": "And this <video>?", "a": "no"}]},
+            {"image": "2.jpg", "QA": [{"q": "Two <image> here?", "a": "no"}]}]
+    out, stats = read(write(tmp_path, recs), media_root=media)
+    assert out == []
+    assert stats.as_dict() == {"image-count-mismatch": 1, "video-count-mismatch": 1}

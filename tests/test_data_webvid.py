@@ -23,8 +23,12 @@ CSV_B = ("videoid,name,page_idx,page_dir,duration,contentUrl\n"
 
 
 def read(path, **kw):
+    """Read all samples (checking each validates) and the skip counter."""
     stats = kw.pop("stats", SkipCounter())
-    return list(read_webvid(path, stats=stats, **kw)), stats
+    out = list(read_webvid(path, stats=stats, **kw))
+    for s in out:  # every yielded sample is valid
+        s.validate()
+    return out, stats
 
 
 @pytest.fixture
