@@ -21,8 +21,10 @@ Mapping:
   says ``coco-name``); ``Media.meta["original_path"]`` keeps the path as written, and a video's
   ``meta`` keeps ``start``/``end`` (seconds) when the record has them.
 * ``QA`` → alternating ``user`` (``q``) / ``assistant`` (``a``) turns. The first user turn starts
-  with ``"<image>\\n"`` or ``"<video>\\n"`` (VideoChat instead sends the media in a turn of its own,
-  ``###Human: <Image></Image>``; we follow LLaVA's placement so every source looks alike).
+  with ``"<image>\\n"`` or ``"<video>\\n"`` (:func:`mmit.data.normalize.add_media_placeholders`:
+  LLaVA's placement, so every source looks alike; a placeholder already written in a question is
+  moved there, or, for ``<video>``, kept where it is). VideoChat instead sends the media in a turn
+  of its own, ``###Human: <Image></Image>``.
 * VideoChat2's per-item task instruction ``i``: the first non-empty one becomes a leading
   ``system`` turn; all of them are kept in ``meta["instructions"]`` when they differ.
 * :attr:`Sample.id`: the record's ``id`` if present, else ``"<index>"``; other fields → ``meta``;
@@ -38,11 +40,10 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, List, Optional, Union
 
-from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import check_missing_policy, resolve_media_path
-from mmit.data.sources._media_helpers import VIDEO_PLACEHOLDER, attach_file, report, validated
+from mmit.data.normalize import add_media_placeholders, check_missing_policy, resolve_media_path
+from mmit.data.sources._media_helpers import attach_file, report, validated
 from mmit.data.sources.llava import iter_json_records
 from mmit.data.stats import SkipCounter
 
@@ -50,7 +51,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 _USED = ("id", "image", "video", "QA", "start", "end")
 
 
-def _qa_turns(qa: Any, placeholder: str, where: str) -> List[Turn]:
+def _qa_turns(qa: Any, where: str) -> List[Turn]:
     if not isinstance(qa, list):
         raise SampleError(f"{where}: 'QA' must be a list, got {type(qa).__name__}",
                           "invalid-record")
@@ -62,10 +63,7 @@ def _qa_turns(qa: Any, placeholder: str, where: str) -> List[Turn]:
                 or not isinstance(item.get("a"), str):
             raise SampleError(f"{where}: QA item {i} must be an object with string 'q' and 'a'",
                               "invalid-record")
-        q = item["q"].strip()
-        if i == 0:
-            q = f"{placeholder}\n{q}".strip() if q else placeholder
-        turns += [Turn("user", q), Turn("assistant", item["a"].strip())]
+        turns += [Turn("user", item["q"].strip()), Turn("assistant", item["a"].strip())]
     instructions = [it.get("i") for it in qa if isinstance(it.get("i"), str) and it["i"].strip()]
     if instructions:
         turns.insert(0, Turn("system", instructions[0].strip()))
@@ -92,13 +90,13 @@ def videochat_record_to_sample(record: Any, index: int, where: str, media_root: 
     if not isinstance(rel, str) or not rel.strip():
         raise SampleError(f"{where}: {kind!r} must be a non-empty path, got {rel!r}",
                           "invalid-record")
-    placeholder = IMAGE_PLACEHOLDER if kind == "image" else VIDEO_PLACEHOLDER
-    turns = _qa_turns(record.get("QA"), placeholder, where)
+    turns = _qa_turns(record.get("QA"), where)
     mmeta = {"original_path": rel}
     for k in ("start", "end"):
         if k in record:
             mmeta[k] = record[k]
     media = Media(kind=kind, path=os.path.join(media_root, rel), meta=mmeta)
+    turns = add_media_placeholders(turns, [media])
     meta = {k: v for k, v in record.items() if k not in _USED}
     instr = [it.get("i") for it in record["QA"] if isinstance(it.get("i"), str)]
     if len(set(instr)) > 1:
