@@ -26,7 +26,9 @@ Mapping:
   moved there, or, for ``<video>``, kept where it is). VideoChat instead sends the media in a turn
   of its own, ``###Human: <Image></Image>``.
 * VideoChat2's per-item task instruction ``i``: the first non-empty one becomes a leading
-  ``system`` turn; all of them are kept in ``meta["instructions"]`` when they differ.
+  ``system`` turn; all of them are kept in ``meta["instructions"]`` when they differ. Other keys
+  of QA items (VideoChat2's multiple-choice ``candidates``, ...) go to ``meta["qa_extra"]``, one
+  dict per item.
 * :attr:`Sample.id`: the record's ``id`` if present, else ``"<index>"``; other fields → ``meta``;
   ``source = "videochat"``; :attr:`Sample.task` = ``task=`` argument (default None).
 
