@@ -196,7 +196,8 @@ def test_bad_records_counted_by_reason(tmp_path, lamm2d, lamm3d):
     stats = SkipCounter()
     out = list(read_lamm(p, stats=stats, load_bytes=True))
     assert [s.id for s in out] == ["000000019028"]
-    assert stats.as_dict() == {"bad-pointcloud": 1, "first-turn-not-user": 1, "invalid-record": 3,
+    assert stats.as_dict() == {"undecodable-pointcloud": 1, "first-turn-not-user": 1,
+                               "invalid-record": 3,
                                "missing-media": 1, "roles-not-alternating": 1,
                                "undecodable-image": 1}
     assert len(out) + stats.total == len(recs)

@@ -11,6 +11,7 @@ from mmit.data.media import decode_image
 from mmit.data.normalize import (MEDIA_PLACEHOLDERS, add_media_placeholders, apply_policy,
                                  check_missing_policy, coco_name_variants, decode_base64,
                                  load_media, normalize_role, normalize_turns, npy_header,
+                                 pointcloud_shape,
                                  place_image_placeholders, resolve_media_path, strip_dot_slash)
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
@@ -176,11 +177,22 @@ def test_pointcloud_header_checks(tmp_path):
     p.write_bytes(good)
     m = load_media(Media("pointcloud", path=str(p)), "rec")
     assert m.data == good and m.ext == "npy" and m.meta["shape"] == [16, 6]
-    for bad in (npy(np.zeros((16,), np.float32)), npy(np.zeros((16, 2))),
-                npy(np.array([{"a": 1}], dtype=object)), b"not numpy at all"):
+    buf = io.BytesIO()
+    np.savez(buf, points=np.ones((9, 3), np.float64))
+    z = tmp_path / "pc.npz"
+    z.write_bytes(buf.getvalue())
+    m = load_media(Media("pointcloud", path=str(z)), "rec")
+    assert m.data == buf.getvalue() and m.ext == "npz" and m.meta["shape"] == [9, 3]
+    assert pointcloud_shape(good, "x") == ((16, 6), "<f4")
+    for bad, reason in ((npy(np.zeros((16,), np.float32)), "undecodable-pointcloud"),
+                        (npy(np.zeros((16, 2))), "undecodable-pointcloud"),
+                        (npy(np.array([{"a": 1}], dtype=object)), "undecodable-pointcloud"),
+                        (npy(np.array([["a", "b", "c"]])), "undecodable-pointcloud"),
+                        (b"ply\nformat ascii 1.0\nend_header\n", "unsupported-pointcloud"),
+                        (b"not numpy at all", "unsupported-pointcloud")):
         with pytest.raises(SampleError) as e:
-            npy_header(bad, "pc 3")
-        assert e.value.reason == "bad-pointcloud" and "pc 3" in str(e.value)
+            pointcloud_shape(bad, "pc 3")
+        assert e.value.reason == reason and "pc 3" in str(e.value)
 
 
 # -- policy --------------------------------------------------------------------------------------

@@ -332,9 +332,10 @@ def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Me
       otherwise, ``meta["named_ext"]`` keeps the name's extension.
     * The bytes must be of the declared kind: an ``image`` that is not an image format (an HTML
       error page saved as ``.jpg``, a truncated file) raises ``undecodable-image``; a
-      ``pointcloud`` must be a ``.npy`` of shape ``(N, C)`` with ``C >= 3`` (xyz, optionally rgb,
-      ...; ``meta["shape"]`` and ``meta["dtype"]`` are set from its header, nothing is unpickled),
-      else ``bad-pointcloud``.
+      ``pointcloud`` must be a numeric ``.npy`` (or ``.npz``) array of shape ``(N, C)`` with
+      ``C >= 3`` (xyz, optionally rgb, ...; ``meta["shape"]`` and ``meta["dtype"]`` are set,
+      nothing is unpickled): other formats (PLY, ...) raise ``unsupported-pointcloud``, bad arrays
+      ``undecodable-pointcloud`` (the reasons ``mmit convert`` uses).
     * ``max_pixels`` (e.g. :data:`mmit.data.media.MAX_PIXELS`): also parse the image header,
       set ``meta["width"]``/``meta["height"]`` and raise ``image-too-large`` above the cap.
       RGBA, palette and grayscale images pass unchanged: the bytes are kept as stored and
@@ -342,7 +343,7 @@ def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Me
 
     Returns ``media`` (modified in place). Raises :class:`SampleError` naming ``where`` and the
     file: ``missing-media`` (cannot read), ``undecodable-image``, ``image-too-large``,
-    ``bad-pointcloud``.
+    ``unsupported-pointcloud``, ``undecodable-pointcloud``.
     """
     try:
         data = read_media_bytes(media.path)
@@ -362,19 +363,32 @@ def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Me
             info = check_image(data, f"{where}: {media.path}", max_pixels)
             media.meta["width"], media.meta["height"] = info.width, info.height
     elif media.kind == "pointcloud":
-        shape, dtype = npy_header(data, f"{where}: {media.path}")
+        shape, dtype = pointcloud_shape(data, f"{where}: {media.path}")
         media.meta["shape"], media.meta["dtype"] = list(shape), dtype
     media.data, media.ext = data, ext
     return media
 
 
+def _check_cloud(shape: Tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    if dtype.hasobject or dtype.kind not in "fiu":
+        raise SampleError(f"{where}: point cloud must be a numeric array, got dtype {dtype} "
+                          f"(objects are never unpickled)", "undecodable-pointcloud")
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 3:
+        raise SampleError(f"{where}: point cloud must have shape (N, C>=3) (xyz[rgb...]), got "
+                          f"{tuple(shape)}", "undecodable-pointcloud")
+
+
 def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
     """Shape and dtype of a ``.npy`` point cloud from its header (no data parsed, no pickle).
 
-    Returns ``(shape, dtype string)``. Raises :class:`SampleError` (reason ``bad-pointcloud``) when
-    the bytes are not ``.npy``, hold Python objects, or the array is not ``(N, C)`` with ``N >= 1``
-    and ``C >= 3``.
+    Returns ``(shape, dtype string)``. Raises :class:`SampleError`: ``unsupported-pointcloud``
+    when the bytes are not ``.npy``; ``undecodable-pointcloud`` for a corrupt header, a
+    non-numeric dtype (Python objects) or a shape other than ``(N, C)`` with ``N >= 1``,
+    ``C >= 3``.
     """
+    if sniff_ext(data) != "npy":
+        raise SampleError(f"{where}: point cloud is not a .npy array (content: "
+                          f"{sniff_ext(data) or 'unknown'})", "unsupported-pointcloud")
     buf = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(buf)
@@ -382,15 +396,30 @@ def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
                 else np.lib.format.read_array_header_2_0)
         shape, _fortran, dtype = read(buf)
     except Exception as e:
-        raise SampleError(f"{where}: not a .npy array ({sniff_ext(data) or 'unknown'}): {e}",
-                          "bad-pointcloud") from None
-    if dtype.hasobject:
-        raise SampleError(f"{where}: .npy holds Python objects ({dtype}); refusing to unpickle",
-                          "bad-pointcloud")
-    if len(shape) != 2 or shape[0] < 1 or shape[1] < 3:
-        raise SampleError(f"{where}: point cloud must have shape (N, C>=3) (xyz[rgb...]), got "
-                          f"{tuple(shape)}", "bad-pointcloud")
+        raise SampleError(f"{where}: corrupt .npy header: {e}", "undecodable-pointcloud") from None
+    _check_cloud(shape, dtype, where)
     return tuple(int(x) for x in shape), dtype.str
+
+
+def pointcloud_shape(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
+    """Shape and dtype of a point cloud stored as ``.npy`` (header only) or ``.npz`` (its only
+    array, or the one named ``points``/``xyz``/``pcl``/``arr_0``; loaded with
+    ``allow_pickle=False``). Raises :class:`SampleError` as :func:`npy_header`."""
+    if sniff_ext(data) != "npz":
+        return npy_header(data, where)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            keys = z.files
+            pick = keys[0] if len(keys) == 1 else next(
+                (k for k in ("points", "xyz", "pcl", "arr_0") if k in keys), None)
+            if pick is None:
+                raise ValueError(f"several arrays and none named points/xyz/pcl: {keys}")
+            arr = z[pick]
+    except Exception as e:
+        raise SampleError(f"{where}: undecodable .npz point cloud: {e}",
+                          "undecodable-pointcloud") from None
+    _check_cloud(arr.shape, arr.dtype, where)
+    return tuple(int(x) for x in arr.shape), arr.dtype.str
 
 
 # -- the skip / error policy --------------------------------------------------------------------------

@@ -48,7 +48,8 @@ Coordinates inside LAMM text: 2D boxes are normalised ``(x1, y1, x2, y2)`` in [0
 ``(cx, cy, cz, lx, ly, lz)`` in metres; they stay in the text / ground truth as written.
 
 Not supported: LAMM's per-``task_type`` system prompts (``conversations.py``; not in the JSON);
-point-cloud formats other than ``.npy`` (``.npz``/``.ply`` are refused under ``load_bytes``);
+point-cloud formats other than ``.npy``/``.npz`` (PLY is ``unsupported-pointcloud`` under
+``load_bytes``);
 the zipped image/point-cloud archives themselves (extract them first); a record with both
 ``image`` and ``pcl`` (``invalid-record``).
 """
@@ -108,7 +109,8 @@ def lamm_record_to_sample(record: Any, index: int, where: str, media_root: str,
     ``benchmark_task`` is the task name used for benchmark records (the file's stem). Raises
     :class:`SampleError`: ``invalid-record``, ``bad-role``, ``no-turns``, ``first-turn-not-user``,
     ``missing-media``, and the checks of :func:`~mmit.data.normalize.load_media`
-    (``bad-pointcloud``, ``undecodable-image``, ``image-too-large``).
+    (``unsupported-pointcloud``, ``undecodable-pointcloud``, ``undecodable-image``,
+    ``image-too-large``).
     """
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
