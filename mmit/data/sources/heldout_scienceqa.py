@@ -19,7 +19,8 @@ Sample (InstructBLIP's prompt, confirmed by its authors in LAVIS issue #326):
 part is left out when the hint is empty ("we include the textual context if exists").
 ``options`` = ``choices``, ``label`` and the answer turn = the gold choice text,
 ``fields = {question, context, options_lettered}``; ``meta`` keeps ``answer_index``,
-``answer_letter`` (``"b"``), ``grade``, ``subject``, ``topic``, ``category``, ``skill``, ``split``.
+``answer_letter`` (``"b"``), ``grade``, ``subject``, ``topic``, ``category``, ``skill``, ``split``
+and the problem's ``task`` (``"closed choice"``, ...) as ``question_type``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from mmit.data.sources.heldout_common import (INSTRUCTBLIP_PROMPTS, check_args, 
                                               lettered, load_json, media_item, need, run)
 from mmit.data.stats import SkipCounter
 
-_KEEP = ("grade", "subject", "topic", "category", "skill", "task")
+_KEEP = ("grade", "subject", "topic", "category", "skill")
 
 
 def read_scienceqa(path, media_root=None, missing: str = "skip",
@@ -107,7 +108,7 @@ def read_scienceqa(path, media_root=None, missing: str = "skip",
             pid, INSTRUCTBLIP_PROMPTS[key].format(**fields), gold, media, task="scienceqa",
             source="heldout-scienceqa", where=where, options=choices, label=gold, fields=fields,
             answer_index=ans, answer_letter=chr(ord("a") + ans), split=psplit,
-            **{k: prob[k] for k in _KEEP if k in prob})
+            question_type=prob.get("task"), **{k: prob[k] for k in _KEEP if k in prob})
 
     def records():
         for pid in pids:
