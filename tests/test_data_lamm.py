@@ -210,3 +210,20 @@ def test_registered_and_missing_file(tmp_path):
     assert "lamm" in available_formats() and get_reader("lamm") is read_lamm
     with pytest.raises(FileNotFoundError):
         read_lamm(tmp_path / "meta_file" / "none.json")
+
+
+def test_convert_round_trip_pointcloud_and_image(tmp_path, lamm3d):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    root, pc = lamm3d
+    put(root, "coco_images/000000019028.jpg", png())
+    p = meta_file(root, "mixed.json", [REC_3D, REC_2D])
+    stats = convert("lamm", str(p), str(tmp_path / "out"), progress=False)
+    assert stats["records_in"] == 2 and stats["written"] == 2 and stats["skipped"] == {}
+    back = {b.id: b for b in iter_shards(str(tmp_path / "out"), split_by_node=False,
+                                         split_by_worker=False)}
+    for s in read_lamm(p, load_bytes=True):
+        assert back[s.id].turns == s.turns and back[s.id].task == s.task
+        assert back[s.id].media[0].data == s.media[0].data
+    assert back["0"].media[0].kind == "pointcloud" and back["0"].media[0].data == pc.read_bytes()

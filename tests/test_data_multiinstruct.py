@@ -240,3 +240,22 @@ def test_invalid_records_and_error_policy(tmp_path):
 def test_registered():
     assert get_reader("multiinstruct") is read_multiinstruct
     assert "multiinstruct" in available_formats()
+
+
+def test_convert_round_trip_real_test_file(tmp_path):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    records = real_records("test.jsonl")
+    fake_media_for(records, tmp_path / "mi")
+    stats = convert("multiinstruct", str(SAMPLES / "test.jsonl"), str(tmp_path / "out"),
+                    media_root=str(tmp_path / "mi"), progress=False)
+    assert stats["records_in"] == 11 and stats["written"] == 11 and stats["skipped"] == {}
+    back = {b.id: b for b in iter_shards(str(tmp_path / "out"), split_by_node=False,
+                                         split_by_worker=False)}
+    for s in read_multiinstruct(SAMPLES / "test.jsonl", media_root=tmp_path / "mi",
+                                load_bytes=True):
+        b = back[s.id]
+        assert b.turns == s.turns and b.media[0].data == s.media[0].data
+        assert b.meta.get("options") == s.meta.get("options")
+        assert b.meta.get("boxes") == s.meta.get("boxes")

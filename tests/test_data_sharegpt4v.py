@@ -146,3 +146,24 @@ def test_invalid_records(tmp_path):
 
 def test_registered():
     assert "sharegpt4v" in available_formats() and get_reader("sharegpt4v") is read_sharegpt4v
+
+
+def test_convert_round_trip_webp_named_png(tmp_path):
+    if not SAMPLES.is_dir():
+        pytest.skip("../shared/samples not present")
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    recs = [{"id": "bb", "image": "examples/breaking_bad.png",
+             "conversations": conv("Who is this?\n<image>", "A chemistry teacher.")},
+            {"id": "txt", "model": "", "conversations": conv("Hi", "Hello")}]
+    p = write(tmp_path / "demo.json", recs)
+    stats = convert("sharegpt4v", str(p), str(tmp_path / "out"), media_root=str(SAMPLES),
+                    progress=False)
+    assert stats["written"] == 2 and stats["records_in"] == 2
+    back = {b.id: b for b in iter_shards(str(tmp_path / "out"), split_by_node=False,
+                                         split_by_worker=False)}
+    for s in read_sharegpt4v(p, media_root=SAMPLES, load_bytes=True):
+        assert back[s.id].turns == s.turns
+        assert [m.data for m in back[s.id].media] == [m.data for m in s.media]
+    assert back["bb"].media[0].ext == "webp" and back["txt"].media == []

@@ -145,3 +145,20 @@ def test_bad_records_counted_and_error_names_position(tmp_path):
 
 def test_registered():
     assert "vision-flan" in available_formats() and get_reader("vision-flan") is read_vision_flan
+
+
+def test_convert_round_trip_keeps_text_and_bytes(tmp_path):
+    from mmit.data.convert import convert
+    from mmit.data.shards import iter_shards
+
+    path = samples() / "tasks_web.json"
+    stats = convert("vision-flan", str(path), str(tmp_path / "out"), progress=False)
+    assert stats["records_in"] == 205 and stats["written"] == 30
+    assert stats["skipped"] == {"missing-media": 175}
+    src = {s.id: s for s in read_vision_flan(path, load_bytes=True)}
+    back = list(iter_shards(str(tmp_path / "out"), split_by_node=False, split_by_worker=False))
+    assert sorted(b.id for b in back) == sorted(src)
+    for b in back:
+        s = src[b.id]
+        assert b.turns == s.turns and b.task == s.task
+        assert [m.data for m in b.media] == [m.data for m in s.media]
