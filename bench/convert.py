@@ -1,32 +1,27 @@
-"""Benchmark ``mmit convert`` against a bare ``tarfile`` copy of the same images.
+"""Benchmark ``mmit convert``: per source format against a ``tarfile`` copy of the same media, and
+``--workers 2`` against one worker when images are resized.
 
-Builds a LLaVA-format corpus of N records, each with its own image file (copies of the real images
-in ``../shared/samples`` when present, else JPEGs generated with PIL), then times, in this process:
+1. Per format: an input of ``--n`` records in the format's own on-disk layout (DATASETS.md) is
+   built from real media (``demo_data/images`` and ``../shared/samples``; LAMM's point clouds are
+   generated ``.npy`` arrays); formats whose media are not available, or that are not registered,
+   get a line saying they were skipped. Timed in this process, interleaved, best of ``--repeat``:
+   ``convert`` (one worker: parse, existence checks, reads, content sniffing, header checks, tar
+   and JSON members, per-shard stats) and ``tarfile`` (``TarFile.add`` of the same media files, or
+   ``addfile`` of inline bytes such as MIMIC-IT's base64 store; no JSON, no checks).
+   MB/s = media bytes (1e6) / wall seconds; ``ratio = convert / tarfile``.
+2. Resize scaling: LLaVA records over the demo photos (up to 1500x720) with
+   ``--resize-max-side`` (default 224); ``--workers`` (default 2) processes vs one, shard size
+   ``n/8``. Target ratio >= 1.6 (on an otherwise idle machine with at least 2 cores).
 
-* ``convert``: :func:`mmit.data.convert.convert` (``workers=1``, JSON parse, existence check, one
-  read per image, content sniffing, header check + ``verify()``, original bytes into the tar,
-  JSON member and per-shard stats);
-* ``tarfile``: ``tarfile.open(out, "w").add(path)`` for the same image files (no JSON, no checks).
-
-* ``convert --workers K``: the same with K processes (shard size n/8), for reference only: it uses
-  K CPUs where ``tarfile`` uses one.
-
-Throughput is image bytes / wall seconds (MB = 1e6 bytes), best of ``--repeat`` interleaved runs,
-each started after ``os.sync()``. The target is ``ratio = convert / tarfile >= 0.8`` for ``workers=1``.
-
-Where the time goes (workers=1, 1000 real images of 88 KB on average, 2-vCPU VM): the tar write
-itself is cheaper than ``tarfile.add`` (no per-file stat/open/pwd lookup); the extra per record is
-the header check (~75 us, PIL's pure-Python JPEG marker parser), the JSON/normalisation (~30 us) and
-the ``.json`` member's tar header (~20 us). So the ratio grows with image size (~0.95 on 160 KB
-photos) and shrinks on tmpfs, where the tar copy itself is nearly free. ``--check decode`` times a
-full decode instead: ~20 MB/s, ratio ~0.1 (decoding a JPEG costs far more than copying it).
-
-Usage: ``python bench/convert.py [--n 1000] [--repeat 5] [--check header|decode] [--workers 2]``
+Usage: ``python bench/convert.py [--n 400] [--repeat 3] [--formats llava,lamm] [--resize-n 600]``
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
+import io
 import json
 import os
 import shutil
@@ -35,84 +30,213 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from mmit.data.convert import convert  # noqa: E402
+from mmit.data.sources import available_formats, get_reader  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "samples"
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def source_images(tmp: Path) -> List[Path]:
-    """Real sample images if ``../shared/samples`` exists, else 16 generated 640x480 JPEGs."""
-    found = sorted(p for p in SAMPLES.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) \
-        if SAMPLES.is_dir() else []
-    if found:
-        return found
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    out = []
-    gen = tmp / "generated"
-    gen.mkdir()
-    for i in range(16):
-        # gradient + noise: ~160 KB per 640x480 JPEG at quality 90, like a COCO photo
-        y, x = np.mgrid[0:480, 0:640]
-        base = np.stack([(x + 7 * i) % 256, (y + 13 * i) % 256, (x + y) % 256], -1)
-        arr = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-        p = gen / f"gen_{i:02d}.jpg"
-        Image.fromarray(arr).save(p, quality=90)
-        out.append(p)
-    return out
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "samples"
+DEMO_JSON, DEMO_IMAGES = ROOT / "demo_data" / "llava_demo.json", ROOT / "demo_data" / "images"
 
 
-def build_corpus(tmp: Path, n: int) -> Tuple[Path, Path, List[Path], int]:
-    """Write ``n`` image files (one per record) and a LLaVA JSON; returns (json, root, images,
-    total image bytes)."""
-    src = source_images(tmp)
-    root = tmp / "images"
-    root.mkdir()
-    records, paths, total = [], [], 0
+class Skip(Exception):
+    """This format's sample input cannot be built here."""
+
+
+def _images() -> List[Path]:
+    found = sorted(p for p in DEMO_IMAGES.rglob("*") if p.is_file())
+    if SAMPLES.is_dir():
+        found += sorted((SAMPLES / "otter" / "images").glob("*"))
+    return found
+
+
+def _videos() -> List[Path]:
+    if not SAMPLES.is_dir():
+        raise Skip("needs ../shared/samples (videos)")
+    return sorted(SAMPLES.glob("videochat/example/*.mp4")) + \
+        sorted(SAMPLES.glob("video_llama/examples/*.mp4"))
+
+
+def _link(src: Path, dst: Path) -> str:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        dst.symlink_to(src.resolve())
+    return str(dst)
+
+
+def _conv(i: int, what: str = "image") -> List[Dict[str, str]]:
+    return [{"from": "human", "value": f"<image>\nDescribe the {what} in detail (record {i})."},
+            {"from": "gpt", "value": f"A detailed description number {i} of the {what}."}]
+
+
+Built = Tuple[str, str, Dict[str, Any]]  # input, media_root, reader options
+
+
+def b_llava(d: Path, n: int) -> Built:
+    recs = json.loads(DEMO_JSON.read_text())
+    out = [dict(r, id=f"{r.get('id', k)}-{i}") for i, (k, r) in
+           zip(range(n), ((k % len(recs), recs[k % len(recs)]) for k in range(n)))]
+    (d / "llava.json").write_text(json.dumps(out))
+    return str(d / "llava.json"), str(DEMO_IMAGES), {}
+
+
+def b_sharegpt4v(d: Path, n: int) -> Built:
+    imgs, recs = _images(), []
     for i in range(n):
-        s = src[i % len(src)]
-        rel = f"{i // 1000:05d}/{i:09d}{s.suffix.lower()}"
-        dst = root / rel
-        dst.parent.mkdir(exist_ok=True)
-        shutil.copyfile(s, dst)
-        paths.append(dst)
-        total += dst.stat().st_size
-        q = "Render a clear and concise summary of the photo."
-        records.append({"id": f"{i:09d}", "image": rel, "conversations": [
-            {"from": "human", "value": f"{q}\n<image>" if i % 2 else f"<image>\n{q}"},
-            {"from": "gpt", "value": f"caption number {i} of the benchmark corpus"}]})
-    ann = tmp / "bench_llava.json"
-    ann.write_text(json.dumps(records))
-    return ann, root, paths, total
+        src = imgs[i % len(imgs)]
+        rel = f"coco/train2017/{i:012d}{src.suffix}"
+        _link(src, d / "data" / rel)
+        recs.append({"id": f"{i:012d}", "image": rel, "conversations": _conv(i)})
+    (d / "data" / "sharegpt4v").mkdir(parents=True, exist_ok=True)
+    (d / "data" / "sharegpt4v" / "cap.json").write_text(json.dumps(recs))
+    return str(d / "data" / "sharegpt4v" / "cap.json"), str(d / "data"), {}
 
 
-def time_convert(ann: Path, root: Path, out: Path, check: str, workers: int = 1,
-                 shard_size: int = 1000) -> float:
+def b_vision_flan(d: Path, n: int) -> Built:
+    imgs, recs = _images(), []
+    for i in range(n):
+        src = imgs[i % len(imgs)]
+        name = f"VQA-E+image_question_answer_{i}_0.{i}{src.suffix}"
+        _link(src, d / "images_191task_1k" / name)
+        recs.append({"id": f"vqa-e_{i}", "image": f"./images_191task_1k/{name}",
+                     "task_name": "VQA-E+image_question_answer", "conversations": _conv(i)})
+    (d / "annotation_191-task_1k.json").write_text(json.dumps(recs))
+    return str(d / "annotation_191-task_1k.json"), str(d), {}
+
+
+def b_multiinstruct(d: Path, n: int) -> Built:
+    if not SAMPLES.is_dir():
+        raise Skip("needs ../shared/samples/multiinstruct")
+    lines = (SAMPLES / "multiinstruct" / "train.jsonl").read_text().splitlines()
+    imgs, out = _images(), []
+    for i in range(n):
+        r = json.loads(lines[i % len(lines)])
+        src = imgs[i % len(imgs)]
+        rel = f"raw_datasets/MSCOCO2014/train2014/COCO_train2014_{i:012d}{src.suffix}"
+        _link(src, d / rel)
+        out.append(json.dumps(dict(r, unique_id=f"{r.get('unique_id')}-{i}", image_path="./" + rel)))
+    (d / "train.jsonl").write_text("\n".join(out) + "\n")
+    return str(d / "train.jsonl"), str(d), {}
+
+
+def b_lamm(d: Path, n: int) -> Built:
+    imgs, recs, rng = _images(), [], np.random.default_rng(0)
+    for i in range(n):
+        if i % 4 == 3:  # a 3D record: generated xyz+rgb cloud, 4096 points (ShapeNet files' size)
+            rel = f"shapenet_pcls/{i:08d}_4096.npy"
+            (d / "shapenet_pcls").mkdir(exist_ok=True)
+            np.save(d / rel, rng.normal(size=(4096, 6)).astype(np.float32))
+            recs.append({"pcl": rel, "conversations": [
+                {"from": "human", "value": "What is this point cloud?"},
+                {"from": "gpt", "value": f"A sofa, number {i}."}], "task_type": "classification3d",
+                "src_dataset": "ShapeNet", "src_id": f"{i:08d}"})
+        else:
+            src = imgs[i % len(imgs)]
+            rel = f"coco_images/{i:012d}{src.suffix}"
+            _link(src, d / rel)
+            c = _conv(i)
+            c[0]["value"] = c[0]["value"].replace("<image>\n", "")
+            recs.append({"id": f"{i:012d}", "image": rel, "conversations": c,
+                         "task_type": "conversation", "src_image": "coco2017"})
+    (d / "lamm.json").write_text(json.dumps(recs))
+    return str(d / "lamm.json"), str(d), {}
+
+
+def b_videochat(d: Path, n: int) -> Built:
+    vids, recs = _videos(), []
+    for i in range(n):
+        rel = f"videos/000001_000050/{i:010d}.mp4"
+        _link(vids[i % len(vids)], d / rel)
+        recs.append({"video": rel, "QA": [{"q": f"What happens in the video ({i})?",
+                                           "a": "Someone moves."}]})
+    (d / "videochat_instruct.json").write_text(json.dumps(recs))
+    return str(d / "videochat_instruct.json"), str(d), {}
+
+
+def b_webvid(d: Path, n: int) -> Built:
+    vids = _videos()
+    with open(d / "results_2M_val.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["videoid", "contentUrl", "duration", "page_dir", "name"])
+        for i in range(n):
+            vid = str(1000000000 + i)
+            _link(vids[i % len(vids)], d / "videos" / "000001_000050" / f"{vid}.mp4")
+            w.writerow([vid, f"https://example.invalid/{vid}.mp4", "PT00H00M12S", "000001_000050",
+                        f"Clip {i}, with a comma, and \"quotes\"."])
+    return str(d / "results_2M_val.csv"), str(d / "videos"), {}
+
+
+def b_instructpix2pix(d: Path, n: int) -> Built:
+    if not SAMPLES.is_dir():
+        raise Skip("needs ../shared/samples/instructpix2pix")
+    before, after = SAMPLES / "instructpix2pix" / "example.jpg", SAMPLES / "instructpix2pix" / "dataset.jpg"
+    seeds = []
+    for i in range((n + 1) // 2):  # two seeds per prompt folder
+        folder = d / "ds" / f"{i:07d}"
+        folder.mkdir(parents=True)
+        (folder / "prompt.json").write_text(json.dumps(
+            {"input": "a photo", "edit": f"turn him into a cyborg ({i})", "output": "a cyborg"}))
+        for seed in (11, 22):
+            _link(before, folder / f"{seed}_0.jpg")
+            _link(after, folder / f"{seed}_1.jpg")
+        seeds.append([f"{i:07d}", [11, 22]])
+    (d / "ds" / "seeds.json").write_text(json.dumps(seeds))
+    return str(d / "ds"), str(d / "ds"), {}
+
+
+def b_mimic_it(d: Path, n: int) -> Built:
+    imgs = _images()
+    store = {f"LA_IMG_{k:06d}": base64.b64encode(p.read_bytes()).decode() for k, p in enumerate(imgs)}
+    data = {f"LA_INS_{i:06d}": {"instruction": f"What is in the picture ({i})?", "answer": "A scene.",
+                                "image_ids": [f"LA_IMG_{i % len(imgs):06d}"], "rel_ins_ids": []}
+            for i in range(n)}
+    (d / "LA_instructions.json").write_text(json.dumps({"meta": {}, "data": data}))
+    (d / "LA.json").write_text(json.dumps(store))
+    return str(d / "LA_instructions.json"), str(d), {}
+
+
+BUILDERS: Dict[str, Callable[[Path, int], Built]] = {
+    "llava": b_llava, "sharegpt4v": b_sharegpt4v, "vision-flan": b_vision_flan,
+    "multiinstruct": b_multiinstruct, "lamm": b_lamm, "videochat": b_videochat,
+    "webvid": b_webvid, "instructpix2pix": b_instructpix2pix, "mimic-it": b_mimic_it}
+
+
+def media_of(fmt: str, built: Built) -> Tuple[List[Any], int]:
+    """Every media item the reader yields (a path, or inline bytes) and their total size."""
+    inp, root, opts = built
+    items: List[Any] = []
+    for s in get_reader(fmt)(inp, media_root=root, **opts):
+        items += [m.data if m.data is not None else m.path for m in s.media]
+    total = sum(len(x) if isinstance(x, bytes) else os.path.getsize(x) for x in items)
+    return items, total
+
+
+def time_tarfile(items: List[Any], out: Path) -> float:
+    _sync()
+    t = time.perf_counter()
+    with tarfile.open(out, "w", dereference=True) as tf:
+        for i, x in enumerate(items):
+            if isinstance(x, bytes):
+                ti = tarfile.TarInfo(f"{i:09d}.bin")
+                ti.size = len(x)
+                tf.addfile(ti, io.BytesIO(x))
+            else:
+                tf.add(x, arcname=f"{i:09d}{Path(x).suffix}")
+    return time.perf_counter() - t
+
+
+def time_convert(fmt: str, built: Built, out: Path, **kw: Any) -> Tuple[float, Dict[str, Any]]:
     shutil.rmtree(out, ignore_errors=True)
     _sync()
     t = time.perf_counter()
-    stats = convert("llava", str(ann), str(out), media_root=str(root), shard_size=shard_size,
-                    workers=workers, check=check, progress=False)
-    dt = time.perf_counter() - t
-    assert stats["skipped"] == {}, stats["skipped"]
-    return dt
-
-
-def time_tarfile(paths: List[Path], out: Path) -> float:
-    out.mkdir(parents=True, exist_ok=True)
-    _sync()
-    t = time.perf_counter()
-    with tarfile.open(out / "plain.tar", "w") as tf:
-        for i, p in enumerate(paths):
-            tf.add(p, arcname=f"{i:09d}{p.suffix}")
-    return time.perf_counter() - t
+    stats = convert(fmt, built[0], str(out), media_root=built[1], reader_options=built[2],
+                    progress=False, **kw)
+    return time.perf_counter() - t, stats
 
 
 def _sync() -> None:
@@ -120,39 +244,81 @@ def _sync() -> None:
         os.sync()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="records / image files (default 1000)")
-    ap.add_argument("--repeat", type=int, default=5, help="runs of each, best is kept")
-    ap.add_argument("--check", choices=("header", "decode"), default="header")
-    ap.add_argument("--workers", type=int, default=2,
-                    help="also time convert with this many workers (shard size n/8); 1 = skip")
-    ap.add_argument("--tmp", default=None, help="work folder (default: $TMPDIR; on tmpfs such as "
-                    "/dev/shm the fixed per-record Python cost weighs more, so the ratio is lower)")
-    args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="mmit-bench-", dir=args.tmp) as d:
-        tmp = Path(d)
-        ann, root, paths, total = build_corpus(tmp, args.n)
-        t_conv, t_tar, t_par = [], [], []
-        par_shard = max(1, args.n // 8)
-        for _ in range(args.repeat):
-            # interleaved; each timed run starts after a sync, so write-back of the previous
-            # run's output does not land in it
-            t_tar.append(time_tarfile(paths, tmp / "tar"))
-            t_conv.append(time_convert(ann, root, tmp / "shards", args.check))
-            if args.workers > 1:
-                t_par.append(time_convert(ann, root, tmp / "shards", args.check, args.workers,
-                                          par_shard))
+def bench_formats(tmp: Path, names: List[str], n: int, repeat: int) -> None:
+    registered = set(available_formats())
+    print(f"per format: {n} records each, workers=1, best of {repeat}; MB/s of media bytes")
+    for fmt in names:
+        if fmt not in registered:
+            print(f"  {fmt:<16} skipped: no reader registered under this name")
+            continue
+        if fmt not in BUILDERS:
+            print(f"  {fmt:<16} skipped: the bench cannot build a sample input for it")
+            continue
+        d = tmp / fmt
+        d.mkdir()
+        try:
+            built = BUILDERS[fmt](d, n)
+            items, total = media_of(fmt, built)
+        except Skip as e:
+            print(f"  {fmt:<16} skipped: {e}")
+            continue
+        t_conv, t_tar, stats = [], [], {}
+        for _ in range(repeat):
+            t_tar.append(time_tarfile(items, d / "plain.tar"))
+            dt, stats = time_convert(fmt, built, d / "out", shard_size=max(1, n // 4))
+            t_conv.append(dt)
         mb = total / 1e6
         conv, tar = mb / min(t_conv), mb / min(t_tar)
-        src = "shared/samples" if SAMPLES.is_dir() else "generated JPEGs"
-        print(f"corpus: {args.n} records, {mb:.1f} MB of images ({src}), check={args.check}, "
-              f"best of {args.repeat}, cpus={os.cpu_count()}")
-        print(f"convert: {conv:.1f} MB/s  tarfile: {tar:.1f} MB/s  ratio: {conv / tar:.2f}")
-        if t_par:
-            par = mb / min(t_par)
-            print(f"convert --workers {args.workers} --shard-size {par_shard}: {par:.1f} MB/s  "
-                  f"tarfile: {tar:.1f} MB/s  ratio: {par / tar:.2f}")
+        kinds = ",".join(sorted(stats["counts"].get("media_kind", {}))) or "none"
+        print(f"  {fmt:<16} {stats['written']:>5} written ({kinds}; skipped {stats['skipped'] or 0}),"
+              f" {mb:6.1f} MB: convert {conv:7.1f} MB/s  tarfile {tar:7.1f} MB/s  ratio {conv / tar:.2f}")
+
+
+def bench_resize(tmp: Path, n: int, repeat: int, workers: int, side: int) -> None:
+    d = tmp / "resize"
+    d.mkdir()
+    imgs = sorted(p for p in DEMO_IMAGES.rglob("*") if p.is_file())
+    recs = []
+    for i in range(n):  # one image file per record, as in a real corpus
+        src = imgs[i % len(imgs)]
+        rel = f"{i // 1000:05d}/{i:09d}{src.suffix}"
+        _link(src, d / "images" / rel)
+        recs.append({"id": f"{i:09d}", "image": rel, "conversations": _conv(i)})
+    (d / "ann.json").write_text(json.dumps(recs))
+    built: Built = (str(d / "ann.json"), str(d / "images"), {})
+    _, total = media_of("llava", built)
+    shard = max(1, n // 8)
+    t1, tk = [], []
+    for _ in range(repeat):
+        t1.append(time_convert("llava", built, d / "w1", workers=1, shard_size=shard,
+                               resize_max_side=side)[0])
+        tk.append(time_convert("llava", built, d / "wk", workers=workers, shard_size=shard,
+                               resize_max_side=side)[0])
+    mb = total / 1e6
+    r1, rk = mb / min(t1), mb / min(tk)
+    print(f"resize --resize-max-side {side}: {n} records, {mb:.1f} MB of demo photos, shard size "
+          f"{shard}, best of {repeat}, cpus={os.cpu_count()}")
+    print(f"  --workers 1: {r1:.1f} MB/s ({n / min(t1):.0f} rec/s)   --workers {workers}: "
+          f"{rk:.1f} MB/s ({n / min(tk):.0f} rec/s)   ratio {rk / r1:.2f} (target >= 1.6)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=400, help="records per format (default 400)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each, best is kept")
+    ap.add_argument("--formats", default=None, help="comma-separated subset (default: all)")
+    ap.add_argument("--resize-n", type=int, default=600, help="records of the resize run (0 = skip)")
+    ap.add_argument("--resize-max-side", type=int, default=224)
+    ap.add_argument("--workers", type=int, default=2, help="workers compared with 1 when resizing")
+    ap.add_argument("--tmp", default=None, help="work folder (default $TMPDIR)")
+    args = ap.parse_args(argv)
+    names = args.formats.split(",") if args.formats else sorted(set(BUILDERS) | set(
+        f for f in available_formats() if not f.startswith("heldout-")))
+    with tempfile.TemporaryDirectory(prefix="mmit-bench-", dir=args.tmp) as t:
+        tmp = Path(t)
+        bench_formats(tmp, names, args.n, args.repeat)
+        if args.resize_n > 0:
+            bench_resize(tmp, args.resize_n, args.repeat, args.workers, args.resize_max_side)
     return 0
 
 
