@@ -300,12 +300,27 @@ def make_ivqa(d: Path):
     return d / "test.csv", {}, 1, {"missing-media": 1}
 
 
+def make_vqav2(d: Path):
+    jpeg(d / "COCO_val2014_000000262148.jpg")
+    qs = {"data_subtype": "val2014", "questions": [
+        {"image_id": 262148, "question": "Where is he looking?", "question_id": 262148000},
+        {"image_id": 262148, "question": "Unannotated?", "question_id": 262148001}]}
+    anns = {"annotations": [
+        {"question_id": 262148000, "image_id": 262148, "multiple_choice_answer": "down",
+         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in
+                     enumerate(["down"] * 4 + ["at table"] * 5 + ["skateboard"])],
+         "answer_type": "other", "question_type": "where is"}]}
+    (d / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps(qs))
+    (d / "v2_mscoco_val2014_annotations.json").write_text(json.dumps(anns))
+    return d / "v2_OpenEnded_mscoco_val2014_questions.json", {}, 1, {"no-answer": 1}
+
+
 FIXTURES = {"heldout-vizwiz": make_vizwiz, "heldout-textvqa": make_textvqa,
             "heldout-gqa": make_gqa, "heldout-hatefulmemes": make_hatefulmemes,
             "heldout-flickr30k": make_flickr30k, "heldout-nocaps": make_nocaps,
             "heldout-visdial": make_visdial, "heldout-iconqa": make_iconqa,
             "heldout-msrvtt-qa": make_msrvtt, "heldout-msvd-qa": make_msvd,
-            "heldout-ivqa": make_ivqa}
+            "heldout-ivqa": make_ivqa, "heldout-vqav2": make_vqav2}
 
 
 def test_every_heldout_format_has_a_fixture_here():
@@ -439,3 +454,15 @@ def test_media_content_is_checked_with_load_bytes(tmp_path):
     samples, stats = read("heldout-msrvtt-qa", path, load_bytes=True, **kw)
     assert stats.as_dict() == {"missing-media": 1, "wrong-media-type": 1}
     assert len(samples) == 1
+
+
+def test_vqav2_questions_and_annotations(tmp_path):
+    path, *_ = make_vqav2(tmp_path)
+    (s,), stats = read("heldout-vqav2", path)
+    assert stats.as_dict() == {"no-answer": 1}
+    assert s.id == "262148000" and s.turns[1].content == "down"  # multiple_choice_answer
+    assert s.meta["answers"].count("at table") == 5 and s.meta["question_type"] == "where is"
+    assert s.media[0].path.endswith("COCO_val2014_000000262148.jpg")
+    (tmp_path / "v2_mscoco_val2014_annotations.json").unlink()
+    with pytest.raises(FileNotFoundError, match="annotations"):
+        get_reader("heldout-vqav2")(path)
