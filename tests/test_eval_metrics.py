@@ -76,6 +76,15 @@ def test_vqa_accuracy_metric_and_correct():
         m.compute([])
 
 
+def test_ivqa_accuracy():
+    m = get_metric("ivqa-accuracy")
+    recs = [{"prediction": "Guitar", "reference": ["guitar", "guitar", "bass", "drum", "piano"]},
+            {"prediction": "bass", "reference": ["guitar", "guitar", "bass", "drum", "piano"]},
+            {"prediction": "flute", "reference": ["guitar", "guitar", "bass", "drum", "piano"]}]
+    assert m.compute(recs)["ivqa-accuracy"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert [m.correct(r) for r in recs] == [True, False, False]
+
+
 # --- exact match / multiple choice ---------------------------------------------------------------
 def test_exact_match():
     m = get_metric("exact-match")

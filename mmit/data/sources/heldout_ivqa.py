@@ -8,7 +8,7 @@ answer5``; the clip is the YouTube video ``video_id`` cut from ``start`` to ``en
 Videos: ``media_root/`` + ``video_pattern`` (default ``{video_id}_{start}_{end}.mp4``; any CSV
 column may be named). Sample: ``<video>\\nQuestion: {question} Short answer:``, answer turn =
 the most frequent of the five answers, ``meta["answers"]`` = the non-empty answers (score with
-``vqa-accuracy`` and ``min_matches=2``, or iVQA's own min(#matches / 2, 1)); ``meta`` keeps
+``ivqa-accuracy``: min(#matches / 2, 1)); ``meta`` keeps
 ``start`` / ``end``. Ids: ``"<video_id>-<row index>"``.
 """
 

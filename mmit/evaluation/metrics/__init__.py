@@ -18,12 +18,14 @@ name                        definition                                          
 ``mrr``                     mean reciprocal rank of the gold option (+ R@k)           arXiv 1611.08669
 ``multiinstruct-aggregate`` mean over tasks of the per-task score                      arXiv 2212.10773
 ``instruction-sensitivity`` mean over tasks of std/mean across instruction templates   arXiv 2212.10773
+``ivqa-accuracy``           min(#annotators agreeing / 2, 1) over 5 answers            arXiv 2012.00451
 ==========================  ========================================================  ==============
 """
 
 from __future__ import annotations
 
-from mmit.evaluation.metrics.accuracy import ExactMatch, MCAccuracy, VQAAccuracy, vqa_score
+from mmit.evaluation.metrics.accuracy import (ExactMatch, IVQAAccuracy, MCAccuracy, VQAAccuracy,
+                                              vqa_score)
 from mmit.evaluation.metrics.base import Metric, MetricError
 from mmit.evaluation.metrics.caption import Bleu, Cider
 from mmit.evaluation.metrics.multiinstruct import InstructionSensitivity, MultiInstructAggregate
@@ -35,7 +37,7 @@ from mmit.registry import Registry
 METRICS: Registry[Metric] = Registry("metric")
 
 for _cls in (VQAAccuracy, ExactMatch, MCAccuracy, RougeL, Bleu, Cider, RocAuc, MRR,
-             MultiInstructAggregate, InstructionSensitivity):
+             MultiInstructAggregate, InstructionSensitivity, IVQAAccuracy):
     METRICS.register(_cls.name, _cls())
 
 

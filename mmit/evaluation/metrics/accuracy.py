@@ -189,3 +189,27 @@ class MCAccuracy(Metric):
 
     def correct(self, record) -> Optional[bool]:
         return self._is_correct(record)
+
+
+class IVQAAccuracy(Metric):
+    """``ivqa-accuracy``: iVQA's metric (Yang et al., "Just Ask", arXiv 2012.00451): with 5
+    annotator answers, ``min(#answers equal to the prediction / 2, 1)`` (no leave-one-out);
+    prediction and answers compared lower-cased and stripped. ``correct``: score == 1."""
+
+    name = "ivqa-accuracy"
+
+    @staticmethod
+    def score(prediction: str, answers: List[str]) -> float:
+        p = prediction.strip().lower()
+        return min(1.0, sum(1 for a in answers if a.strip().lower() == p) / 2)
+
+    def compute(self, records, **options) -> Dict[str, float]:
+        check_options(self.name, options, ())
+        nonempty(self.name, records)
+        s = [self.score(get_prediction(r, self.name, i), get_references(r, self.name, i))
+             for i, r in enumerate(records)]
+        return {self.name: sum(s) / len(s)}
+
+    def correct(self, record) -> Optional[bool]:
+        return self.score(get_prediction(record, self.name),
+                          get_references(record, self.name)) == 1.0
