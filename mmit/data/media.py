@@ -1,7 +1,7 @@
 """Media bytes: content sniffing, image decoding to RGB, cheap integrity checks.
 
 File extensions lie in real datasets (``otter/images/xray.jpg`` is a PNG, ShareGPT4V's
-``breaking_bad.png`` is a JPEG; see DATASETS.md §0), so the type of a media item is always taken
+``breaking_bad.png`` is really a WebP, although the samples MANIFEST calls it a JPEG), so the type of a media item is always taken
 from its first bytes (:func:`sniff_ext`), never from its name.
 
 Decoding policy (:func:`decode_image`): the result is always an 8-bit ``RGB`` ``PIL.Image.Image``.
