@@ -313,7 +313,7 @@ def test_every_media_kind(kinds):
     assert got["k2"].media[0].data == kinds["files"]["pc.npy"]
     for k in ("k2", "k3"):
         m = got[k].media[0]
-        assert m.ext == "npy" and m.meta["shape"] == [10, 3]
+        assert m.ext == "npy" and m.meta["shape"] == [10, 3] and m.meta["dtype"] == "<f4"
         np.testing.assert_array_equal(np.load(io.BytesIO(m.data), allow_pickle=False), kinds["pts"])
     assert got["k7"].media[0].ext == "png" and got["k7"].media[0].meta["width"] == 40
     assert got["k8"].media[0].ext == "xyz1"  # unknown container: suffix kept, bytes as they are

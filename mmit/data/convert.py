@@ -158,8 +158,9 @@ def _prepare_image(m: Any, data: bytes, where: str, o: ShardOptions) -> None:
                   original_height=info.height, original_ext=sniff_ext(data) or info.ext)
 
 
-def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...]]:
-    """A point cloud file's bytes as ``.npy`` bytes and the array shape ``(N, C)``.
+def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...], str]:
+    """A point cloud file's bytes as ``.npy`` bytes, the array shape ``(N, C)`` and its dtype
+    string (``<f4``, ...).
 
     ``.npy`` is kept byte for byte; ``.npz`` (one array, or keys ``points``/``xyz``/``pcl``/
     ``arr_0``) is re-saved as ``.npy``. Nothing is unpickled (``allow_pickle=False``).
@@ -183,14 +184,14 @@ def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...]]:
         raise SampleError(f"{where}: undecodable point cloud ({ext}): {e}",
                           "undecodable-pointcloud") from None
     arr = np.asarray(loaded)
-    if arr.ndim != 2 or arr.shape[1] < 3 or arr.dtype.kind not in "fiu":
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 3 or arr.dtype.kind not in "fiu":
         raise SampleError(f"{where}: point cloud must be a numeric [N, C>=3] array, got shape "
                           f"{arr.shape} dtype {arr.dtype}", "undecodable-pointcloud")
     if ext == "npy":
-        return data, tuple(arr.shape)
+        return data, tuple(arr.shape), arr.dtype.str
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue(), tuple(arr.shape)
+    return buf.getvalue(), tuple(arr.shape), arr.dtype.str
 
 
 def prepare_media(sample: Sample, o: ShardOptions) -> None:
@@ -216,8 +217,8 @@ def prepare_media(sample: Sample, o: ShardOptions) -> None:
         if m.kind == "image":
             _prepare_image(m, bytes(data), where, o)
         elif m.kind == "pointcloud":
-            m.data, shape = pointcloud_npy(bytes(data), where)
-            m.ext, m.meta["shape"] = "npy", list(shape)
+            m.data, shape, dtype = pointcloud_npy(bytes(data), where)
+            m.ext, m.meta["shape"], m.meta["dtype"] = "npy", list(shape), dtype
         else:  # video, audio: bytes as they are
             suffix = os.path.splitext(m.path or "")[1][1:].lower()
             m.data = data
