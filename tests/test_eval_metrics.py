@@ -205,6 +205,26 @@ def test_ptb_tokenizer_without_java_is_a_clear_error(monkeypatch):
     assert ct.tokenize_captions({"0": ["A cat."]}, "auto") == {"0": ["a cat"]}
 
 
+def test_auto_tokenizer_falls_back_when_java_fails(monkeypatch):
+    import mmit.evaluation.metrics.coco_tokenizer as ct
+
+    def broken(captions):
+        raise PermissionError("read-only site-packages")
+
+    monkeypatch.setattr(ct.shutil, "which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr(ct, "_ptb_tokenize", broken)
+    assert ct.tokenize_captions({"0": ["A cat (red)."]}, "auto") == {"0": ["a cat -lrb- red -rrb-"]}
+    with pytest.raises(RuntimeError, match="PTBTokenizer failed"):
+        ct.tokenize_captions({"0": ["a cat"]}, "ptb")
+
+
+def test_empty_predictions_are_scored_not_crashed():
+    recs = [{"prediction": "", "reference": refs} for _, refs in CAPTIONS]
+    assert get_metric("bleu").compute(recs)["bleu-1"] == pytest.approx(0.0, abs=1e-6)
+    assert get_metric("cider").compute(recs)["cider"] == 0.0
+    assert get_metric("rouge-l").compute(recs)["rouge-l"] == 0.0
+
+
 # --- ROC-AUC -------------------------------------------------------------------------------------
 def test_roc_auc_agrees_with_sklearn():
     from sklearn.metrics import roc_auc_score

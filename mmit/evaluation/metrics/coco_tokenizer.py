@@ -14,14 +14,17 @@ caption with ``PTBTokenizer``: it runs Stanford CoreNLP 3.4.1's ``PTBTokenizer -
   removal. On ordinary captions both give identical tokens (tested against Java when present);
   rare differences (abbreviations such as ``"Mr."`` mid-sentence, Unicode quotes) can move BLEU /
   CIDEr slightly.
-* ``"auto"`` (default): ``ptb`` when ``java`` is found, else ``python``.
+* ``"auto"`` (default): ``ptb`` when ``java`` is found (falling back, with a warning, when the
+  Java run fails, e.g. on a read-only pycocoevalcap install), else ``python``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
+import subprocess
 from typing import Dict, List
 
 log = logging.getLogger(__name__)
@@ -49,17 +52,22 @@ def python_ptb_tokenize(text: str) -> str:
     Returns the space-joined tokens (lower-case), e.g. ``"A man's hat (red)."`` ->
     ``"a man 's hat -lrb- red -rrb-"`` (the bracket tokens survive, as with Java).
     """
-    from nltk.tokenize import TreebankWordTokenizer
-
     text = _INNER_PERIOD.sub(" .", text.replace("\n", " "))
     text = _OPEN_QUOTE.sub("` ", text)
-    tokens = TreebankWordTokenizer().tokenize(text)
+    tokens = _treebank().tokenize(text)
     out = []
     for tok in tokens:
         tok = _BRACKETS.get(tok, tok).lower()
         if tok not in COCO_PUNCTUATIONS:
             out.append(tok)
     return " ".join(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _treebank():
+    from nltk.tokenize import TreebankWordTokenizer
+
+    return TreebankWordTokenizer()
 
 
 def _ptb_tokenize(captions: Dict[str, List[str]]) -> Dict[str, List[str]]:
@@ -87,8 +95,15 @@ def tokenize_captions(captions: Dict[str, List[str]], backend: str = "auto") -> 
                            "needs `java` on PATH; install a JRE or use tokenizer='python'")
     if backend == "ptb" or (backend == "auto" and java_available()):
         keys = [k for k, v in captions.items() if v]
-        out = _ptb_tokenize({k: captions[k] for k in keys})
-        return {k: out.get(k, []) for k in captions}
-    if backend == "auto":
+        try:
+            out = _ptb_tokenize({k: captions[k] for k in keys})
+        except (OSError, subprocess.SubprocessError) as e:
+            # pycocoevalcap writes a temporary file next to its jar: fails on read-only installs
+            if backend == "ptb":
+                raise RuntimeError(f"pycocoevalcap PTBTokenizer failed: {e}") from e
+            log.warning("PTBTokenizer (java) failed (%s); using the pure-Python equivalent", e)
+        else:
+            return {k: out.get(k, []) for k in captions}
+    elif backend == "auto":
         log.info("java not found: tokenising captions with the pure-Python PTB equivalent")
     return {k: [python_ptb_tokenize(c) for c in v] for k, v in captions.items()}
