@@ -7,12 +7,15 @@ an integer index into ``candidates``), else ``reference``.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Dict, Mapping, Optional
 
 from mmit.evaluation.metrics.accuracy import MCAccuracy, gold_choice
 from mmit.evaluation.metrics.base import (Metric, MetricError, check_options, get_ranked,
                                           nonempty, where)
+
+log = logging.getLogger(__name__)
 
 
 def _canon(text: Any) -> str:
@@ -98,9 +101,10 @@ class RocAuc(Metric):
     (:func:`positive_probability`) against the gold labels, by
     ``sklearn.metrics.roc_auc_score``; InstructBLIP's HatefulMemes metric (arXiv 2305.06500).
 
-    Options: ``positive`` (the positive candidate, default ``"yes"``). Raises ``ValueError`` when
-    the records hold only one class (AUC undefined). ``correct``: the top-scored candidate is the
-    gold one (as ``mc-accuracy``).
+    Options: ``positive`` (the positive candidate, default ``"yes"``). When the records hold only
+    one gold class the AUC is undefined: the value is NaN and a warning is logged (so that one
+    small per-template subset does not abort a whole suite). ``correct``: the top-scored
+    candidate is the gold one (as ``mc-accuracy``).
     """
 
     name = "roc-auc"
@@ -115,8 +119,9 @@ class RocAuc(Metric):
         y = [int(is_positive(r, positive, self.name, i)) for i, r in enumerate(records)]
         p = [positive_probability(r, positive, self.name, i) for i, r in enumerate(records)]
         if len(set(y)) < 2:
-            raise ValueError(f"metric 'roc-auc': all {len(y)} records have the same gold class "
-                             f"({'positive' if y[0] else 'negative'}); ROC-AUC is undefined")
+            log.warning("roc-auc: all %d records have the same gold class (%s); ROC-AUC is "
+                        "undefined, returning NaN", len(y), "positive" if y[0] else "negative")
+            return {self.name: float("nan")}
         return {self.name: float(roc_auc_score(y, p))}
 
     def correct(self, record) -> Optional[bool]:
