@@ -59,8 +59,9 @@ def test_vqa_digit_article_does_not_touch_punctuation():
 @pytest.mark.parametrize("text, letter", [
     ("b", "B"), ("(B)", "B"), ("B.", "B"), (" c ", "C"), ("[d]", "D"),
     ("(B) the cat", "B"), ("B) cat", "B"), ("B. cat", "B"), ("b: cat", "B"),
-    ("The answer is (C).", "C"), ("Answer: D", "D"), ("I choose option c", "C"),
-    ("The correct choice is B", "B"),
+    ("The answer is (C).", "C"), ("Answer: D", "D"), ("I choose option C", "C"),
+    ("The correct choice is B", "B"), ("answer: (b)", "B"),
+    ("The answer is a dog", None),        # article after "answer is"
     ("A dog is playing", None),           # leading article, not an option letter
     ("I think it is blue", None),
     ("", None),

@@ -142,9 +142,11 @@ def vqa_normalize(text: str) -> str:
 
 _LETTER_ONLY = re.compile(r"^[\s(\[{'\"*]*([A-Za-z])[\s)\]}'\".:,*]*$")
 _LETTER_LEAD = re.compile(r"^[\s*]*(?:\(([A-Za-z])\)|\[([A-Za-z])\]|([A-Za-z])[).:\]])(?:\s|$)")
+# after "answer is" / "option" / "choice": a bracketed letter of either case, or a bare capital
+# (a bare lower-case "a" there is the article: "the answer is a dog")
 _LETTER_PHRASE = re.compile(
-    r"\b(?:answer|option|choice)\s*(?:is|:|=)?\s*(?:option\s+|choice\s+)?[(\[]?([A-Za-z])[)\]]?"
-    r"(?=[\s.,;:!?)]|$)", re.IGNORECASE)
+    r"\b(?i:answer|option|choice)\s*(?i:is|:|=)?\s*(?i:option\s+|choice\s+)?"
+    r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])(?=[\s.,;:!?)]|$))")
 
 
 def extract_option_letter(text: str) -> Optional[str]:
@@ -153,7 +155,8 @@ def extract_option_letter(text: str) -> Optional[str]:
     Recognised, in this order: the whole answer is one letter, possibly wrapped (``"b"``,
     ``"(B)"``, ``"B."``); the answer starts with a labelled letter (``"(B) the cat"``,
     ``"B) cat"``, ``"B. cat"``, ``"B: cat"``); a phrase names it (``"The answer is (B)."``,
-    ``"Answer: B"``, ``"option C"``). A leading article such as ``"A dog"`` is *not* a letter.
+    ``"Answer: B"``, ``"option C"``, ``"answer: (b)"``; after such a phrase a bare letter must be a
+capital). Articles are not letters: ``"A dog"``, ``"The answer is a dog"`` give None.
     """
     if not text:
         return None
@@ -164,7 +167,7 @@ def extract_option_letter(text: str) -> Optional[str]:
             return next(g for g in m.groups() if g).upper()
     m = _LETTER_PHRASE.search(first)
     if m:
-        return m.group(1).upper()
+        return (m.group(1) or m.group(2)).upper()
     return None
 
 
