@@ -87,3 +87,11 @@ def test_registry_functions():
 def test_unknown_postprocess_names_close_matches():
     with pytest.raises(UnknownNameError, match="option-letter"):
         get_postprocess("option-leter")
+
+
+def test_vqa_normalize_is_idempotent():
+    # the runner may post-process with "vqa" and vqa-accuracy normalises again
+    for raw in ["Two dogs.", "1,000 red-ish", "dont know", "the cat, a dog", "yes !", "x...y",
+                "(red)", "A man's hat", "3:30?", "ten.", "Twas night", "none of the above"]:
+        once = vqa_normalize(raw)
+        assert vqa_normalize(once) == once
