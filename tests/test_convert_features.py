@@ -341,3 +341,16 @@ def test_cli_flags_and_help(big, capsys):
     assert "quality" in capsys.readouterr().err
     assert main(argv + ["--reader-option", "nope"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_check_decode_catches_truncated_jpeg_that_header_check_passes(big):
+    good = (big["root"] / "0.jpg").read_bytes()
+    (big["root"] / "0.jpg").write_bytes(good[: len(good) * 2 // 3])
+    n0 = sum(1 for p in range(big["n"]) if p % 7 != 3 and p % 5 == 0)  # records using 0.jpg
+    header = run(big, "header", check="header")
+    decode = run(big, "decode", check="decode")
+    assert header["skipped"] == {"missing-media": big["missing"]}
+    assert decode["skipped"] == {"missing-media": big["missing"], "undecodable-image": n0}
+    assert decode["written"] == header["written"] - n0
+    resized = run(big, "resized", resize_max_side=16)  # a transcode decodes: caught as well
+    assert resized["skipped"]["undecodable-image"] == n0

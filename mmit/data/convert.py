@@ -145,9 +145,11 @@ def transcode_image(data: bytes, where: str, size: Tuple[int, int], fmt: str, qu
 
 
 def _prepare_image(m: Any, data: bytes, where: str, o: ShardOptions) -> None:
-    info = check_image(data, where, o.max_pixels, full=(o.check == "decode"))
+    info = check_image(data, where, o.max_pixels)
     size = _fit(info.width, info.height, o.resize_max_side)
     if o.reencode is None and size == (info.width, info.height):
+        if o.check == "decode":  # (a transcode below decodes anyway)
+            check_image(data, where, o.max_pixels, full=True)
         m.data, m.ext = data, sniff_ext(data) or info.ext
         m.meta["width"], m.meta["height"] = info.width, info.height
         return
@@ -265,8 +267,9 @@ def is_sampled(position: int, rate: float, seed: int = 0) -> bool:
     return int.from_bytes(h, "big") < rate * 2.0 ** 64
 
 
-class _LimitReached(Exception):
-    pass
+class _LimitReached(BaseException):
+    """Stops the reader at ``max_records`` (a BaseException, so a reader's ``except Exception``
+    cannot swallow it)."""
 
 
 class _Intake(SkipCounter):
@@ -483,6 +486,7 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
     try:
         for r in dist.map(build_shard, tasks()):
             done(r)
+        bar.update(intake.seen - bar.n)  # records the reader skipped outside any shard
     finally:
         dist.close()
         bar.close()
