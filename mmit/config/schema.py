@@ -76,7 +76,8 @@ class QFormerConfig:
     tokenizer: str = "bert-base-uncased"
     #: Initial weights: None (random, N(0, 0.02)), a BERT checkpoint (``bert-base-uncased``; cross-attention
     #: stays random, query FFNs copy the text FFNs, as LAVIS ``init_Qformer``), or an
-    #: ``InstructBlipForConditionalGeneration`` folder (Q-Former, queries and, if shapes fit, projection).
+    #: ``InstructBlipForConditionalGeneration`` or ``Blip2ForConditionalGeneration`` (Q-Former, queries and,
+    #: if shapes fit, projection). Comma-separated sources apply in order (LAVIS: ``bert-base-uncased,<blip-2>``).
     init_from: Optional[str] = None
     #: Instruction tokens kept (left-truncated), for the Q-Former text and the LLM input (LAVIS ``max_txt_len``).
     max_text_length: int = 128

@@ -197,21 +197,26 @@ def load_qformer_tokenizer(name: str):
 
 
 def _init_qformer(connector, init_from: str) -> None:
+    """Initialise from each comma-separated source in order: a BERT, ``instructblip`` or ``blip-2``
+    checkpoint (hub id or folder; the kind is read from its config) or ``tiny-bert``."""
+    from transformers import AutoConfig
+
     from mmit.models.tiny_seq2seq import resolve_bert_path
 
-    path = resolve_bert_path(init_from)
-    cfg_file = os.path.join(path, "config.json")
-    model_type = None
-    if os.path.isfile(cfg_file):
-        import json
+    for source in [s.strip() for s in init_from.split(",") if s.strip()]:
+        path = resolve_bert_path(source)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        if model_type == "instructblip":
+            from transformers import InstructBlipForConditionalGeneration
 
-        model_type = json.load(open(cfg_file)).get("model_type")
-    if model_type == "instructblip":
-        from transformers import InstructBlipForConditionalGeneration
+            connector.init_from_instructblip(InstructBlipForConditionalGeneration.from_pretrained(path))
+        elif model_type == "blip-2":
+            from transformers import Blip2ForConditionalGeneration
 
-        connector.init_from_instructblip(InstructBlipForConditionalGeneration.from_pretrained(path))
-    else:
-        connector.init_from_bert(path)
+            connector.init_from_blip2(Blip2ForConditionalGeneration.from_pretrained(path))
+        else:
+            connector.init_from_bert(path)
+        log.info("Q-Former initialised from %s (%s)", source, model_type)
 
 
 def build_instructblip(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> Tuple[InstructBlipLM, object]:

@@ -140,6 +140,27 @@ class QFormerConnector(nn.Module):
         return copied
 
     @torch.no_grad()
+    def init_from_blip2(self, hf_model) -> int:
+        """Copy a ``Blip2ForConditionalGeneration``'s Q-Former into this one, as InstructBLIP starts from
+        BLIP-2: its ``layernorm`` is the embedding LayerNorm here; BLIP-2 has no word/position embeddings
+        and no text FFN (LAVIS deletes them), so those keep their current values (LAVIS: from BERT,
+        hence ``init_from: bert-base-uncased,<blip2>``). Queries and, when shapes fit, the projection
+        are copied too. Returns the number of Q-Former tensors copied; raises ``ValueError`` on a
+        shape mismatch."""
+        src = {("embeddings.layernorm" + k[len("layernorm"):] if k.startswith("layernorm") else k): v
+               for k, v in hf_model.qformer.state_dict().items()}
+        dst = self.qformer.state_dict()
+        bad = [k for k, v in src.items() if k not in dst or dst[k].shape != v.shape]
+        if bad:
+            raise ValueError(f"the BLIP-2 Q-Former does not fit qformer settings: {bad[:4]}")
+        for k, v in src.items():
+            dst[k].copy_(v)
+        self.query_tokens.copy_(hf_model.query_tokens)
+        if hf_model.language_projection.weight.shape == self.language_projection.weight.shape:
+            self.language_projection.load_state_dict(hf_model.language_projection.state_dict())
+        return len(src)
+
+    @torch.no_grad()
     def init_from_instructblip(self, hf_model) -> None:
         """Copy ``qformer``, ``query_tokens`` and (when shapes match) ``language_projection`` from an
         ``InstructBlipForConditionalGeneration``. Raises ``ValueError`` on a Q-Former shape mismatch."""

@@ -1,0 +1,242 @@
+"""InstructBLIP family: Q-Former connector, EVA tower, the LLM input layout, video frames, configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DEMO_IMAGES, ROOT
+from mmit.config.schema import QFormerConfig, VisionTowerConfig, load_config
+from mmit.constants import IGNORE_INDEX
+from mmit.data.sample import Media, Sample, Turn
+from mmit.data.stats import SkipCounter
+
+TINY_Q = dict(num_query_tokens=4, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+              vocab_size=600, max_position_embeddings=128, cross_attention_frequency=2)
+
+
+def _model_cfg(llm="tiny-llama", tower="tiny-eva-vit", **q):
+    from mmit.config.schema import ModelConfig
+
+    cfg = ModelConfig()
+    cfg.vision_tower = VisionTowerConfig(name=tower, select_layer=-1, select_feature="cls_patch",
+                                         image_aspect_ratio="crop")
+    cfg.qformer = QFormerConfig(**{**TINY_Q, "tokenizer": "tiny-bert", **q})
+    cfg.llm.name_or_path = llm
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def llama_model():
+    from mmit.models.instructblip import build_instructblip
+
+    torch.manual_seed(0)
+    model, tok = build_instructblip(_model_cfg())
+    return model.eval(), tok
+
+
+def _image(name="dog_running.jpg"):
+    return Image.open(DEMO_IMAGES / name).convert("RGB")
+
+
+# -- Q-Former connector -------------------------------------------------------------------------
+def test_qformer_shapes_and_cross_attention_every_k_layers():
+    from mmit.models.connectors.qformer import QFormerConnector
+
+    conn = QFormerConnector(QFormerConfig(**TINY_Q), encoder_hidden_size=48, llm_hidden_size=80).eval()
+    layers = conn.qformer.encoder.layer
+    assert [lyr.has_cross_attention for lyr in layers] == [True, False, True]  # layer_idx % 2 == 0
+    feats = torch.randn(3, 17, 48)
+    ids = torch.tensor([[2, 10, 11, 3]] * 3)
+    out = conn(feats, ids)
+    assert out.shape == (3, 4, 80)
+    # The instruction changes the query outputs (instruction-aware); the image does too.
+    assert not torch.allclose(out, conn(feats, torch.tensor([[2, 20, 21, 3]] * 3)))
+    assert not torch.allclose(out, conn(torch.randn(3, 17, 48), ids))
+    with pytest.raises(ValueError, match="qformer_input_ids"):
+        conn(feats)
+
+
+def test_blip2_style_qformer_ignores_text():
+    from mmit.models.connectors.qformer import QFormerConnector
+
+    conn = QFormerConnector(QFormerConfig(**TINY_Q, text_input=False), 48, 80).eval()
+    feats = torch.randn(2, 17, 48)
+    a = conn(feats)
+    assert a.shape == (2, 4, 80)
+    assert torch.equal(a, conn(feats, torch.tensor([[2, 10, 3]] * 2)))
+
+
+def test_qformer_init_from_bert_as_lavis():
+    from transformers import BertModel
+
+    from mmit.models.connectors.qformer import QFormerConnector
+    from mmit.models.tiny_seq2seq import resolve_bert_path
+
+    path = resolve_bert_path("tiny-bert")
+    bert = BertModel.from_pretrained(path, add_pooling_layer=False).state_dict()
+    cfg = QFormerConfig(**{**TINY_Q, "hidden_size": 64, "intermediate_size": 128, "vocab_size": 601})
+    conn = QFormerConnector(cfg, 32, 32)
+    assert conn.init_from_bert(path) > 0
+    q = conn.qformer.state_dict()
+    # Embeddings (LAVIS adds [DEC]: one extra row), self-attention and FFN come from BERT ...
+    assert torch.equal(q["embeddings.word_embeddings.weight"][:600], bert["embeddings.word_embeddings.weight"])
+    assert torch.equal(q["embeddings.layernorm.weight"], bert["embeddings.LayerNorm.weight"])
+    assert torch.equal(q["encoder.layer.1.attention.attention.key.weight"], bert["encoder.layer.1.attention.self.key.weight"])
+    # ... the query FFN starts as a copy of the text FFN ...
+    for name in ("intermediate", "output"):
+        assert torch.equal(q[f"encoder.layer.0.{name}_query.dense.weight"], bert[f"encoder.layer.0.{name}.dense.weight"])
+    # ... cross-attention, and layers deeper than BERT's 2, stay random.
+    assert not torch.equal(q["encoder.layer.0.crossattention.attention.query.weight"],
+                           bert["encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(q["encoder.layer.2.intermediate.dense.weight"], bert["encoder.layer.0.intermediate.dense.weight"])
+    with pytest.raises(ValueError, match="width"):
+        QFormerConnector(QFormerConfig(**TINY_Q), 32, 32).init_from_bert(path)
+
+
+# -- vision towers ------------------------------------------------------------------------------
+def test_tiny_eva_tower_is_instructblip_vision_model_with_cls_and_ln_vision():
+    from transformers import InstructBlipVisionModel
+
+    from mmit.models.encoders import build_vision_tower
+    from mmit.models.encoders.eva import ensure_tiny_eva
+
+    tower = build_vision_tower(VisionTowerConfig(name="tiny-eva-vit", select_layer=-1, select_feature="cls_patch",
+                                                 image_aspect_ratio="crop")).eval()
+    px = tower.image_processor([_image()])
+    assert px.shape == (1, 3, 32, 32)
+    feats = tower(px)
+    assert feats.shape == (1, 17, 64) and tower.num_tokens == 17
+    ref = InstructBlipVisionModel.from_pretrained(str(ensure_tiny_eva())).eval()
+    with torch.no_grad():
+        assert torch.equal(feats, ref(pixel_values=px).last_hidden_state)
+    patch = build_vision_tower(VisionTowerConfig(name="tiny-eva-vit", select_layer=-2, select_feature="patch"))
+    assert patch(px).shape == (1, 16, 64)
+    with pytest.raises(ValueError, match="name_or_path"):
+        build_vision_tower(VisionTowerConfig(name="eva-vit-g"))
+
+
+def test_clip_tower_works_with_the_qformer():
+    from mmit.models.instructblip import build_instructblip
+
+    cfg = _model_cfg(tower="tiny-clip-vit")
+    cfg.vision_tower.select_layer = -2
+    model, tok = build_instructblip(cfg)
+    assert model.qformer.qformer.config.encoder_hidden_size == model.vision_tower.hidden_size == 64
+    px = model.vision_tower.image_processor([_image()])
+    q = torch.tensor([[2, 10, 3]])
+    ids = torch.tensor([[model.image_token_id] * 4 + [20, 21, 22]])
+    out = model(ids, pixel_values=px, qformer_input_ids=q, labels=ids.masked_fill(ids == model.image_token_id, -100))
+    assert out.logits.shape[:2] == (1, 7) and torch.isfinite(out.loss)
+
+
+# -- the InstructBLIP input layout ----------------------------------------------------------------
+def _sample(question="What color is the dog?", answer="The dog is brown.", media=None):
+    media = media if media is not None else [Media("image", path=str(DEMO_IMAGES / "dog_running.jpg"))]
+    ph = "<image>\n" * sum(m.kind == "image" for m in media)
+    return Sample(id="s1", turns=[Turn("user", ph + question), Turn("assistant", answer)], media=media)
+
+
+def test_decoder_only_layout_labels_only_on_answer_and_eos(llama_model):
+    from mmit.families.instructblip import InstructBlipPreprocessor
+
+    model, tok = llama_model
+    pre = InstructBlipPreprocessor.for_model(model, tok)
+    item = pre(_sample())
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    instr = tok("What color is the dog?")["input_ids"]
+    ans = tok("The dog is brown.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert ids == [model.image_token_id] * 4 + instr + ans
+    assert labels == [IGNORE_INDEX] * (4 + len(instr)) + ans
+    assert item["pixel_values"].shape == (1, 3, 32, 32)
+    assert item["qformer_input_ids"].tolist() == model.qformer_tokenizer("What color is the dog?")["input_ids"]
+
+
+def test_instruction_left_truncated_answer_right_truncated(llama_model):
+    from mmit.families.instructblip import InstructBlipPreprocessor
+
+    model, tok = llama_model
+    pre = InstructBlipPreprocessor.for_model(model, tok)
+    pre.max_text_length, pre.max_output_length = 5, 4
+    long_q = "one two three four five six seven eight nine ten"
+    long_a = "red green blue yellow orange purple"
+    item = pre(_sample(long_q, long_a))
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    q_ids = tok(long_q)["input_ids"]
+    a_ids = tok(long_a, add_special_tokens=False)["input_ids"]
+    assert ids[4:9] == q_ids[-5:]  # the end of the instruction is kept
+    assert [t for t in labels if t != IGNORE_INDEX] == a_ids[:3] + [tok.eos_token_id]  # eos kept
+    assert len(item["qformer_input_ids"]) == 5
+
+
+def test_seq2seq_layout_and_loss():
+    from mmit.families.instructblip import InstructBlipFamily, InstructBlipPreprocessor, collate_instructblip
+    from mmit.models.instructblip import build_instructblip
+
+    model, tok = build_instructblip(_model_cfg(llm="tiny-flan-t5"))
+    assert model.is_encoder_decoder
+    pre = InstructBlipPreprocessor.for_model(model, tok)
+    item = pre(_sample())
+    assert item["input_ids"].tolist() == [model.image_token_id] * 4 + tok("What color is the dog?")["input_ids"]
+    assert item["labels"].tolist() == tok("The dog is brown.")["input_ids"]  # answer + </s>
+    assert item["labels"][-1] == tok.eos_token_id
+    batch = collate_instructblip([item, pre(_sample("Is it a cat?", "No."))], tok.pad_token_id, pre.qformer_pad_id)
+    assert batch["labels"].shape[0] == 2 and (batch["labels"][1] == IGNORE_INDEX).any()
+    loss = InstructBlipFamily().loss(model, batch)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_video_frames_each_through_the_qformer_and_concatenated(llama_model):
+    model, tok = llama_model
+    frames = torch.randn(3, 3, 32, 32)  # one video: F=3 frames
+    q = model.qformer_tokenizer(["What happens?"] * 3, return_tensors="pt")["input_ids"]
+    ids = torch.tensor([[model.image_token_id] * 12 + [30, 31]])
+    with torch.no_grad():
+        emb = model.embed(ids, frames, q)
+        per_frame = [model.encode_images(frames[i:i + 1], q[i:i + 1]) for i in range(3)]
+    assert torch.allclose(emb[0, :12], torch.cat(per_frame, 1)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="query tokens"):
+        model.embed(ids[:, 4:], frames, q)
+
+
+def test_video_without_decoder_is_a_counted_skip(llama_model, tmp_path):
+    from mmit.families.instructblip import InstructBlipPreprocessor
+
+    try:
+        import av  # noqa: F401
+        pytest.skip("PyAV is installed: videos decode")
+    except ImportError:
+        pass
+    model, tok = llama_model
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    stats = SkipCounter()
+    pre = InstructBlipPreprocessor.for_model(model, tok)
+    assert pre.try_call(_sample(media=[Media("video", path=str(video))]), stats) is None
+    assert stats.as_dict() == {"no-video-decoder": 1}
+
+
+def test_sample_without_final_answer_is_rejected(llama_model):
+    from mmit.data.sample import SampleError
+    from mmit.families.instructblip import InstructBlipPreprocessor
+
+    model, tok = llama_model
+    s = _sample()
+    s.turns = s.turns[:1]
+    with pytest.raises(SampleError, match="s1"):
+        InstructBlipPreprocessor.for_model(model, tok)(s)
+
+
+# -- configs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny", "vicuna7b", "flant5xl"])
+def test_shipped_configs_load(name):
+    cfg = load_config(str(ROOT / "configs" / "instructblip" / f"{name}.yaml"))
+    assert cfg.family == "instructblip" and cfg.train.stage == "align"
+    assert cfg.model.vision_tower.select_feature == "cls_patch" and cfg.model.qformer.text_input
+    if name != "tiny":  # the paper's recipe (arXiv 2305.06500 §3.5)
+        t = cfg.train
+        assert (t.lr, t.weight_decay, t.lr_scheduler) == (1e-5, 0.05, "cosine")
+        assert round(t.warmup_ratio * t.max_steps) == 1000
+        assert cfg.model.qformer.num_query_tokens == 32 and cfg.model.qformer.cross_attention_frequency == 2
+        assert cfg.model.vision_tower.name == "eva-vit-g"
