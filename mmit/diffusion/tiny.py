@@ -4,7 +4,7 @@ The folder has the layout of a diffusers Stable Diffusion checkpoint, so it load
 code as ``stable-diffusion-v1-5/stable-diffusion-v1-5``::
 
     <mmit cache>/tiny/tiny-sd/
-        unet/          UNet2DConditionModel, 4 -> 4 channels (the InstructPix2Pix surgery widens it)
+        unet/          UNet2DConditionModel (16/32 channels), 4 -> 4 channels (the InstructPix2Pix surgery widens it)
         vae/           AutoencoderKL, 3 blocks (4x downsampling: 32 px images -> 4 x 8 x 8 latents)
         text_encoder/  CLIPTextModel, width 32, 2 layers
         tokenizer/     CLIPTokenizer (BPE with CLIP's ``</w>`` word ends, trained here on a small corpus)
@@ -26,18 +26,18 @@ from mmit.models.cache import build_dir_once, mmit_cache_dir
 
 TINY_SD_NAME = "tiny-sd"
 #: Bump when a builder changes; cached folders with another version are rebuilt.
-TINY_SD_FORMAT = 1
+TINY_SD_FORMAT = 2
 TINY_SD_IMAGE_SIZE = 32
 TINY_SD_MAX_TOKENS = 32
 
 TINY_UNET_CONFIG: Dict[str, Any] = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
 )
 TINY_VAE_CONFIG: Dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8,
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16), layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
     sample_size=TINY_SD_IMAGE_SIZE,
 )
 TINY_TEXT_CONFIG: Dict[str, Any] = dict(
