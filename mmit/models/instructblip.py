@@ -90,9 +90,28 @@ class InstructBlipLM(nn.Module):
             raise ValueError(f"{int(is_image.sum())} <image> positions in input_ids but {n_images} image(s)/frame(s) "
                              f"x {self.num_query_tokens} query tokens")
         if n_images:
+            if qformer_input_ids is None and self.qformer.text_input:
+                qformer_input_ids, qformer_attention_mask = self.instruction_from_prompt(input_ids)
             feats = self.encode_images(pixel_values, qformer_input_ids, qformer_attention_mask).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
         return embeds
+
+    def instruction_from_prompt(self, input_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Q-Former ids ``[I,L]`` and mask for callers that pass only LLM ids (the ``rank``/``generate``
+        scorers of :mod:`mmit.evaluation.scorers`): each row's text (image and special tokens
+        removed, decoded with the LLM tokenizer) re-tokenized with the Q-Former tokenizer, one row per
+        image of that sample. Raises ``ValueError`` when the tokenizers are not set."""
+        tok, qtok = getattr(self, "llm_tokenizer", None), self.qformer_tokenizer
+        if tok is None or qtok is None:
+            raise ValueError("pass qformer_input_ids: the model has no LLM / Q-Former tokenizer to derive them")
+        texts = []
+        for row in input_ids.tolist():
+            n_img = sum(1 for t in row if t == self.image_token_id) // self.num_query_tokens
+            text = tok.decode([t for t in row if t != self.image_token_id], skip_special_tokens=True).strip()
+            texts += [text] * n_img
+        enc = qtok(texts, padding=True, truncation=True, max_length=self.qformer.cfg.max_text_length,
+                   return_tensors="pt")
+        return enc["input_ids"].to(input_ids.device), enc["attention_mask"].to(input_ids.device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
@@ -240,4 +259,5 @@ def build_instructblip(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> 
     if cfg.qformer.init_from:
         _init_qformer(connector, cfg.qformer.init_from)
     model = InstructBlipLM(tower, connector, llm, image_token_id, load_qformer_tokenizer(cfg.qformer.tokenizer))
+    model.llm_tokenizer = tokenizer
     return model.to(dtype), tokenizer
