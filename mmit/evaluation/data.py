@@ -1,0 +1,170 @@
+"""Eval samples -> prompts: read a task's samples and render each with every instruction template.
+
+Eval sample convention (what ``heldout-*`` readers and the procedural suite write): ``turns`` is
+``[user "<image>\\n" + question, assistant reference]``; ``meta["answers"]`` holds all references
+(e.g. VQA's 10 answers; default: the assistant turn), ``meta["options"]`` the candidate answers of
+a ``rank`` task, ``meta["label"]`` the gold option, and ``meta["fields"]`` named prompt fields that
+the task's templates (Python format strings) are rendered with.
+
+Fields available to a template: ``meta["fields"]`` plus, unless the sample defines them,
+``question`` (the stored user turn without its ``<image>`` placeholders), ``options``
+(``"a, b, c"``) and ``lettered_options`` (``"(a) a (b) b (c) c"``, InstructBLIP's ScienceQA style).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from mmit.constants import IMAGE_PLACEHOLDER
+from mmit.data.media import decode_image, read_media_bytes
+from mmit.data.sample import Sample, SampleError, Turn
+from mmit.data.stats import SkipCounter
+from mmit.evaluation.config import TaskConfig
+
+
+@dataclass
+class EvalItem:
+    """One prompt to score: a sample rendered with one template.
+
+    ``turns`` ends with the user turn (the prompt); ``template`` is the template index (0 when the
+    task has none and the stored user turn is used); ``images`` are decoded RGB PIL images in
+    placeholder order; ``reference`` str or list[str]; ``candidates`` list[str] for ``rank``.
+    """
+
+    task: str
+    sample_id: str
+    template: int
+    turns: List[Turn]
+    images: List[Any] = field(default_factory=list)
+    reference: Any = ""
+    candidates: Optional[List[str]] = None
+    label: Any = None
+
+    @property
+    def prompt(self) -> str:
+        """The text of the last user turn (what the templates render)."""
+        return self.turns[-1].content
+
+
+def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> Iterator[Sample]:
+    """The task's samples in stored order (shards unshuffled, or a registered source reader)."""
+    d = task.data
+    if d.format == "shards":
+        from mmit.data.shards import iter_shards
+
+        return iter_shards(d.path, shuffle_buffer=0, split_by_node=False, split_by_worker=False)
+    from mmit.data.sources import get_reader
+    import os
+
+    if not os.path.exists(d.path):
+        raise FileNotFoundError(f"{path or task.name}: data.path not found: {d.path}")
+    reader = get_reader(d.format)
+    return reader(d.path, media_root=d.media_root, missing=d.missing_media, stats=stats)
+
+
+def prompt_fields(sample: Sample, user: str) -> Dict[str, Any]:
+    """The fields a template is rendered with (module docstring)."""
+    fields: Dict[str, Any] = {"question": user.replace(IMAGE_PLACEHOLDER, "").strip()}
+    options = sample.meta.get("options")
+    if options:
+        fields["options"] = ", ".join(str(o) for o in options)
+        fields["lettered_options"] = " ".join(f"({string.ascii_lowercase[i % 26]}) {o}"
+                                              for i, o in enumerate(options))
+    fields.update(sample.meta.get("fields") or {})
+    return fields
+
+
+def render_template(template: str, fields: Dict[str, Any], n_images: int, where: str) -> str:
+    """``template.format(**fields)``, with ``<image>\\n`` put first for each image it lacks.
+    Raises ``ValueError`` naming ``where`` and the known fields for a missing field."""
+    try:
+        text = template.format(**fields)
+    except KeyError as e:
+        raise ValueError(f"{where}: template {template!r} uses field {e.args[0]!r}, the sample has "
+                         f"{sorted(fields)}") from None
+    missing = n_images - text.count(IMAGE_PLACEHOLDER)
+    if missing > 0:
+        text = f"{IMAGE_PLACEHOLDER}\n" * missing + text
+    return text
+
+
+def _decode_images(sample: Sample) -> List[Any]:
+    images = []
+    for j, m in enumerate(sample.media):
+        if m.kind != "image":
+            raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by eval",
+                              "unsupported-media")
+        try:
+            data = m.data if m.data is not None else read_media_bytes(m.path)
+        except OSError as e:
+            raise SampleError(f"sample {sample.id!r}: cannot read {m.path}: {e}", "missing-media") from None
+        images.append(decode_image(data, f"sample {sample.id!r} ({m.path or f'media {j}'})"))
+    return images
+
+
+def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]:
+    """All :class:`EvalItem` of one sample (one per template). Raises :class:`SampleError`."""
+    sample.validate()
+    turns = list(sample.turns)
+    answers = sample.meta.get("answers")
+    if turns[-1].role == "assistant":
+        reference = answers if answers else turns[-1].content
+        turns = turns[:-1]
+    else:
+        reference = answers if answers else ""
+    if not turns or turns[-1].role != "user":
+        raise SampleError(f"sample {sample.id!r}: no user turn to prompt with", "no-prompt")
+    if task.output == "rank":
+        candidates = list(task.rank.candidates) or [str(o) for o in sample.meta.get("options") or []]
+        if not candidates:
+            raise SampleError(f"sample {sample.id!r}: task {task.name!r} ranks candidates but neither "
+                              "rank.candidates nor meta['options'] gives any", "no-candidates")
+    else:
+        candidates = None
+    if isinstance(reference, (list, tuple)):
+        reference = [str(r) for r in reference]
+    images = _decode_images(sample)
+    user = turns[-1].content
+    n_img = user.count(IMAGE_PLACEHOLDER)
+    items = []
+    templates = task.templates or [None]
+    fields = prompt_fields(sample, user) if task.templates else {}
+    for t, tpl in enumerate(templates):
+        text = user if tpl is None else render_template(tpl, fields, n_img, f"{where} sample {sample.id!r}")
+        items.append(EvalItem(task=task.name, sample_id=str(sample.id), template=t,
+                              turns=turns[:-1] + [Turn("user", text)], images=images,
+                              reference=reference, candidates=candidates, label=sample.meta.get("label")))
+    return items
+
+
+def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str = ""
+               ) -> Tuple[List[EvalItem], int, SkipCounter]:
+    """Read up to ``max_samples`` samples of ``task`` and render them.
+
+    Returns ``(items, samples used, skips)``: items are grouped by sample, templates in order.
+    Unusable samples are counted in ``skips`` by reason under ``data.missing_media: skip`` and raise
+    under ``error``; samples read = samples used + ``skips.total``.
+    """
+    stats = SkipCounter()
+    items: List[EvalItem] = []
+    n = 0
+    limit = max_samples
+    it = iter_task_samples(task, stats, where)
+    for sample in it:
+        if limit is not None and n >= limit:
+            break
+        try:
+            items.extend(sample_items(task, sample, where or task.name))
+            n += 1
+        except SampleError as e:
+            if task.data.missing_media == "error":
+                raise
+            stats.add(e.reason, sample.id, str(e))
+    getattr(it, "close", lambda: None)()
+    return items, n, stats
+
+
+__all__ = ["EvalItem", "load_items", "sample_items", "prompt_fields", "render_template", "islice"]

@@ -1,0 +1,5 @@
+import sys
+
+from mmit.evaluation.procedural.build import main
+
+sys.exit(main())

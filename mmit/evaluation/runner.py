@@ -1,0 +1,193 @@
+"""Run an eval suite on a checkpoint: score every task, compute metrics, write the outputs.
+
+Output folder (``mmit eval --output DIR``)::
+
+    results.json        {"suite", "checkpoint", "config_hash", "tasks": {name: {...}}, "splits": {...}}
+    predictions.jsonl   one line per (sample, template): task, id, template, prompt, prediction,
+                        reference, [candidates, scores, label], [correct]
+    heldin_vs_heldout.png   bar chart of every task's headline metric with its chance level
+    eval_config.json    the resolved suite and task configs
+
+``results.json["tasks"][name]``: ``split``, ``n`` (samples scored), ``n_prompts`` (samples x
+templates), ``skipped`` (reason -> count; samples read = n + skipped), ``metric`` (the headline
+metric's name), ``chance``, every metric's values (``compute``'s keys), and ``per_template``
+(``{"0": {metric: value}, ...}``) when the task has several templates.
+``results.json["splits"][split]``: ``tasks``, ``mean`` (mean of the tasks' headline figures) and,
+where every task has >= 2 templates, ``instruction-sensitivity`` (MultiInstruct, arXiv 2212.10773).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from tqdm.auto import tqdm
+
+from mmit.evaluation.config import TaskConfig, config_hash, load_suite, task_to_dict
+from mmit.evaluation.data import EvalItem, load_items
+from mmit.evaluation.scorers import best_index, generate_batch, rank_batch
+
+log = logging.getLogger("mmit.eval")
+
+
+def score_items(model, tokenizer, template: str, task: TaskConfig, items: Sequence[EvalItem], batch_size: int,
+                progress: bool = False) -> List[Dict[str, Any]]:
+    """Score ``items`` of one task in batches; returns one prediction record per item (the dict
+    format :mod:`mmit.evaluation.metrics.base` documents, plus ``prompt``)."""
+    from mmit.evaluation.postprocess import get_postprocess
+
+    post = get_postprocess(task.postprocess)
+    records = []
+    bar = tqdm(total=len(items), desc=task.name, disable=not progress, leave=False)
+    for k in range(0, len(items), batch_size):
+        batch = items[k:k + batch_size]
+        if task.output == "rank":
+            outs = rank_batch(model, tokenizer, template, batch, task.rank)
+        else:
+            outs = generate_batch(model, tokenizer, template, batch, task.generate)
+        for it, o in zip(batch, outs):
+            rec: Dict[str, Any] = {"task": task.name, "id": it.sample_id, "template": it.template,
+                                   "prompt": it.prompt}
+            if task.output == "rank":
+                rec["prediction"] = it.candidates[best_index(o)]
+                rec["candidates"], rec["scores"] = list(it.candidates), [float(s) for s in o]
+            else:
+                rec["raw_prediction"], rec["prediction"] = o[0], post(o[0])
+            rec["reference"] = it.reference
+            if it.label is not None:
+                rec["label"] = it.label
+            records.append(rec)
+        bar.update(len(batch))
+    bar.close()
+    return records
+
+
+def task_metrics(task: TaskConfig, records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Every metric of ``task`` on ``records`` (plus per template); sets ``record["correct"]`` from
+    the headline metric where it defines one."""
+    from mmit.evaluation.metrics import get_metric
+
+    out: Dict[str, Any] = {"metric": task.metrics[0]}
+    for name in task.metrics:
+        out.update(get_metric(name).compute(records))
+    head = get_metric(task.metrics[0])
+    for r in records:
+        c = head.correct(r)
+        if c is not None:
+            r["correct"] = bool(c)
+    templates = sorted({r["template"] for r in records})
+    if len(templates) > 1:
+        out["per_template"] = {}
+        for t in templates:
+            sub = [r for r in records if r["template"] == t]
+            vals: Dict[str, float] = {}
+            for name in task.metrics:
+                vals.update(get_metric(name).compute(sub))
+            out["per_template"][str(t)] = vals
+    return out
+
+
+def chance_level(task: TaskConfig, items: Sequence[EvalItem]) -> Optional[float]:
+    """``task.chance``, else for a ``rank`` task scored by an accuracy the mean of 1/#candidates."""
+    if task.chance is not None:
+        return float(task.chance)
+    if task.output == "rank" and items and task.metrics[0] in ("mc-accuracy", "exact-match", "vqa-accuracy"):
+        return sum(1.0 / len(it.candidates) for it in items) / len(items)
+    return None
+
+
+def split_summary(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]],
+                  task_cfgs: Dict[str, TaskConfig]) -> Dict[str, Dict[str, Any]]:
+    """Per split: task names, mean headline figure and chance, instruction sensitivity."""
+    from mmit.evaluation.metrics import get_metric
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for split in ("held-in", "held-out"):
+        names = [n for n, r in tasks.items() if r["split"] == split]
+        if not names:
+            continue
+        s: Dict[str, Any] = {"tasks": names,
+                             "mean": sum(tasks[n][tasks[n]["metric"]] for n in names) / len(names)}
+        chances = [tasks[n]["chance"] for n in names]
+        if all(c is not None for c in chances):
+            s["chance"] = sum(chances) / len(chances)
+        if all(len(tasks[n].get("per_template", {})) >= 2 for n in names):
+            recs = [r for r in records if r["task"] in names]
+            sens = get_metric("instruction-sensitivity").compute(
+                recs, metric={n: task_cfgs[n].metrics[0] for n in names})
+            s["instruction-sensitivity"] = sens["instruction-sensitivity"]
+        out[split] = s
+    return out
+
+
+def _json_safe(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequence[str] = (),
+              model=None, tokenizer=None, template: Optional[str] = None, progress: bool = True,
+              plot: bool = True) -> Dict[str, Any]:
+    """Evaluate ``checkpoint`` on the suite (or single task) in ``config_path``; write the outputs
+    into ``output`` (module docstring) and return the results dict.
+
+    ``model``/``tokenizer``/``template`` skip loading the checkpoint (tests, notebooks).
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file for bad configs or data.
+    """
+    suite, tasks = load_suite(config_path, overrides)
+    if model is None:
+        from mmit.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint_dir
+
+        checkpoint = str(resolve_checkpoint_dir(checkpoint))
+        model, tokenizer, cfg = load_model_from_checkpoint(checkpoint)
+        template = cfg.model.template
+    model.eval()
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {"suite": suite.name, "checkpoint": str(checkpoint),
+                               "config_hash": config_hash(suite, tasks), "tasks": {}}
+    all_records: List[Dict[str, Any]] = []
+    task_cfgs = {t.name: t for _, t in tasks}
+    t0 = time.perf_counter()
+    pred_path = out_dir / "predictions.jsonl"
+    with open(pred_path, "w", encoding="utf-8") as pf:
+        for path, task in tasks:
+            limit = min(x for x in (task.max_samples, suite.max_samples, math.inf) if x is not None)
+            items, n, skips = load_items(task, None if limit == math.inf else int(limit), path)
+            if not items:
+                raise ValueError(f"{path}: task {task.name!r} has no usable sample in {task.data.path} "
+                                 f"(skipped: {skips.as_dict()})")
+            ts = time.perf_counter()
+            records = score_items(model, tokenizer, template, task, items, suite.batch_size, progress)
+            res: Dict[str, Any] = {"split": task.split, "n": n, "n_prompts": len(records),
+                                   "skipped": skips.as_dict(), "chance": chance_level(task, items)}
+            res.update(task_metrics(task, records))
+            res["seconds"] = round(time.perf_counter() - ts, 3)
+            results["tasks"][task.name] = res
+            for r in records:
+                pf.write(json.dumps(_json_safe(r), ensure_ascii=False) + "\n")
+            all_records.extend(records)
+            log.info("%s (%s): %s = %.4f on %d samples", task.name, task.split, res["metric"],
+                     res[res["metric"]], n)
+    results["splits"] = split_summary(results["tasks"], all_records, task_cfgs)
+    results["seconds"] = round(time.perf_counter() - t0, 3)
+    (out_dir / "eval_config.json").write_text(json.dumps(
+        {"suite": {k: v for k, v in vars(suite).items()}, "tasks": {t.name: task_to_dict(t) for _, t in tasks}},
+        indent=1, default=str))
+    (out_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+    if plot and suite.plot:
+        from mmit.evaluation.report import plot_results
+
+        png = plot_results(results, out_dir / suite.plot)
+        results["plot"] = str(png) if png else None
+    return results
