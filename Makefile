@@ -17,15 +17,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The demo: convert the bundled LLaVA records, write the procedural instruction suite (held-in tasks
+# for training, mixed with the real records; all tasks for evaluation, another seed), train the tiny
+# LLaVA from scratch, answer two prompts, then evaluate held-in vs held-out (table + demo_out/eval/).
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/mmit convert --format llava --input demo_data/llava_demo.json --media-root demo_data/images \
 		--output $(DEMO_OUT)/shards
-	$(BIN)/mmit train --config_path configs/llava/tiny_demo.yaml
+	$(BIN)/python -m mmit.evaluation.procedural --kind train --split held-in --n-per-task 1600 --seed 0 \
+		--mix $(DEMO_OUT)/shards:20 --output $(DEMO_OUT)/procedural_train
+	$(BIN)/python -m mmit.evaluation.procedural --kind eval --split all --n-per-task 100 --seed 1 \
+		--output $(DEMO_OUT)/procedural_eval
+	$(BIN)/mmit train --config_path configs/llava/tiny_demo_heldout.yaml
 	$(BIN)/mmit generate --checkpoint $(DEMO_OUT)/run --image demo_data/images/extreme_ironing.jpg \
 		--prompt "What is unusual about this image?"
 	$(BIN)/mmit generate --checkpoint $(DEMO_OUT)/run --image demo_data/images/statue_of_liberty.jpg \
 		--prompt "Describe the image briefly."
+	$(BIN)/mmit eval --config_path configs/eval/procedural.yaml --checkpoint $(DEMO_OUT)/run \
+		--output $(DEMO_OUT)/eval --quiet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -33,6 +42,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/rank.py
 
 clean:
 	rm -rf $(DEMO_OUT) runs .pytest_cache
