@@ -60,6 +60,8 @@ class ClipSimilarity(nn.Module):
         from mmit.models.encoders.open_clip_tower import parse_open_clip_source
 
         name, pretrained = parse_open_clip_source(source)
+        #: open_clip model name (``ViT-L-14``, ``local-dir:...``), also the tokenizer name.
+        self.model_name = name
         self.model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(name)
