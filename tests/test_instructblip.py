@@ -240,3 +240,75 @@ def test_shipped_configs_load(name):
         assert round(t.warmup_ratio * t.max_steps) == 1000
         assert cfg.model.qformer.num_query_tokens == 32 and cfg.model.qformer.cross_attention_frequency == 2
         assert cfg.model.vision_tower.name == "eva-vit-g"
+
+
+# -- Q-Former initialisation from BLIP-2 / InstructBLIP checkpoints, export refusals ---------------
+def test_qformer_init_from_blip2_then_instructblip_folders(tmp_path):
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, OPTConfig
+
+    from mmit.models.instructblip import build_instructblip
+    from test_instructblip_parity import _hf_folder
+
+    q = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=600,
+             max_position_embeddings=128, cross_attention_frequency=1)
+    blip2 = Blip2ForConditionalGeneration(Blip2Config(
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8), qformer_config=q, num_query_tokens=4,
+        text_config=OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                              word_embed_proj_dim=16).to_dict()))
+    with torch.no_grad():
+        blip2.query_tokens.normal_()
+    blip2.save_pretrained(tmp_path / "blip2")
+    cfg = _model_cfg(**{k: v for k, v in q.items()}, num_query_tokens=4, init_from=f"tiny-bert-x,{tmp_path / 'blip2'}")
+    with pytest.raises(Exception, match="tiny-bert-x"):
+        build_instructblip(cfg)
+    cfg.qformer.init_from = str(tmp_path / "blip2")
+    model, _ = build_instructblip(cfg)
+    ours, ref = model.qformer.qformer.state_dict(), blip2.qformer.state_dict()
+    assert torch.equal(ours["embeddings.layernorm.weight"], ref["layernorm.weight"])
+    assert torch.equal(ours["encoder.layer.1.crossattention.attention.key.weight"],
+                       ref["encoder.layer.1.crossattention.attention.key.weight"])
+    assert torch.equal(model.qformer.query_tokens, blip2.query_tokens)
+
+    ib = _hf_folder(tmp_path / "ib", "llama")
+    hf = InstructBlipForConditionalGeneration.from_pretrained(ib)
+    cfg.qformer.init_from = str(ib)
+    with pytest.raises(ValueError, match="does not fit"):  # the folder's Q-Former reads a 32-wide tower
+        build_instructblip(cfg)
+    hf.vision_model.save_pretrained(tmp_path / "tower")
+    cfg.vision_tower.name, cfg.vision_tower.name_or_path = "eva-vit-g", str(tmp_path / "tower")
+    model, _ = build_instructblip(cfg)
+    assert all(torch.equal(v, hf.qformer.state_dict()[k]) for k, v in model.qformer.qformer.state_dict().items())
+    assert torch.equal(model.qformer.query_tokens, hf.query_tokens)
+
+
+def test_export_refuses_a_clip_tower(tmp_path, capsys):
+    from mmit.cli import main as cli
+    from mmit.config.schema import RunConfig
+    from mmit.models.instructblip import build_instructblip
+    from mmit.training.checkpoint import save_checkpoint
+
+    cfg = RunConfig(family="instructblip", model=_model_cfg(tower="tiny-clip-vit"))
+    model, tok = build_instructblip(cfg.model)
+    model.requires_grad_(False)
+    model.qformer.requires_grad_(True)
+    ckpt = save_checkpoint(tmp_path / "ck", model=model, cfg=cfg, tokenizer=tok, trainer_state={"step": 0},
+                           extra=lambda m, d: m.qformer_tokenizer.save_pretrained(str(d / "qformer_tokenizer")))
+    assert cli(["export", "--checkpoint", str(ckpt), "--format", "hf-instructblip", "--output", str(tmp_path / "x")]) == 2
+    assert "EVA/InstructBLIP vision tower" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_trains_the_qformer(llama_model):
+    from mmit.models.instructblip import build_instructblip
+
+    model, tok = build_instructblip(_model_cfg())
+    model.requires_grad_(False)
+    model.qformer.requires_grad_(True)
+    model.gradient_checkpointing_enable()
+    model.train()
+    q = model.qformer_tokenizer(["What is it?"], return_tensors="pt")
+    ids = torch.tensor([[model.image_token_id] * 4 + [20, 21, 22]])
+    loss = model(ids, pixel_values=torch.randn(1, 3, 32, 32), qformer_input_ids=q["input_ids"],
+                 labels=ids.masked_fill(ids == model.image_token_id, -100)).loss
+    loss.backward()
+    assert model.qformer.query_tokens.grad is not None and model.qformer.query_tokens.grad.abs().sum() > 0

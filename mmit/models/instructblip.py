@@ -165,9 +165,14 @@ class InstructBlipLM(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing in the LLM and the Q-Former (transformers, non-reentrant)."""
+        kw = {"use_reentrant": False}
         for m in (self.llm, self.qformer.qformer):
-            if getattr(m, "supports_gradient_checkpointing", False):
-                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if not getattr(m, "supports_gradient_checkpointing", False):
+                continue
+            if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
 # ----------------------------------------------------------------------------------------------
