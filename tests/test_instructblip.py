@@ -200,17 +200,54 @@ def test_video_frames_each_through_the_qformer_and_concatenated(llama_model):
         model.embed(ids[:, 4:], frames, q)
 
 
-def test_video_without_decoder_is_a_counted_skip(llama_model, tmp_path):
+def _gif(colors, size=(40, 30)):
+    import io
+
+    frames = [Image.new("RGB", size, c) for c in colors]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    return buf.getvalue()
+
+
+def test_video_media_becomes_frames_each_with_the_instruction(llama_model):
+    from mmit.families.instructblip import InstructBlipPreprocessor, collate_instructblip
+
+    model, tok = llama_model
+    pre = InstructBlipPreprocessor.for_model(model, tok)
+    pre.num_frames = 3
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    video = Media("video", path="clip.gif", data=_gif(colors))
+    image = Media("image", path=str(DEMO_IMAGES / "dog_running.jpg"))
+    item = pre(_sample("What happens?", "It changes colour.", media=[image, video]))
+    assert item["pixel_values"].shape == (4, 3, 32, 32)  # 1 image + 3 frames
+    assert item["input_ids"].tolist()[:16] == [model.image_token_id] * 16
+    # frames 0, 2, 4 of five (first and last kept): red, blue, cyan
+    red, blue, cyan = (model.vision_tower.image_processor([Image.new("RGB", (40, 30), c)])[0]
+                       for c in (colors[0], colors[2], colors[4]))
+    assert torch.allclose(item["pixel_values"][1], red, atol=1e-5)
+    assert torch.allclose(item["pixel_values"][2], blue, atol=1e-5)
+    assert torch.allclose(item["pixel_values"][3], cyan, atol=1e-5)
+    other = pre(_sample("Is it a dog?", "Yes."))
+    batch = collate_instructblip([item, other], tok.pad_token_id, pre.qformer_pad_id)
+    assert batch["qformer_input_ids"].shape[0] == 5 and batch["num_images"] == [4, 1]
+    with torch.no_grad():
+        assert torch.isfinite(model(**{k: v for k, v in batch.items() if k not in ("ids", "num_images")}).loss)
+
+
+def test_mp4_without_pyav_is_a_counted_skip(llama_model, tmp_path):
+    from conftest import SHARED_SAMPLES
     from mmit.families.instructblip import InstructBlipPreprocessor
 
     try:
         import av  # noqa: F401
-        pytest.skip("PyAV is installed: videos decode")
+        pytest.skip("PyAV is installed: mp4 decodes")
     except ImportError:
         pass
     model, tok = llama_model
-    video = tmp_path / "clip.mp4"
-    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    video = SHARED_SAMPLES / "videochat" / "example" / "yoga.mp4"
+    if not video.is_file():
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     stats = SkipCounter()
     pre = InstructBlipPreprocessor.for_model(model, tok)
     assert pre.try_call(_sample(media=[Media("video", path=str(video))]), stats) is None

@@ -36,30 +36,46 @@ def instruction_and_answer(sample: Sample):
     return "\n".join(p for p in parts if p), turns[-1].content.strip()
 
 
-def decode_video_frames(data: bytes, where: str, num_frames: int):
-    """``num_frames`` uniformly spaced RGB frames (PIL) of an encoded video. Needs PyAV (torchvision's
-    reader); raises SampleError ``no-video-decoder`` without it, ``undecodable-video`` on bad bytes."""
-    import tempfile
+def _uniform(n_total: int, k: int) -> List[int]:
+    return torch.linspace(0, n_total - 1, k).round().long().tolist()
 
-    from PIL import Image
+
+def decode_video_frames(data: bytes, where: str, num_frames: int, max_pixels: int = MAX_PIXELS):
+    """``num_frames`` uniformly spaced RGB frames (PIL images) of a video, first to last frame included.
+
+    Animated GIF / WebP / PNG decode with PIL; other containers (mp4, webm, ...) need PyAV
+    (``pip install av``). Raises SampleError with reason ``no-video-decoder`` when PyAV is missing
+    for such a file, ``undecodable-video`` when the bytes cannot be decoded or hold no frame, and
+    ``image-too-large`` for frames above ``max_pixels``.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        import av  # noqa: F401
+        im = Image.open(io.BytesIO(data))
+        n = getattr(im, "n_frames", 1)
+        if im.width * im.height > max_pixels:
+            raise SampleError(f"{where}: {im.width}x{im.height} frames exceed {max_pixels} pixels", "image-too-large")
+        frames = []
+        for i in _uniform(n, num_frames):
+            im.seek(i)
+            frames.append(im.convert("RGB"))
+        return frames
+    except (UnidentifiedImageError, OSError):
+        pass  # not an image container: try PyAV
+    try:
+        import av
     except ImportError:
-        raise SampleError(f"{where}: decoding video needs PyAV (pip install av)", "no-video-decoder") from None
-    from torchvision.io import read_video
-
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
-        f.write(data)
-        f.flush()
-        try:
-            frames, _, _ = read_video(f.name, pts_unit="sec", output_format="THWC")
-        except Exception as e:  # noqa: BLE001  (PyAV raises many types)
-            raise SampleError(f"{where}: cannot decode video: {e}", "undecodable-video") from None
-    if frames.shape[0] == 0:
+        raise SampleError(f"{where}: decoding this video needs PyAV (pip install av)", "no-video-decoder") from None
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            decoded = [f.to_image() for f in container.decode(video=0)]
+    except Exception as e:  # noqa: BLE001  (PyAV raises many error types)
+        raise SampleError(f"{where}: cannot decode video: {e}", "undecodable-video") from None
+    if not decoded:
         raise SampleError(f"{where}: video has no frames", "undecodable-video")
-    idx = torch.linspace(0, frames.shape[0] - 1, num_frames).round().long()
-    return [Image.fromarray(frames[i].numpy()) for i in idx]
+    return [decoded[i].convert("RGB") for i in _uniform(len(decoded), num_frames)]
 
 
 class InstructBlipPreprocessor:
@@ -109,7 +125,7 @@ class InstructBlipPreprocessor:
             if m.kind == "image":
                 frames.append(decode_image(data, where, self.max_pixels))
             elif m.kind == "video":
-                frames.extend(decode_video_frames(data, where, self.num_frames))
+                frames.extend(decode_video_frames(data, where, self.num_frames, self.max_pixels))
             else:
                 raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by InstructBLIP",
                                   "unsupported-media")
