@@ -349,3 +349,30 @@ def test_gradient_checkpointing_trains_the_qformer(llama_model):
                  labels=ids.masked_fill(ids == model.image_token_id, -100)).loss
     loss.backward()
     assert model.qformer.query_tokens.grad is not None and model.qformer.query_tokens.grad.abs().sum() > 0
+
+
+def test_family_applies_qformer_init_at_apply_stage_only_for_training():
+    from transformers import BertModel
+
+    from mmit.config.schema import RunConfig
+    from mmit.families.instructblip import InstructBlipFamily
+    from mmit.models.tiny_seq2seq import resolve_bert_path
+
+    cfg = RunConfig(family="instructblip", model=_model_cfg(hidden_size=64, intermediate_size=128, init_from="tiny-bert"))
+    cfg.train.stage = "align"
+    fam = InstructBlipFamily()
+    model, _ = fam.build(cfg)  # what checkpoint loading does: no init source is read
+    bert = BertModel.from_pretrained(resolve_bert_path("tiny-bert"), add_pooling_layer=False)
+    emb = lambda m: m.qformer.qformer.embeddings.word_embeddings.weight[:600]  # noqa: E731
+    assert not torch.equal(emb(model), bert.embeddings.word_embeddings.weight)
+    trains = fam.apply_stage(model, cfg)
+    assert trains == {"vision_tower": False, "qformer": True, "llm": False}
+    assert torch.equal(emb(model), bert.embeddings.word_embeddings.weight)
+    cfg.model.init_from = "runs/earlier"  # weights come from an earlier run: the init source is not applied
+    model2, _ = fam.build(cfg)
+    before = emb(model2).clone()
+    fam.apply_stage(model2, cfg)
+    assert torch.equal(emb(model2), before)
+    cfg.train.stage = "pretrain"
+    with pytest.raises(ValueError, match="align"):
+        fam.apply_stage(model2, cfg)

@@ -211,16 +211,27 @@ class InstructBlipFamily(ModelFamily):
     unit = "tokens"
 
     def build(self, cfg, dtype=torch.float32):
+        """The model without ``qformer.init_from`` applied: the trainer's :meth:`apply_stage` applies
+        it, so loading a trained checkpoint (``mmit generate``, export) never loads the init
+        source (e.g. a whole BLIP-2 model) only for its weights to be replaced."""
         from mmit.models.instructblip import build_instructblip
 
-        return build_instructblip(cfg.model, dtype)
+        return build_instructblip(cfg.model, dtype, init_qformer_weights=False)
 
     def apply_stage(self, model, cfg):
         """``align``: Q-Former + queries + projection; ``finetune``: + LLM (+ tower unless
-        ``vision_tower.frozen``); ``full``: everything. Raises ``ValueError`` for another stage."""
+        ``vision_tower.frozen``); ``full``: everything. Raises ``ValueError`` for another stage.
+
+        Called once by the trainer before training (after ``model.init_from`` and before a resume
+        loads its checkpoint): it first initialises the Q-Former from ``qformer.init_from`` unless
+        ``model.init_from`` already gave it weights."""
         stage = cfg.train.stage
         if stage not in STAGES:
             raise ValueError(f"unknown train.stage {stage!r} for instructblip (expected one of {', '.join(STAGES)})")
+        if cfg.model.qformer.init_from and not cfg.model.init_from:
+            from mmit.models.instructblip import init_qformer
+
+            init_qformer(model.qformer, cfg.model.qformer.init_from)
         trains = {"vision_tower": stage == "full" or (stage == "finetune" and not cfg.model.vision_tower.frozen),
                   "qformer": True, "llm": stage in ("finetune", "full")}
         for name, on in trains.items():

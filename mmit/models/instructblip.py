@@ -220,7 +220,7 @@ def load_qformer_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_bert_path(name))
 
 
-def _init_qformer(connector, init_from: str) -> None:
+def init_qformer(connector, init_from: str) -> None:
     """Initialise from each comma-separated source in order: a BERT, ``instructblip`` or ``blip-2``
     checkpoint (hub id or folder; the kind is read from its config) or ``tiny-bert``."""
     from transformers import AutoConfig
@@ -243,9 +243,12 @@ def _init_qformer(connector, init_from: str) -> None:
         log.info("Q-Former initialised from %s (%s)", source, model_type)
 
 
-def build_instructblip(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> Tuple[InstructBlipLM, object]:
+def build_instructblip(cfg: ModelConfig, dtype: torch.dtype = torch.float32, init_qformer_weights: bool = True
+                       ) -> Tuple[InstructBlipLM, object]:
     """Build the tower, LLM (causal or seq2seq, by its config) and Q-Former connector; returns
     ``(model, llm_tokenizer)``; ``model.qformer_tokenizer`` holds the Q-Former's tokenizer.
+    ``init_qformer_weights`` applies ``qformer.init_from`` (:func:`init_qformer`); loading a trained
+    checkpoint skips it, since the checkpoint's weights replace the Q-Former's anyway.
 
     Raises :class:`~mmit.registry.UnknownNameError` for unknown tower / tiny names, ``OSError`` for
     missing weights, ``ValueError`` for a Q-Former init source that does not fit.
@@ -261,8 +264,8 @@ def build_instructblip(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> 
     else:
         llm, tokenizer, image_token_id = load_llm(cfg.llm, dtype)
     connector = QFormerConnector(cfg.qformer, tower.hidden_size, llm.config.get_text_config().hidden_size)
-    if cfg.qformer.init_from:
-        _init_qformer(connector, cfg.qformer.init_from)
+    if cfg.qformer.init_from and init_qformer_weights:
+        init_qformer(connector, cfg.qformer.init_from)
     model = InstructBlipLM(tower, connector, llm, image_token_id, load_qformer_tokenizer(cfg.qformer.tokenizer))
     model.llm_tokenizer = tokenizer
     return model.to(dtype), tokenizer
