@@ -146,6 +146,10 @@ def import_hf_instructblip(input_dir: str | os.PathLike, output: str | os.PathLi
     here.model.llm.name_or_path = str(out / "llm")
     here.model.qformer.tokenizer = str(out / QFORMER_TOKENIZER_DIR)
     model, tokenizer = build_instructblip(here.model)
+    if c.image_token_index is None or model.image_token_id != c.image_token_index:
+        raise ValueError(f"{input_dir}: the tokenizer's <image> id {model.image_token_id} is not the model's "
+                         f"image_token_index {c.image_token_index} (a checkpoint from before transformers "
+                         "expanded image tokens in the processor?)")
     model.qformer.init_from_instructblip(hf)
     model.requires_grad_(False)
     model.qformer.requires_grad_(True)
