@@ -12,9 +12,10 @@ FIRST dot of its basename: ``<key>.<suffix>``):
 
 * ``<key>.json``: :meth:`Sample.to_json` (turns, media kinds/exts/paths incl.
   ``meta["original_path"]``, task, source, meta), UTF-8, sorted keys.
-* ``<key>.0.jpg``, ``<key>.1.png``, ...: the media bytes, unmodified, one member per item in order;
-  the extension is sniffed from content (:func:`mmit.data.media.sniff_ext`), never copied from the
-  source file name.
+* ``<key>.0.jpg``, ``<key>.1.mp4``, ``<key>.2.npy``, ...: the media bytes, one member per item in
+  order (unmodified unless ``mmit convert`` was asked to resize / re-encode images); the extension
+  is sniffed from content (:func:`mmit.data.media.sniff_ext`), never copied from the source file
+  name.
 
 The key is ``sha1("{source}/{id}/{index}")`` in hex (40 chars): unique per input position, free of
 dots and path characters. Source file names contain dots, spaces, ``+`` and ``#`` and must never be
