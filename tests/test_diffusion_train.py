@@ -106,3 +106,27 @@ def test_other_stages_are_refused(tmp_path):
     rc = mmit_main(["train", "--config_path", str(TINY), f"--train.output_dir={tmp_path / 'r'}",
                     f"--data.path={tmp_path / 'd'}", "--train.stage=align", "--diffusion.procedural_triples=8"])
     assert rc == 2
+
+
+def test_resume_restores_weights_and_ema_exactly(run, tmp_path):
+    """Interrupted after step 2 (checkpoint at step 2), resumed: same UNet and EMA as an uninterrupted run."""
+    from mmit.training.trainer import train
+
+    def cfg(out):
+        c = load_config(str(TINY), [f"--train.output_dir={out}", f"--data.path={run / 'data'}", "--train.max_steps=3",
+                                    "--train.batch_size=4", "--train.save_steps=2", "--train.progress_bar=false"])
+        return c
+
+    full = train(cfg(tmp_path / "a"))
+    c = cfg(tmp_path / "b")
+    train(c, stop_after_steps=2)
+    assert not (tmp_path / "b" / "final").exists()
+    assert (tmp_path / "b" / "checkpoints" / "step-0000002" / EMA_WEIGHTS).is_file()
+    c.train.resume = True
+    resumed = train(c)
+    for name in ("model.safetensors", EMA_WEIGHTS):
+        a, b = load_file(str(full / "final" / name)), load_file(str(resumed / "final" / name))
+        assert a.keys() == b.keys()
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst <= 1e-6, (name, worst)
+    assert json.loads((resumed / "final" / EMA_STATE).read_text())["optimization_step"] == 3
