@@ -261,8 +261,21 @@ def test_sample_without_final_answer_is_rejected(llama_model):
     model, tok = llama_model
     s = _sample()
     s.turns = s.turns[:1]
-    with pytest.raises(SampleError, match="s1"):
-        InstructBlipPreprocessor.for_model(model, tok)(s)
+    pre = InstructBlipPreprocessor.for_model(model, tok)
+    with pytest.raises(SampleError, match="s1") as e:
+        pre(s)
+    assert e.value.reason == "no-answer"
+    stats = SkipCounter()
+    assert pre.try_call(_sample(answer="  "), stats) is None
+    assert stats.as_dict() == {"no-supervised-tokens": 1}
+    # a multi-turn sample: earlier turns (placeholders removed) form the instruction, the last answer is learned
+    multi = Sample(id="m", media=_sample().media, turns=[
+        Turn("user", "<image>\nWhat is it?"), Turn("assistant", "A dog."), Turn("user", "What colour?"),
+        Turn("assistant", "Brown.")])
+    item = pre(multi)
+    assert item["qformer_input_ids"].tolist() == model.qformer_tokenizer("What is it?\nA dog.\nWhat colour?")["input_ids"]
+    learned = [t for t in item["labels"].tolist() if t != IGNORE_INDEX]
+    assert learned == tok("Brown.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
 # -- configs ------------------------------------------------------------------------------------

@@ -28,12 +28,15 @@ STAGES = ("align", "finetune", "full")
 
 def instruction_and_answer(sample: Sample):
     """``(instruction, answer)`` of a sample (module docstring). Raises SampleError (reason
-    ``no-answer``) when the last turn is not an assistant turn."""
+    ``no-answer``) when the last turn is not an assistant turn, ``no-supervised-tokens`` when it is empty."""
     turns = list(sample.turns)
     if not turns or turns[-1].role != "assistant":
         raise SampleError(f"sample {sample.id!r}: the last turn must be an assistant answer", "no-answer")
+    answer = turns[-1].content.strip()
+    if not answer:
+        raise SampleError(f"sample {sample.id!r}: the last assistant answer is empty", "no-supervised-tokens")
     parts = [t.content.replace(IMAGE_PLACEHOLDER, "").strip() for t in turns[:-1]]
-    return "\n".join(p for p in parts if p), turns[-1].content.strip()
+    return "\n".join(p for p in parts if p), answer
 
 
 def _uniform(n_total: int, k: int) -> List[int]:
@@ -145,8 +148,6 @@ class InstructBlipPreprocessor:
                 ans = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_output_length - 1]
                 labels = [IGNORE_INDEX] * len(ids) + list(ans) + [self.tokenizer.eos_token_id]
                 ids = ids + labels[len(ids):]
-            if all(t == IGNORE_INDEX for t in labels):
-                raise SampleError(f"sample {sample_id!r}: empty answer", "no-supervised-tokens")
             item["labels"] = torch.tensor(labels, dtype=torch.long)
         item["input_ids"] = torch.tensor(ids, dtype=torch.long)
         item["pixel_values"] = self.image_transform(frames) if frames else None
