@@ -48,6 +48,10 @@ def test_rank_matches_one_full_forward_per_candidate(tiny, template, reduction, 
         want = rank_full_forward(model, tok, template, it, cfg)
         assert len(scores) == len(it.candidates)
         assert scores == pytest.approx(want, abs=1e-4)
+    # chunked candidate rows (a private copy of the prefix cache per chunk) give the same scores
+    chunked = rank_batch(model, tok, template, items, RankConfig(reduction=reduction, score_end_of_turn=eot,
+                                                                 max_rows=2))
+    assert [s for ss in chunked for s in ss] == pytest.approx([s for ss in got for s in ss], abs=1e-5)
     # the batch result does not depend on the batch's other members (padding is masked)
     alone = rank_batch(model, tok, template, items[1:2], cfg)[0]
     assert alone == pytest.approx(got[1], abs=1e-4)

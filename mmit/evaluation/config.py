@@ -37,6 +37,8 @@ import yaml
 SPLITS = ("held-in", "held-out")
 OUTPUTS = ("generate", "rank")
 REDUCTIONS = ("sum", "mean")
+#: Readers that can re-render a sample with each of its task's own instruction templates.
+SOURCE_TEMPLATE_FORMATS = ("multiinstruct",)
 
 
 @dataclass
@@ -50,6 +52,9 @@ class EvalDataConfig:
     media_root: Optional[str] = None
     #: Unreadable or missing media: ``skip`` (counted in results.json) or ``error``.
     missing_media: str = "skip"
+    #: Keep only samples whose ``Sample.task`` is listed (one file holding several tasks, e.g.
+    #: MultiInstruct's ``test.jsonl``); empty: all. Samples of other tasks are not counted.
+    tasks: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +78,9 @@ class RankConfig:
     #: Also score the template's end-of-turn tokens (e.g. ``</s>``) after the candidate. Off as in
     #: InstructBLIP; on, a candidate that is a prefix of another no longer wins by being shorter.
     score_end_of_turn: bool = False
+    #: Candidate rows (sample x candidate) scored per forward pass over the cached prefix; more
+    #: rows are split into chunks (bounds memory for e.g. Visual Dialog's 100 candidates).
+    max_rows: int = 512
 
 
 @dataclass
@@ -88,6 +96,9 @@ class TaskConfig:
     #: scored once per template (MultiInstruct: 5 per task, arXiv 2212.10773). Empty: the sample's
     #: own user turn, as stored. ``<image>\n`` is put first when the template has no ``<image>``.
     templates: List[str] = field(default_factory=list)
+    #: Score every sample once per instruction template its READER provides (``multiinstruct``:
+    #: the task's expert-written templates, re-rendered with ``rerender``) instead of ``templates``.
+    source_templates: bool = False
     #: ``generate`` (free text, then post-processing and metrics) or ``rank`` (vocabulary ranking).
     output: str = "generate"
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -139,6 +150,13 @@ def validate_task(task: TaskConfig, path: str) -> TaskConfig:
         bad(f"output must be one of {', '.join(OUTPUTS)}, not {task.output!r}")
     if task.rank.reduction not in REDUCTIONS:
         bad(f"rank.reduction must be one of {', '.join(REDUCTIONS)}, not {task.rank.reduction!r}")
+    if task.source_templates and task.templates:
+        bad("give either templates or source_templates: true, not both")
+    if task.source_templates and task.data.format not in SOURCE_TEMPLATE_FORMATS:
+        bad(f"source_templates: true needs data.format {' or '.join(SOURCE_TEMPLATE_FORMATS)}, "
+            f"not {task.data.format!r}")
+    if task.rank.max_rows < 1:
+        bad(f"rank.max_rows must be >= 1, got {task.rank.max_rows}")
     if not task.data.path:
         bad("data.path is required")
     if task.data.missing_media not in ("skip", "error"):

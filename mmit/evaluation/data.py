@@ -13,9 +13,9 @@ Fields available to a template: ``meta["fields"]`` plus, unless the sample defin
 
 from __future__ import annotations
 
+import os
 import string
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from mmit.constants import IMAGE_PLACEHOLDER
@@ -57,7 +57,6 @@ def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> I
 
         return iter_shards(d.path, shuffle_buffer=0, split_by_node=False, split_by_worker=False)
     from mmit.data.sources import get_reader
-    import os
 
     if not os.path.exists(d.path):
         raise FileNotFoundError(f"{path or task.name}: data.path not found: {d.path}")
@@ -89,6 +88,19 @@ def render_template(template: str, fields: Dict[str, Any], n_images: int, where:
     if missing > 0:
         text = f"{IMAGE_PLACEHOLDER}\n" * missing + text
     return text
+
+
+def source_template_prompts(sample: Sample) -> List[str]:
+    """The user turn of ``sample`` rendered with each instruction template of its task, as its
+    reader defines them (``multiinstruct``: :func:`mmit.data.sources.multiinstruct.rerender`)."""
+    from mmit.data.sources.multiinstruct import instruction_templates, rerender
+
+    try:
+        n = len(instruction_templates(sample.task))
+        return [next(u.content for u in rerender(sample, t).turns if u.role == "user") for t in range(n)]
+    except (KeyError, ValueError) as e:
+        raise SampleError(f"sample {sample.id!r}: cannot re-render task {sample.task!r} with its templates: {e}",
+                          "template-error") from None
 
 
 def _decode_images(sample: Sample) -> List[Any]:
@@ -130,10 +142,13 @@ def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]
     user = turns[-1].content
     n_img = user.count(IMAGE_PLACEHOLDER)
     items = []
-    templates = task.templates or [None]
-    fields = prompt_fields(sample, user) if task.templates else {}
-    for t, tpl in enumerate(templates):
-        text = user if tpl is None else render_template(tpl, fields, n_img, f"{where} sample {sample.id!r}")
+    if task.source_templates:
+        texts = source_template_prompts(sample)
+    else:
+        fields = prompt_fields(sample, user) if task.templates else {}
+        texts = [user if tpl is None else render_template(tpl, fields, n_img, f"{where} sample {sample.id!r}")
+                 for tpl in (task.templates or [None])]
+    for t, text in enumerate(texts):
         items.append(EvalItem(task=task.name, sample_id=str(sample.id), template=t,
                               turns=turns[:-1] + [Turn("user", text)], images=images,
                               reference=reference, candidates=candidates, label=sample.meta.get("label")))
@@ -153,9 +168,12 @@ def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str =
     n = 0
     limit = max_samples
     it = iter_task_samples(task, stats, where)
+    keep = set(task.data.tasks)
     for sample in it:
         if limit is not None and n >= limit:
             break
+        if keep and sample.task not in keep:
+            continue
         try:
             items.extend(sample_items(task, sample, where or task.name))
             n += 1
@@ -167,4 +185,4 @@ def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str =
     return items, n, stats
 
 
-__all__ = ["EvalItem", "load_items", "sample_items", "prompt_fields", "render_template", "islice"]
+__all__ = ["EvalItem", "load_items", "sample_items", "prompt_fields", "render_template"]

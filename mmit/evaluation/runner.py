@@ -43,11 +43,12 @@ def score_items(model, tokenizer, template: str, task: TaskConfig, items: Sequen
 
     post = get_postprocess(task.postprocess)
     records = []
+    memo: dict = {}  # candidate tokenization, shared by the task's batches
     bar = tqdm(total=len(items), desc=task.name, disable=not progress, leave=False)
     for k in range(0, len(items), batch_size):
         batch = items[k:k + batch_size]
         if task.output == "rank":
-            outs = rank_batch(model, tokenizer, template, batch, task.rank)
+            outs = rank_batch(model, tokenizer, template, batch, task.rank, memo)
         else:
             outs = generate_batch(model, tokenizer, template, batch, task.generate)
         for it, o in zip(batch, outs):

@@ -26,6 +26,7 @@ need no second pass at all. The winner is the highest score; ties go to the lowe
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -160,20 +161,29 @@ def candidate_ids(tokenizer, template: str, item: EvalItem, candidate: str, scor
 
 
 @torch.no_grad()
-def rank_batch(model, tokenizer, template: str, items: Sequence[EvalItem], cfg: RankConfig
-               ) -> List[List[float]]:
+def rank_batch(model, tokenizer, template: str, items: Sequence[EvalItem], cfg: RankConfig,
+               memo: Optional[dict] = None) -> List[List[float]]:
     """Scores (log-likelihoods, natural log) of every candidate of every item, ``cfg.reduction``
     ``sum`` or ``mean`` over the candidate's tokens.
 
     The media + prompt prefix of all items runs in one left-padded forward pass with a KV cache;
     the cache is gathered to one row per (item, candidate) and all candidates are scored in one
-    more forward pass (skipped when every candidate is one token). See the module docstring.
+    more forward pass (skipped when every candidate is one token), in chunks of ``cfg.max_rows``
+    candidate rows. See the module docstring. ``memo``: a dict reused across calls with the same
+    tokenizer and template that caches candidate tokenization per (prompt ids, candidate).
     """
     dev = _device(model)
     prompts_raw = [encode_prompt(tokenizer, it.turns, template) for it in items]
     prompts = [expand_image_tokens(p, None, model.image_token_id, model.num_image_tokens)[0] for p in prompts_raw]
-    conts = [[candidate_ids(tokenizer, template, it, c, cfg.score_end_of_turn, p) for c in it.candidates]
-             for it, p in zip(items, prompts_raw)]
+    memo = {} if memo is None else memo
+
+    def cont_ids(it, c, p):
+        key = (template, tuple(p), c, cfg.score_end_of_turn)
+        if key not in memo:
+            memo[key] = candidate_ids(tokenizer, template, it, c, cfg.score_end_of_turn, p)
+        return memo[key]
+
+    conts = [[cont_ids(it, c, p) for c in it.candidates] for it, p in zip(items, prompts_raw)]
     ids, mask = left_pad(prompts, _pad_id(tokenizer))
     ids, mask = ids.to(dev), mask.to(dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -195,13 +205,19 @@ def rank_batch(model, tokenizer, template: str, items: Sequence[EvalItem], cfg: 
     tok[:, 0] = first[idx, C[:, 0]]
     if L > 1:
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        cache.batch_select_indices(idx)  # one copy of its sample's prefix per candidate row
-        am = torch.cat([mask[idx], cmask[:, :L - 1]], dim=1)
-        cpos = mask.sum(-1)[idx].unsqueeze(1) + torch.arange(L - 1, device=dev).unsqueeze(0)
-        o2 = model.llm(input_ids=C[:, :L - 1], attention_mask=am, position_ids=cpos, use_cache=True,
-                       **{_cache_kw(model.llm): cache})
-        lp = o2.logits.float().log_softmax(-1)  # [R,L-1,V]
-        tok[:, 1:] = lp.gather(-1, C[:, 1:].unsqueeze(-1)).squeeze(-1)
+        prefix_len = mask.sum(-1)
+        step = max(1, int(cfg.max_rows))
+        for a in range(0, R, step):
+            b = min(R, a + step)
+            # one copy of its sample's prefix per candidate row (a private copy when chunked)
+            c = cache if (a == 0 and b == R) else copy.deepcopy(cache)
+            c.batch_select_indices(idx[a:b])
+            am = torch.cat([mask[idx[a:b]], cmask[a:b, :L - 1]], dim=1)
+            cpos = prefix_len[idx[a:b]].unsqueeze(1) + torch.arange(L - 1, device=dev).unsqueeze(0)
+            logits = model.llm(input_ids=C[a:b, :L - 1], attention_mask=am, position_ids=cpos, use_cache=True,
+                               **{_cache_kw(model.llm): c}).logits.float()  # [rows,L-1,V]
+            picked = logits.gather(-1, C[a:b, 1:].unsqueeze(-1)).squeeze(-1)
+            tok[a:b, 1:] = picked - logits.logsumexp(-1)
     tok = tok * cmask
     total = tok.sum(-1)
     if cfg.reduction == "mean":
