@@ -7,7 +7,9 @@ import pytest
 from mmit.config.schema import RunConfig, load_config, save_config
 from mmit.registry import Registry, UnknownNameError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+#: Run configs (``mmit train``); configs/eval/ holds evaluation task and suite files, tested with the evaluator.
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if "eval" not in p.relative_to(CONFIG_ROOT).parts)
 
 
 def test_unknown_name_lists_close_matches():
@@ -53,14 +55,17 @@ def test_overrides_and_round_trip(tmp_path):
     assert load_config(str(tmp_path / "c.yaml")) == cfg
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_ROOT)) for p in CONFIGS])
 def test_shipped_configs_parse_and_name_registered_components(path):
     from mmit.models.connectors.projectors import PROJECTORS
     from mmit.models.encoders import VISION_TOWERS
     from mmit.templates import TEMPLATES
 
+    from mmit.families import FAMILIES
+
     cfg = load_config(str(path))
     assert isinstance(cfg, RunConfig)
+    assert cfg.family in FAMILIES
     assert cfg.model.vision_tower.name in VISION_TOWERS
     assert cfg.model.projector.name in PROJECTORS
     assert cfg.model.template in TEMPLATES
@@ -68,8 +73,8 @@ def test_shipped_configs_parse_and_name_registered_components(path):
 
 
 def test_llava_v15_configs_follow_the_paper():
-    pre = load_config(str(Path(CONFIGS[0]).parent / "v1_5_7b_pretrain.yaml"))
-    ft = load_config(str(Path(CONFIGS[0]).parent / "v1_5_7b_finetune.yaml"))
+    pre = load_config(str(CONFIG_ROOT / "llava" / "v1_5_7b_pretrain.yaml"))
+    ft = load_config(str(CONFIG_ROOT / "llava" / "v1_5_7b_finetune.yaml"))
     assert (pre.train.stage, pre.model.template, pre.train.lr) == ("align", "plain", 1e-3)
     assert (ft.train.stage, ft.model.template, ft.train.lr) == ("finetune", "vicuna-v1", 2e-5)
     for c in (pre, ft):
