@@ -23,7 +23,8 @@ def run(tmp_path_factory):
     """16 steps (batch 8) of the tiny config, run through ``mmit train`` (procedural shards written on first use)."""
     tmp = tmp_path_factory.mktemp("ip2p")
     rc = mmit_main(["train", "--config_path", str(TINY), f"--train.output_dir={tmp / 'run'}",
-                    f"--data.path={tmp / 'data'}", "--train.max_steps=16", "--train.batch_size=8", "--train.logging_steps=2",
+                    f"--data.path={tmp / 'data'}", "--train.max_steps=16", "--train.batch_size=8",
+                    "--train.logging_steps=2",
                     "--diffusion.procedural_triples=128", "--train.progress_bar=false"])
     assert rc == 0
     return tmp

@@ -73,7 +73,8 @@ class EditPreprocessor:
         if resolution <= 0:
             raise ValueError(f"diffusion.resolution must be positive, got {resolution}")
         self.tokenizer, self.resolution = tokenizer, int(resolution)
-        self.center_crop, self.random_flip, self.overflow, self.max_pixels = center_crop, random_flip, overflow, max_pixels
+        self.center_crop, self.random_flip = center_crop, random_flip
+        self.overflow, self.max_pixels = overflow, max_pixels
 
     def _image(self, sample: Sample, m: Media) -> Image.Image:
         data = m.data if m.data is not None else read_media_bytes(m.path)
