@@ -310,13 +310,15 @@ def bench_resize(tmp: Path, n: int, repeat: int, workers: int, side: int) -> Non
     built: Built = (str(d / "ann.json"), str(d / "images"), {})
     _, total = media_of("llava", built)
     shard = max(1, n // 8)
-    t1, tk, ideal = [], [], []
-    for _ in range(repeat):
+    t1, tk, ideal, rows = [], [], [], []
+    for k in range(repeat):  # the CPU control next to each pair: other jobs come and go
         ideal.append(cpu_scaling(workers))
         t1.append(time_convert("llava", built, d / "w1", workers=1, shard_size=shard,
                                resize_max_side=side)[0])
         tk.append(time_convert("llava", built, d / "wk", workers=workers, shard_size=shard,
                                resize_max_side=side)[0])
+        rows.append(f"    run {k}: control {ideal[-1]:.2f}x  workers 1 {t1[-1]:.2f} s  workers "
+                    f"{workers} {tk[-1]:.2f} s  ratio {t1[-1] / tk[-1]:.2f}")
     mb = total / 1e6
     r1, rk = mb / min(t1), mb / min(tk)
     print(f"resize --resize-max-side {side}: {n} records, {mb:.1f} MB of demo photos, shard size "
@@ -324,7 +326,8 @@ def bench_resize(tmp: Path, n: int, repeat: int, workers: int, side: int) -> Non
     print(f"  --workers 1: {r1:.1f} MB/s ({n / min(t1):.0f} rec/s)   --workers {workers}: "
           f"{rk:.1f} MB/s ({n / min(tk):.0f} rec/s)   ratio {rk / r1:.2f} (target >= 1.6)")
     print(f"  control: {workers} processes vs 1 on a pure CPU loop reach {max(ideal):.2f}x on this "
-          f"machine now (load average {os.getloadavg()[0]:.1f})")
+          f"machine now (load average {os.getloadavg()[0]:.1f}); per run:")
+    print("\n".join(rows))
 
 
 def main(argv=None) -> int:
