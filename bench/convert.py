@@ -11,7 +11,9 @@
    MB/s = media bytes (1e6) / wall seconds; ``ratio = convert / tarfile``.
 2. Resize scaling: LLaVA records over the demo photos (up to 1500x720) with
    ``--resize-max-side`` (default 224); ``--workers`` (default 2) processes vs one, shard size
-   ``n/8``. Target ratio >= 1.6 (on an otherwise idle machine with at least 2 cores).
+   ``n/8``. Target ratio >= 1.6 (on an otherwise idle machine with at least 2 cores). Printed
+   beside it: a control (2 processes vs 1 on a pure CPU loop: what the machine gives right now)
+   and the CPU seconds of both runs (the parallel run's overhead).
 
 Usage: ``python bench/convert.py [--n 400] [--repeat 3] [--formats llava,lamm] [--resize-n 600]``
 """
@@ -24,6 +26,7 @@ import csv
 import io
 import json
 import os
+import resource
 import shutil
 import sys
 import tarfile
@@ -231,13 +234,22 @@ def time_tarfile(items: List[Any], out: Path) -> float:
     return time.perf_counter() - t
 
 
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and its joined children."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def time_convert(fmt: str, built: Built, out: Path, **kw: Any) -> Tuple[float, Dict[str, Any]]:
+    """Wall seconds of one conversion; ``stats["cpu_seconds"]`` adds its CPU time (all processes)."""
     shutil.rmtree(out, ignore_errors=True)
     _sync()
-    t = time.perf_counter()
+    c, t = _cpu(), time.perf_counter()
     stats = convert(fmt, built[0], str(out), media_root=built[1], reader_options=built[2],
                     progress=False, **kw)
-    return time.perf_counter() - t, stats
+    dt = time.perf_counter() - t
+    stats["cpu_seconds"] = _cpu() - c
+    return dt, stats
 
 
 def _sync() -> None:
@@ -310,13 +322,17 @@ def bench_resize(tmp: Path, n: int, repeat: int, workers: int, side: int) -> Non
     built: Built = (str(d / "ann.json"), str(d / "images"), {})
     _, total = media_of("llava", built)
     shard = max(1, n // 8)
-    t1, tk, ideal, rows = [], [], [], []
+    t1, tk, ideal, rows, c1, ck = [], [], [], [], [], []
     for k in range(repeat):  # the CPU control next to each pair: other jobs come and go
         ideal.append(cpu_scaling(workers))
-        t1.append(time_convert("llava", built, d / "w1", workers=1, shard_size=shard,
-                               resize_max_side=side)[0])
-        tk.append(time_convert("llava", built, d / "wk", workers=workers, shard_size=shard,
-                               resize_max_side=side)[0])
+        dt, st = time_convert("llava", built, d / "w1", workers=1, shard_size=shard,
+                              resize_max_side=side)
+        t1.append(dt)
+        c1.append(st["cpu_seconds"])
+        dt, st = time_convert("llava", built, d / "wk", workers=workers, shard_size=shard,
+                              resize_max_side=side)
+        tk.append(dt)
+        ck.append(st["cpu_seconds"])
         rows.append(f"    run {k}: control {ideal[-1]:.2f}x  workers 1 {t1[-1]:.2f} s  workers "
                     f"{workers} {tk[-1]:.2f} s  ratio {t1[-1] / tk[-1]:.2f}")
     mb = total / 1e6
@@ -328,6 +344,10 @@ def bench_resize(tmp: Path, n: int, repeat: int, workers: int, side: int) -> Non
     print(f"  control: {workers} processes vs 1 on a pure CPU loop reach {max(ideal):.2f}x on this "
           f"machine now (load average {os.getloadavg()[0]:.1f}); per run:")
     print("\n".join(rows))
+    cpu1, cpuk = min(c1), min(ck)
+    print(f"  CPU time (all processes): workers 1 {cpu1:.2f} s, workers {workers} {cpuk:.2f} s "
+          f"({100 * (cpuk / cpu1 - 1):+.0f}%); estimate (not a measurement) for {workers} idle "
+          f"cores: {workers * cpu1 / cpuk:.2f}x")
 
 
 def main(argv=None) -> int:
