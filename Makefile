@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/mmit convert --format llava --input demo_data/llava_demo.json --media-root demo_data/images \
 		--output $(DEMO_OUT)/shards
 	$(BIN)/python -m mmit.evaluation.procedural --kind train --split held-in --n-per-task 1600 --seed 0 \
-		--mix $(DEMO_OUT)/shards:20 --output $(DEMO_OUT)/procedural_train
+		--mix $(DEMO_OUT)/shards:5 --output $(DEMO_OUT)/procedural_train
 	$(BIN)/python -m mmit.evaluation.procedural --kind eval --split all --n-per-task 100 --seed 1 \
 		--output $(DEMO_OUT)/procedural_eval
 	$(BIN)/mmit train --config_path configs/llava/tiny_demo_heldout.yaml

@@ -56,10 +56,11 @@ def test_answers_are_correct_from_the_pixels(name):
         s = make_sample(task, rng, i)
         img = Image.open(io.BytesIO(s.media[0].data)).convert("RGB")
         assert img.size == (64, 64)
-        ans = s.turns[1].content
+        assert s.turns[0].role == "system" and s.turns[0].content == ""
+        ans = s.turns[2].content
         assert ans == s.meta["label"] and s.meta["answers"] == [ans] and ans in s.meta["options"]
         assert _answer_from_pixels(name, img, s.meta["fields"]) == ans, (s.id, s.meta)
-        assert s.turns[0].content == "<image>\n" + task.templates[s.meta["template"]].format(**s.meta["fields"])
+        assert s.turns[1].content == "<image>\n" + task.templates[s.meta["template"]].format(**s.meta["fields"])
         answers.add(ans)
     assert len(answers) >= 2  # not a constant answer
 
@@ -121,5 +122,5 @@ def test_train_shards_mix_in_other_shards(tmp_path):
 
 def test_positions_cover_all_cells():
     rng = random.Random(0)
-    seen = {make_sample(TASKS["position"], rng, i).turns[1].content for i in range(80)}
+    seen = {make_sample(TASKS["position"], rng, i).turns[-1].content for i in range(80)}
     assert seen == set(POSITIONS)

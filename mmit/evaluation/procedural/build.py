@@ -30,10 +30,16 @@ from mmit.evaluation.procedural.tasks import TASKS, ProceduralTask, tasks_of_spl
 SOURCE = "procedural"
 
 
+#: Procedural samples carry this system turn: empty, so the conversation template renders no system
+#: prompt (vicuna-v1's default is ~40 tokens, more than the question and answer together). Training
+#: and eval samples carry the same one, so prompts match; the eval keeps a sample's system turn.
+SYSTEM = ""
+
+
 def make_sample(task: ProceduralTask, rng: random.Random, index: int, template: Optional[int] = None) -> Sample:
     """One sample of ``task``: a rendered scene, the question with template ``template`` (random
     when None), the answer; ``meta`` holds ``options``, ``label``, ``answers``, ``fields``,
-    ``template`` and the scene's objects (ground truth)."""
+    ``template`` and the scene's objects (ground truth). Turns: system :data:`SYSTEM`, user, assistant."""
     scene, fields, answer = task.make(rng)
     img = render(scene, rng)
     t = rng.randrange(len(task.templates)) if template is None else template
@@ -41,7 +47,8 @@ def make_sample(task: ProceduralTask, rng: random.Random, index: int, template: 
     meta = {"options": list(task.options), "label": answer, "answers": [answer], "fields": fields,
             "template": t, "split": task.split,
             "objects": [{"shape": o.shape, "color": o.color, "position": o.position} for o in scene.objects]}
-    return Sample(id=f"{task.name}-{index:06d}", turns=[Turn("user", f"<image>\n{question}"), Turn("assistant", answer)],
+    return Sample(id=f"{task.name}-{index:06d}", turns=[Turn("system", SYSTEM), Turn("user", f"<image>\n{question}"),
+                                                Turn("assistant", answer)],
                   media=[Media("image", path=f"{task.name}-{index:06d}.png", data=png_bytes(img), ext="png",
                                meta={"width": img.width, "height": img.height})],
                   task=task.name, source=SOURCE, meta=meta)
