@@ -173,7 +173,7 @@ def _absolutise(cfg: RunConfig, base: Path) -> None:
     """Paths in a checkpoint's config that are relative and exist under the checkpoint resolve there
     (``mmit import`` writes ``vision_tower/`` and ``llm/`` beside the config)."""
     for holder, attr in ((cfg.model.vision_tower, "name_or_path"), (cfg.model.llm, "name_or_path"),
-                         (cfg.model.llm, "tokenizer")):
+                         (cfg.model.llm, "tokenizer"), (cfg.diffusion, "pretrained_model_name_or_path")):
         v = getattr(holder, attr)
         if v and not os.path.isabs(v) and (base / v).exists():
             setattr(holder, attr, str(base / v))

@@ -193,7 +193,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         save_checkpoint(run_dir / "final", model=accelerator.unwrap_model(model), cfg=cfg, tokenizer=tokenizer,
                         trainer_state=trainer_state(), extra=family.save_extra)
         png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        summary = {"steps": step, "tokens_seen": tokens_seen, "skipped": stats.as_dict(),
+        summary = {"steps": step, f"{family.unit}_seen": tokens_seen, "skipped": stats.as_dict(),
                    "skipped_total": stats.total, "loss_png": str(png) if png else None}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         first, last = loss_fell(read_metrics(run_dir / "metrics.jsonl"))
