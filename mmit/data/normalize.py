@@ -198,8 +198,8 @@ def add_media_placeholders(turns: List[Turn], media: Sequence[Media]) -> List[Tu
 # -- base64 ------------------------------------------------------------------------------------------
 
 _B64_DATA_URI = re.compile(r"^data:[^,;]*(?:;[^,;]*)*;base64,", re.I)
-_B64_URLSAFE = str.maketrans("-_", "+/")
-_B64_WS = re.compile(r"\s+")
+_B64_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_B64_WS = b" \t\r\n\f\v"  # deleted by bytes.translate (a C loop; a regex over MBs of payload is 5x slower)
 
 
 def decode_base64(text: Any, where: str) -> bytes:
@@ -217,15 +217,17 @@ def decode_base64(text: Any, where: str) -> bytes:
     if not isinstance(text, str):
         raise SampleError(f"{where}: base64 media must be a string, got {type(text).__name__}",
                           "bad-base64")
-    body = _B64_WS.sub("", _B64_DATA_URI.sub("", text.strip(), count=1))
+    # non-ASCII characters become "?", which the strict decode below rejects
+    body = _B64_DATA_URI.sub("", text.strip(), count=1).encode("ascii", errors="replace")
+    body = body.translate(_B64_URLSAFE, _B64_WS)
     if not body:
         raise SampleError(f"{where}: empty base64 payload", "bad-base64")
-    body = body.translate(_B64_URLSAFE).rstrip("=")
+    body = body.rstrip(b"=")
     if len(body) % 4 == 1:
         raise SampleError(f"{where}: base64 payload has an impossible length ({len(body)} "
                           f"characters without padding)", "bad-base64")
     try:
-        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        return base64.b64decode(body + b"=" * (-len(body) % 4), validate=True)
     except (binascii.Error, ValueError) as e:
         raise SampleError(f"{where}: invalid base64: {e}", "bad-base64") from None
 
