@@ -429,6 +429,23 @@ def pointcloud_shape(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
 MISSING_POLICIES = ("skip", "error")
 
 
+def record_identity(record: Any, index: int, where: str) -> Tuple[str, str]:
+    """``(sample id, where)`` for one JSON record: its ``id`` field (string or integer, kept as a
+    string so ids like ``000000033471`` keep their zeros) or its ``index``; ``where`` gains the id.
+
+    Raises :class:`SampleError` (``invalid-record``) naming ``where`` when the record is not a JSON
+    object or its id is neither a string nor an integer."""
+    if not isinstance(record, dict):
+        raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
+                          "invalid-record")
+    rid = record.get("id", index)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise SampleError(f"{where}: 'id' must be a string or integer, got {rid!r}",
+                          "invalid-record")
+    sid = str(rid)
+    return sid, f"{where} (id {sid!r})"
+
+
 def check_missing_policy(missing: str) -> str:
     """Return ``missing`` if it is ``skip`` or ``error``; raise ``ValueError`` otherwise."""
     if missing not in MISSING_POLICIES:

@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
-from mmit.data.normalize import (add_media_placeholders, apply_policy, check_first_turn,
+from mmit.data.normalize import (record_identity, add_media_placeholders, apply_policy, check_first_turn,
                                  check_missing_policy, load_media, normalize_turns, record_extras,
                                  resolve_media_path, strip_dot_slash)
 from mmit.data.sample import Media, Sample, SampleError, Turn
@@ -112,15 +112,7 @@ def lamm_record_to_sample(record: Any, index: int, where: str, media_root: str,
     (``unsupported-pointcloud``, ``undecodable-pointcloud``, ``undecodable-image``,
     ``image-too-large``).
     """
-    if not isinstance(record, dict):
-        raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
-                          "invalid-record")
-    rid = record.get("id", index)
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise SampleError(f"{where}: 'id' must be a string or integer, got {rid!r}",
-                          "invalid-record")
-    sid = str(rid)
-    where = f"{where} (id {sid!r})"
+    sid, where = record_identity(record, index, where)
     meta = record_extras(record, _USED)
     if "conversations" in record:
         turns = normalize_turns(record["conversations"], where)

@@ -31,7 +31,7 @@ import os
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
 from mmit.data.media import read_media_bytes, sniff_ext
-from mmit.data.normalize import (check_first_turn, normalize_turns, place_image_placeholders,
+from mmit.data.normalize import (record_identity, check_first_turn, normalize_turns, place_image_placeholders,
                                  record_extras)
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -113,15 +113,7 @@ def llava_record_to_sample(record: Any, index: int, where: str, media_root: str,
             ``bad-role``, ``no-turns``, ``first-turn-not-user``, ``roles-not-alternating``,
             ``image-count-mismatch``, ``missing-media`` (file absent or unreadable).
     """
-    if not isinstance(record, dict):
-        raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
-                          "invalid-record")
-    rid = record.get("id", index)
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise SampleError(f"{where}: 'id' must be a string or integer, got {rid!r}",
-                          "invalid-record")
-    sid = str(rid)
-    where = f"{where} (id {sid!r})"
+    sid, where = record_identity(record, index, where)
     if "conversations" not in record:
         raise SampleError(f"{where}: no 'conversations' field", "invalid-record")
     paths = _image_paths(record.get("image"), where)

@@ -44,7 +44,7 @@ import re
 import unicodedata
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmit.data.normalize import (apply_policy, check_first_turn, check_missing_policy,
+from mmit.data.normalize import (record_identity, apply_policy, check_first_turn, check_missing_policy,
                                  load_media, normalize_turns, place_image_placeholders,
                                  record_extras, resolve_media_path, strip_dot_slash)
 from mmit.data.sample import Media, Sample, SampleError
@@ -107,15 +107,7 @@ def sharegpt4v_record_to_sample(record: Any, index: int, where: str, media_root:
     and the checks of :func:`~mmit.data.normalize.load_media` (``undecodable-image``,
     ``image-too-large``); placeholder and alternation problems surface from
     :meth:`Sample.validate`."""
-    if not isinstance(record, dict):
-        raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
-                          "invalid-record")
-    rid = record.get("id", index)
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise SampleError(f"{where}: 'id' must be a string or integer, got {rid!r}",
-                          "invalid-record")
-    sid = str(rid)
-    where = f"{where} (id {sid!r})"
+    sid, where = record_identity(record, index, where)
     if "conversations" not in record:
         raise SampleError(f"{where}: no 'conversations' field", "invalid-record")
     value = record.get("image")
