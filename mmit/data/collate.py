@@ -40,7 +40,25 @@ def expand_image_tokens(ids: List[int], labels: Optional[List[int]], image_token
     return out_ids, (out_labels if labels is not None else None), end
 
 
-class SamplePreprocessor:
+class CountingPreprocessor:
+    """Base of every family's preprocessor: ``self(sample)`` raises :class:`SampleError`;
+    :meth:`try_call` turns that into a counted skip. Subclasses set ``self.overflow``."""
+
+    overflow: str = "skip"
+
+    def try_call(self, sample: Sample, stats) -> Optional[Dict[str, object]]:
+        """``self(sample)``; under ``overflow='skip'`` a SampleError is counted in ``stats`` (by its
+        reason) and None returned, under ``'error'`` it propagates."""
+        try:
+            return self(sample)
+        except SampleError as e:
+            if self.overflow == "error":
+                raise
+            stats.add(e.reason, sample.id, str(e))
+            return None
+
+
+class SamplePreprocessor(CountingPreprocessor):
     """Sample -> ``{"id", "input_ids" [T], "labels" [T], "pixel_values" [n_img,3,H,W] or None}``.
 
     Args:
@@ -93,17 +111,6 @@ class SamplePreprocessor:
         pixel_values = self.image_transform(images) if images else None
         return {"id": sample.id, "input_ids": torch.tensor(ids, dtype=torch.long),
                 "labels": torch.tensor(labels, dtype=torch.long), "pixel_values": pixel_values}
-
-    def try_call(self, sample: Sample, stats) -> Optional[Dict[str, object]]:
-        """``self(sample)``; under ``overflow='skip'`` a SampleError is counted in ``stats`` (by its
-        reason) and None returned, under ``'error'`` it propagates."""
-        try:
-            return self(sample)
-        except SampleError as e:
-            if self.overflow == "error":
-                raise
-            stats.add(e.reason, sample.id, str(e))
-            return None
 
 
 def collate(items: List[Dict[str, object]], pad_token_id: int) -> Dict[str, object]:

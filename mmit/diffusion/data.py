@@ -12,12 +12,13 @@ which transforms the channel-stacked pair.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from PIL import Image
 
 from mmit.constants import IMAGE_PLACEHOLDER
+from mmit.data.collate import CountingPreprocessor
 from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
 from mmit.data.sample import Media, Sample, SampleError
 
@@ -54,7 +55,7 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return to_t(image).float().div_(255.0)
 
 
-class EditPreprocessor:
+class EditPreprocessor(CountingPreprocessor):
     """Sample -> ``{"id", "input_pixel_values" [3,R,R], "edited_pixel_values" [3,R,R], "input_ids" [L]}``.
 
     Pixel values are float32 in [-1, 1]; ``R`` is ``resolution``; ``L`` the tokenizer's
@@ -112,17 +113,6 @@ class EditPreprocessor:
         ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids[0]
         return {"id": sample.id, "input_pixel_values": pair[0], "edited_pixel_values": pair[1], "input_ids": ids}
-
-    def try_call(self, sample: Sample, stats) -> Optional[Dict[str, Any]]:
-        """``self(sample)``; under ``overflow='skip'`` a SampleError is counted in ``stats`` under its
-        reason and None returned, under ``'error'`` it propagates."""
-        try:
-            return self(sample)
-        except SampleError as e:
-            if self.overflow == "error":
-                raise
-            stats.add(e.reason, sample.id, str(e))
-            return None
 
 
 def collate_edits(items: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from mmit.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from mmit.data.collate import CountingPreprocessor
 from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
 from mmit.data.sample import Sample, SampleError
 from mmit.families.base import ModelFamily
@@ -81,7 +82,7 @@ def decode_video_frames(data: bytes, where: str, num_frames: int, max_pixels: in
     return [decoded[i].convert("RGB") for i in _uniform(len(decoded), num_frames)]
 
 
-class InstructBlipPreprocessor:
+class InstructBlipPreprocessor(CountingPreprocessor):
     """Sample -> ``{"id", "input_ids" [T], "labels" [T or T_dec], "pixel_values" [n,3,H,W] or None,
     "qformer_input_ids" [L]}`` in the InstructBLIP layout (:mod:`mmit.models.instructblip`).
 
@@ -162,16 +163,6 @@ class InstructBlipPreprocessor:
         sample.validate()
         instruction, answer = instruction_and_answer(sample)
         return self.encode(sample.id, instruction, answer, self._frames(sample))
-
-    def try_call(self, sample: Sample, stats) -> Optional[Dict[str, Any]]:
-        """``self(sample)``; a SampleError is counted in ``stats`` by reason (``overflow='skip'``) or raised."""
-        try:
-            return self(sample)
-        except SampleError as e:
-            if self.overflow == "error":
-                raise
-            stats.add(e.reason, sample.id, str(e))
-            return None
 
 
 def _pad(rows: List[torch.Tensor], value: int):
