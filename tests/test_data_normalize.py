@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from mmit.data.media import decode_image
+from mmit.data.media_resolve import (coco_name_variants, decode_base64, load_media, npy_header,
+                                     pointcloud_shape, resolve_media_path, strip_dot_slash)
 from mmit.data.normalize import (MEDIA_PLACEHOLDERS, add_media_placeholders, apply_policy,
-                                 check_missing_policy, coco_name_variants, decode_base64,
-                                 load_media, normalize_role, normalize_turns, npy_header,
-                                 pointcloud_shape,
-                                 place_image_placeholders, resolve_media_path, strip_dot_slash)
+                                 check_missing_policy, normalize_role, normalize_turns,
+                                 place_image_placeholders)
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
 

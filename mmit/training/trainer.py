@@ -177,10 +177,9 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         bar.update(1)
         state = trainer_state()
         if tc.save_steps > 0 and step % tc.save_steps == 0 and accelerator.is_main_process:
-            ckpt_dir = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}",
-                                       model=accelerator.unwrap_model(model), cfg=cfg, tokenizer=tokenizer,
-                                       trainer_state=state, optimizer=optimizer, scheduler=scheduler,
-                                       extra=family.save_extra)
+            save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}", model=accelerator.unwrap_model(model),
+                            cfg=cfg, tokenizer=tokenizer, trainer_state=state, optimizer=optimizer,
+                            scheduler=scheduler, extra=family.save_extra)
             prune_checkpoints(run_dir, tc.save_total_limit)
         if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
             bar.close()

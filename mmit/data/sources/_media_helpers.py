@@ -6,7 +6,7 @@ the skip/error policy) live in :mod:`mmit.data.normalize`; this module adapts th
 readers:
 
 * :func:`attach_file`: the ``load_bytes`` rule — read the file unchanged and check its content
-  (:func:`mmit.data.normalize.load_media`, plus a video check), or only check that it exists.
+  (:func:`mmit.data.media_resolve.load_media`, plus a video check), or only check that it exists.
 * :func:`attach_bytes`: the same content check for in-memory bytes (base64 JSON, parquet cells).
 * :func:`image_cell_bytes`: bytes out of a parquet image cell (HF ``datasets`` ``Image`` struct
   ``{bytes, path}`` or a binary column).
@@ -20,7 +20,8 @@ import os
 from typing import Any, Optional, Tuple
 
 from mmit.data.media import media_kind, sniff_ext
-from mmit.data.normalize import MEDIA_PLACEHOLDERS, load_media
+from mmit.data.normalize import MEDIA_PLACEHOLDERS
+from mmit.data.media_resolve import load_media
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.stats import SkipCounter
 

@@ -60,8 +60,8 @@ import os
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from mmit.data.normalize import (record_identity, add_media_placeholders, apply_policy, check_first_turn,
-                                 check_missing_policy, load_media, normalize_turns, record_extras,
-                                 resolve_media_path, strip_dot_slash)
+                                 check_missing_policy, normalize_turns, record_extras)
+from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -108,7 +108,7 @@ def lamm_record_to_sample(record: Any, index: int, where: str, media_root: str,
 
     ``benchmark_task`` is the task name used for benchmark records (the file's stem). Raises
     :class:`SampleError`: ``invalid-record``, ``bad-role``, ``no-turns``, ``first-turn-not-user``,
-    ``missing-media``, and the checks of :func:`~mmit.data.normalize.load_media`
+    ``missing-media``, and the checks of :func:`~mmit.data.media_resolve.load_media`
     (``unsupported-pointcloud``, ``undecodable-pointcloud``, ``undecodable-image``,
     ``image-too-large``).
     """

@@ -44,7 +44,7 @@ one image per example (LA in-context, SD) put each image in its own chunk (IMAGE
 
 Skip reasons: ``unknown-instruction-id`` (a train/in-context id not in ``data``),
 ``invalid-record``, ``missing-media`` (image id not in the store: Otter issues #172/#329),
-``bad-base64`` (:func:`mmit.data.normalize.decode_base64`), ``undecodable-image`` (decoded bytes
+``bad-base64`` (:func:`mmit.data.media_resolve.decode_base64`), ``undecodable-image`` (decoded bytes
 are not an image).
 """
 
@@ -57,7 +57,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import check_missing_policy, decode_base64
+from mmit.data.normalize import check_missing_policy
+from mmit.data.media_resolve import decode_base64
 from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 

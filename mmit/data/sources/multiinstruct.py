@@ -27,7 +27,7 @@ Fields mapped:
   the part after ``raw_datasets/``, then ever shorter tails (at least two components) under
   ``media_root`` and ``media_root/raw_datasets`` (``/projects/.../seen_data/wikihow/data/x/
   image/s.jpg`` finds ``raw_datasets/wikihow/data/x/image/s.jpg``). COCO 2014 names also find
-  COCO 2017 files (:func:`~mmit.data.normalize.coco_name_variants`).
+  COCO 2017 files (:func:`~mmit.data.media_resolve.coco_name_variants`).
 * ``options`` → ``meta["options"]`` (the candidate answers, in the order the prompt lists them, for
   vocabulary ranking; records without ``options`` whose prompt ends in an ``[Options]:`` list,
   the wikihow step-order tasks, get that list and ``meta["options_from_prompt"] = True``).
@@ -64,9 +64,8 @@ import os
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from mmit.data.normalize import (apply_policy, check_missing_policy, load_media,
-                                 place_image_placeholders, record_extras, resolve_media_path,
-                                 strip_dot_slash)
+from mmit.data.normalize import apply_policy, check_missing_policy, place_image_placeholders, record_extras
+from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -284,7 +283,7 @@ def multiinstruct_record_to_sample(record: Any, index: int, where: str, media_ro
     """Normalise one MultiInstruct record (module docstring). Raises :class:`SampleError`:
     ``invalid-record`` (not an object, missing/non-string ``prompt``/``target``/``task_name``/
     ``image_path``, bad ``options``/``region``), ``missing-media``, and the media checks of
-    :func:`~mmit.data.normalize.load_media`."""
+    :func:`~mmit.data.media_resolve.load_media`."""
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
                           "invalid-record")

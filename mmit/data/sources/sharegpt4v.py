@@ -45,8 +45,8 @@ import unicodedata
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.data.normalize import (record_identity, apply_policy, check_first_turn, check_missing_policy,
-                                 load_media, normalize_turns, place_image_placeholders,
-                                 record_extras, resolve_media_path, strip_dot_slash)
+                                 normalize_turns, place_image_placeholders, record_extras)
+from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -104,7 +104,7 @@ def sharegpt4v_record_to_sample(record: Any, index: int, where: str, media_root:
                                 max_pixels: Optional[int] = None) -> Sample:
     """Normalise one ShareGPT4V record (module docstring). Raises :class:`SampleError`:
     ``invalid-record``, ``bad-role``, ``no-turns``, ``first-turn-not-user``, ``missing-media``
-    and the checks of :func:`~mmit.data.normalize.load_media` (``undecodable-image``,
+    and the checks of :func:`~mmit.data.media_resolve.load_media` (``undecodable-image``,
     ``image-too-large``); placeholder and alternation problems surface from
     :meth:`Sample.validate`."""
     sid, where = record_identity(record, index, where)

@@ -17,7 +17,7 @@ Mapping:
 * ``image`` → ``Media(kind="image")``; ``video`` → ``Media(kind="video")`` holding the file's bytes
   untouched (``load_bytes=True``); paths resolve against ``media_root`` (default: the annotation
   file's folder), COCO 2014 names (``train2014/COCO_train2014_000000021248.jpg``) also match a
-  COCO 2017 copy (:func:`mmit.data.normalize.resolve_media_path`; ``meta["resolved_by"]`` then
+  COCO 2017 copy (:func:`mmit.data.media_resolve.resolve_media_path`; ``meta["resolved_by"]`` then
   says ``coco-name``); ``Media.meta["original_path"]`` keeps the path as written, and a video's
   ``meta`` keeps ``start``/``end`` (seconds) when the record has them.
 * ``QA`` → alternating ``user`` (``q``) / ``assistant`` (``a``) turns. The first user turn starts
@@ -44,7 +44,8 @@ from typing import Any, Iterator, List, Optional, Union
 
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import add_media_placeholders, check_missing_policy, resolve_media_path
+from mmit.data.normalize import add_media_placeholders, check_missing_policy
+from mmit.data.media_resolve import resolve_media_path
 from mmit.data.sources._media_helpers import attach_file, report, validated
 from mmit.data.sources.llava import iter_json_records
 from mmit.data.stats import SkipCounter

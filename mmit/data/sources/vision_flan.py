@@ -49,9 +49,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmit.data.normalize import (apply_policy, check_first_turn, check_missing_policy,
-                                 load_media, normalize_turns, place_image_placeholders,
-                                 record_extras, resolve_media_path)
+from mmit.data.normalize import (apply_policy, check_first_turn, check_missing_policy, normalize_turns,
+                                 place_image_placeholders, record_extras)
+from mmit.data.media_resolve import load_media, resolve_media_path
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -126,7 +126,7 @@ def vision_flan_record_to_sample(record: Any, index: int, where: str, media_root
     """Normalise one Vision-Flan record of any layout (module docstring). Raises
     :class:`SampleError`: ``invalid-record``, ``bad-role``, ``no-turns``,
     ``first-turn-not-user``, ``missing-media`` and the checks of
-    :func:`~mmit.data.normalize.load_media`."""
+    :func:`~mmit.data.media_resolve.load_media`."""
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
                           "invalid-record")

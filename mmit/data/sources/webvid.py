@@ -37,7 +37,8 @@ from typing import Dict, Iterator, List, Optional, Union
 
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import check_missing_policy, resolve_media_path
+from mmit.data.normalize import check_missing_policy
+from mmit.data.media_resolve import resolve_media_path
 from mmit.data.sources._media_helpers import VIDEO_PLACEHOLDER, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 
