@@ -23,6 +23,7 @@ Every reader that sees ``[{"from": "human"|"gpt", "value": ...}]`` or ``[{"role"
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 from mmit.constants import IMAGE_PLACEHOLDER
@@ -201,6 +202,22 @@ def record_identity(record: Any, index: int, where: str) -> Tuple[str, str]:
                           "invalid-record")
     sid = str(rid)
     return sid, f"{where} (id {sid!r})"
+
+
+def open_annotation(path: Any, media_root: Any, missing: str, dataset: str,
+                    default_root: Callable[[str], str] = lambda p: os.path.dirname(os.path.abspath(p))
+                    ) -> Tuple[str, str]:
+    """The preamble every file reader shares: check ``missing``, check that the annotation file
+    exists, and pick the media root (``media_root``, else ``default_root(path)``: the file's folder).
+
+    Returns ``(path, media root)`` as strings. Raises ``ValueError`` for a bad ``missing`` policy and
+    ``FileNotFoundError`` naming ``dataset`` and the path."""
+    check_missing_policy(missing)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{dataset} annotation file not found: {path}")
+    root = os.fspath(media_root) if media_root is not None else default_root(path)
+    return path, root
 
 
 def check_missing_policy(missing: str) -> str:

@@ -59,8 +59,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
-from mmit.data.normalize import (record_identity, add_media_placeholders, apply_policy, check_first_turn,
-                                 check_missing_policy, normalize_turns, record_extras)
+from mmit.data.normalize import (add_media_placeholders, apply_policy, check_first_turn, normalize_turns,
+                                 open_annotation, record_extras, record_identity)
 from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
@@ -164,11 +164,7 @@ def read_lamm(path: PathLike, media_root: Optional[PathLike] = None, missing: st
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time),
     ``ValueError`` (malformed JSON, naming file and line; bad ``missing``).
     """
-    check_missing_policy(missing)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LAMM annotation file not found: {path}")
-    root = os.fspath(media_root) if media_root is not None else default_media_root(path)
+    path, root = open_annotation(path, media_root, missing, "LAMM", default_media_root)
     counter = stats if stats is not None else SkipCounter()
     bench_task = os.path.splitext(os.path.basename(path))[0]
 

@@ -31,8 +31,8 @@ import os
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
 from mmit.data.media import read_media_bytes, sniff_ext
-from mmit.data.normalize import (record_identity, check_first_turn, normalize_turns, place_image_placeholders,
-                                 record_extras)
+from mmit.data.normalize import (check_first_turn, normalize_turns, open_annotation, place_image_placeholders,
+                                 record_extras, record_identity)
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.stats import SkipCounter
@@ -167,13 +167,7 @@ def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: s
         ValueError: malformed JSON (message names the file and line/column) or bad ``missing``.
         SampleError: under ``missing="error"``, naming the file, record index and id.
     """
-    if missing not in ("skip", "error"):
-        raise ValueError(f"missing must be 'skip' or 'error', got {missing!r}")
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LLaVA annotation file not found: {path}")
-    root = os.fspath(media_root) if media_root is not None else os.path.dirname(
-        os.path.abspath(path))
+    path, root = open_annotation(path, media_root, missing, "LLaVA")
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:

@@ -64,7 +64,7 @@ import os
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from mmit.data.normalize import apply_policy, check_missing_policy, place_image_placeholders, record_extras
+from mmit.data.normalize import apply_policy, open_annotation, place_image_placeholders, record_extras
 from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
@@ -345,12 +345,7 @@ def read_multiinstruct(path: PathLike, media_root: Optional[PathLike] = None,
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time) for a
     missing ``path``, ``ValueError`` for malformed JSON (file and line) or a bad ``missing``.
     """
-    check_missing_policy(missing)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MultiInstruct annotation file not found: {path}")
-    root = os.fspath(media_root) if media_root is not None else os.path.dirname(
-        os.path.abspath(path))
+    path, root = open_annotation(path, media_root, missing, "MultiInstruct")
     counter = stats if stats is not None else SkipCounter()
 
     def items() -> Iterator[Tuple[int, Any, str]]:

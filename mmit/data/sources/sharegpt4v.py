@@ -44,8 +44,8 @@ import re
 import unicodedata
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmit.data.normalize import (record_identity, apply_policy, check_first_turn, check_missing_policy,
-                                 normalize_turns, place_image_placeholders, record_extras)
+from mmit.data.normalize import (apply_policy, check_first_turn, normalize_turns, open_annotation,
+                                 place_image_placeholders, record_extras, record_identity)
 from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -152,11 +152,7 @@ def read_sharegpt4v(path: PathLike, media_root: Optional[PathLike] = None, missi
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time),
     ``ValueError`` (malformed JSON naming file and line; bad ``missing``).
     """
-    check_missing_policy(missing)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ShareGPT4V annotation file not found: {path}")
-    root = os.fspath(media_root) if media_root is not None else default_media_root(path)
+    path, root = open_annotation(path, media_root, missing, "ShareGPT4V", default_media_root)
     counter = stats if stats is not None else SkipCounter()
 
     def items() -> Iterator[Tuple[int, Any, str]]:

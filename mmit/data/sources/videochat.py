@@ -44,7 +44,7 @@ from typing import Any, Iterator, List, Optional, Union
 
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import add_media_placeholders, check_missing_policy
+from mmit.data.normalize import add_media_placeholders, open_annotation
 from mmit.data.media_resolve import resolve_media_path
 from mmit.data.sources._media_helpers import attach_file, report, validated
 from mmit.data.sources.llava import iter_json_records
@@ -137,12 +137,7 @@ def read_videochat(path: PathLike, media_root: Optional[PathLike] = None, missin
         FileNotFoundError: ``path`` missing (at call time). ValueError: malformed JSON (file, line).
         SampleError: under ``missing="error"``, naming the file, record index and id.
     """
-    check_missing_policy(missing)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VideoChat annotation file not found: {path}")
-    root = os.fspath(media_root) if media_root is not None else os.path.dirname(
-        os.path.abspath(path))
+    path, root = open_annotation(path, media_root, missing, "VideoChat")
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmit.data.normalize import (apply_policy, check_first_turn, check_missing_policy, normalize_turns,
+from mmit.data.normalize import (apply_policy, check_first_turn, normalize_turns, open_annotation,
                                  place_image_placeholders, record_extras)
 from mmit.data.media_resolve import load_media, resolve_media_path
 from mmit.data.sample import Media, Sample, SampleError, Turn
@@ -184,12 +184,7 @@ def read_vision_flan(path: PathLike, media_root: Optional[PathLike] = None,
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time),
     ``ValueError`` (malformed JSON; bad ``missing``).
     """
-    check_missing_policy(missing)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Vision-Flan annotation file not found: {path}")
-    root = os.fspath(media_root) if media_root is not None else os.path.dirname(
-        os.path.abspath(path))
+    path, root = open_annotation(path, media_root, missing, "Vision-Flan")
     counter = stats if stats is not None else SkipCounter()
 
     def to_sample(index: int, record: Any, where: str) -> Sample:
