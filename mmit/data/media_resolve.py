@@ -233,6 +233,16 @@ def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
     return tuple(int(x) for x in shape), dtype.str
 
 
+def npz_points(npz) -> np.ndarray:
+    """The point array of an opened ``.npz``: its only array, else the one named ``points``, ``xyz``,
+    ``pcl`` or ``arr_0``. Raises ``ValueError`` listing the names when none fits."""
+    keys = npz.files
+    pick = keys[0] if len(keys) == 1 else next((k for k in ("points", "xyz", "pcl", "arr_0") if k in keys), None)
+    if pick is None:
+        raise ValueError(f"several arrays and none named points/xyz/pcl: {keys}")
+    return npz[pick]
+
+
 def pointcloud_shape(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
     """Shape and dtype of a point cloud stored as ``.npy`` (header only) or ``.npz`` (its only
     array, or the one named ``points``/``xyz``/``pcl``/``arr_0``; loaded with
@@ -241,12 +251,7 @@ def pointcloud_shape(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
         return npy_header(data, where)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            keys = z.files
-            pick = keys[0] if len(keys) == 1 else next(
-                (k for k in ("points", "xyz", "pcl", "arr_0") if k in keys), None)
-            if pick is None:
-                raise ValueError(f"several arrays and none named points/xyz/pcl: {keys}")
-            arr = z[pick]
+            arr = npz_points(z)
     except Exception as e:
         raise SampleError(f"{where}: undecodable .npz point cloud: {e}",
                           "undecodable-pointcloud") from None

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from mmit.data.media import MAX_PIXELS, check_image, read_media_bytes, sniff_ext, to_rgb
+from mmit.data.media_resolve import npz_points
 from mmit.data.sample import Sample, SampleError
 from mmit.data.shards import ShardWriter
 from mmit.data.stats import SkipCounter
@@ -141,12 +142,7 @@ def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...], str
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if ext == "npz":
-            keys = loaded.files
-            pick = keys[0] if len(keys) == 1 else next(
-                (k for k in ("points", "xyz", "pcl", "arr_0") if k in keys), None)
-            if pick is None:
-                raise ValueError(f"several arrays and none named points/xyz/pcl: {keys}")
-            loaded = loaded[pick]
+            loaded = npz_points(loaded)
     except Exception as e:
         raise SampleError(f"{where}: undecodable point cloud ({ext}): {e}",
                           "undecodable-pointcloud") from None
