@@ -4,7 +4,6 @@ Every conversion also checks records_in == written + sum(skipped)."""
 
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,8 @@ import pytest
 from PIL import Image
 
 import mmit.data.convert as convert_mod
-from mmit.data.convert import convert, is_sampled, main
+from mmit.data.convert import convert, main
+from mmit.data.record_subset import is_sampled
 from mmit.data.sample import Media, Sample, Turn
 from mmit.data.shards import ShardWriter, iter_shards
 from mmit.data.sources import FORMATS

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from mmit.data.distribute import DISTRIBUTORS, get_distributor
 from mmit.data.media import MAX_PIXELS
+from mmit.data.record_subset import Intake, chunk_records
 from mmit.data.shard_build import REENCODE, SHARD_FORMAT_VERSION, ShardOptions, ShardResult, ShardTask, build_shard
 from mmit.data.sample import Sample
 from mmit.data.shards import (TMP_SUFFIX, atomic_write, complete_shard_stats,
@@ -48,83 +49,12 @@ from mmit.data.sources import available_formats, get_reader
 from mmit.data.stats import SkipCounter
 from mmit.registry import UnknownNameError
 
-#: Skip reason of records left out by ``sample_rate``.
-NOT_SAMPLED = "not-sampled"
 MANIFEST = "_convert.json"
 _SHARD_FILE = re.compile(r"^(\d{5,})(\.tar|_stats\.json)$")
 _OWNED = re.compile(r"^(\d{5,}\.tar|\d{5,}_stats\.json|_stats\.json|_convert\.json)(\.tmp)?$")
 
 
 # -- planning: which records, which shards -----------------------------------------------------
-
-def is_sampled(position: int, rate: float, seed: int = 0) -> bool:
-    """Whether the record at input ``position`` is in the ``rate`` subset for ``seed``.
-
-    A hash of ``(seed, position)`` compared with ``rate``: deterministic across runs, processes
-    and machines, and nested (the subset at rate 0.1 is inside the subset at 0.5, same seed)."""
-    if rate >= 1.0:
-        return True
-    h = hashlib.blake2b(f"{int(seed)}/{int(position)}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") < rate * 2.0 ** 64
-
-
-class _LimitReached(BaseException):
-    """Stops the reader at ``max_records`` (a BaseException, so a reader's ``except Exception``
-    cannot swallow it)."""
-
-
-class _Intake(SkipCounter):
-    """The reader's skip counter: enforces ``max_records`` on records read (kept + skipped) and
-    counts a skipped record that ``sample_rate`` leaves out as ``not-sampled``, whatever the
-    reader's reason, so the counts do not depend on records outside the subset."""
-
-    def __init__(self, limit: Optional[int], rate: float, seed: int):
-        super().__init__()
-        self.limit, self.rate, self.seed, self.kept = limit, rate, seed, 0
-
-    @property
-    def seen(self) -> int:
-        return self.kept + self.total
-
-    def room(self) -> bool:
-        return self.limit is None or self.seen < self.limit
-
-    def add(self, reason, sample_id=None, message=None, n=1):
-        if n and not self.room():
-            raise _LimitReached
-        start = self.seen
-        out = sum(not is_sampled(p, self.rate, self.seed) for p in range(start, start + n))
-        if out:
-            super().add(NOT_SAMPLED, n=out)
-        if n - out or not n:
-            super().add(reason, sample_id, message, n - out)
-
-
-def _chunks(samples: Iterator[Sample], intake: _Intake, shard_size: int
-            ) -> Iterator[List[Tuple[int, Sample]]]:
-    chunk: List[Tuple[int, Sample]] = []
-    try:
-        for sample in samples:
-            if not intake.room():
-                break
-            position = intake.seen
-            if not is_sampled(position, intake.rate, intake.seed):
-                intake.add(NOT_SAMPLED)
-                continue
-            intake.kept += 1
-            chunk.append((position, sample))
-            if len(chunk) == shard_size:
-                yield chunk
-                chunk = []
-            if not intake.room():
-                break
-    except _LimitReached:
-        pass
-    finally:
-        getattr(samples, "close", lambda: None)()
-    if chunk:
-        yield chunk
-
 
 def task_digest(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOptions) -> str:
     """sha256 (hex) of what decides shard ``index``'s bytes: the format version, options and each
@@ -198,8 +128,8 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
             ``invalid-record``, ``undecodable-image``, ...); ``"error"`` stops at the first one.
         max_records: read at most this many input records (selected or not), all when None.
         sample_rate: keep each read record with this probability (0..1), decided by a hash of
-            its input position and ``seed`` (:func:`is_sampled`); the rest count as
-            ``skipped["not-sampled"]``.
+            its input position and ``seed`` (:func:`mmit.data.record_subset.is_sampled`); the
+            rest count as ``skipped["not-sampled"]``.
         resize_max_side: downscale images whose longer side exceeds this (pixels).
         reencode: ``jpeg``/``png``/``webp``: re-encode every image; None keeps original bytes
             (a resized image is written as JPEG if it was a JPEG, else PNG). quality: 1-100.
@@ -259,7 +189,7 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
         dist.close()
         raise
     t0 = time.perf_counter()
-    intake = _Intake(None if max_records is None else int(max_records), float(sample_rate),
+    intake = Intake(None if max_records is None else int(max_records), float(sample_rate),
                      int(seed))
     results: Dict[int, ShardResult] = {}
     reused: List[int] = []
@@ -275,7 +205,7 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
     def tasks() -> Iterator[ShardTask]:
         samples = reader(input, media_root=media_root, missing=missing, stats=intake,
                          **(reader_options or {}))
-        for index, chunk in enumerate(_chunks(samples, intake, int(shard_size))):
+        for index, chunk in enumerate(chunk_records(samples, intake, int(shard_size))):
             digest = task_digest(index, chunk, opts)
             old = complete_shard_stats(os.path.join(output, f"{index:05d}.tar"), digest)
             if old is not None:
