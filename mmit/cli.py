@@ -21,7 +21,7 @@ commands:
   inspect   look at converted shards:   mmit inspect OUT_DIR
   generate  answer a prompt:       mmit generate --checkpoint DIR --image PATH --prompt TEXT [--json]
   eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR
-  edit      edit an image (InstructPix2Pix):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
+  edit      edit an image (instructpix2pix family):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
   export    to another toolkit's folder:   mmit export --checkpoint DIR --format FORMAT --output DIR
   import    from another toolkit's folder: mmit import --format FORMAT --input DIR --output DIR
 
@@ -71,8 +71,7 @@ def cmd_train(argv: List[str]) -> int:
 def cmd_generate(argv: List[str]) -> int:
     from PIL import Image
 
-    from mmit.inference import generate
-    from mmit.training.checkpoint import load_model_from_checkpoint
+    from mmit.inference import generate, load_for_inference
 
     p = argparse.ArgumentParser(prog="mmit generate", description="Answer a prompt about an image with a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
@@ -89,8 +88,8 @@ def cmd_generate(argv: List[str]) -> int:
             raise FileNotFoundError(f"image not found: {a.image}")
         with open(a.image, "rb") as f:
             image = decode_image(f.read(), a.image)
-    model, tokenizer, cfg = load_model_from_checkpoint(a.checkpoint)
-    ans = generate(model, tokenizer, cfg.model.template, a.prompt, image, a.max_new_tokens)
+    model, processor, _ = load_for_inference(a.checkpoint)
+    ans = generate(model, processor, a.prompt, image, a.max_new_tokens)
     print(json.dumps({"text": ans.text, "token_ids": ans.token_ids}) if a.json else ans.text)
     return 0
 
@@ -126,8 +125,17 @@ def _lazy(target: str):
 
 
 COMMANDS = {"train": cmd_train, "convert": cmd_convert, "inspect": _lazy("mmit.data.inspect:main"),
-            "generate": cmd_generate, "eval": _lazy("mmit.evaluation.cli:main"),
-            "edit": _lazy("mmit.diffusion.cli:edit_main"), "export": cmd_export, "import": cmd_import}
+            "generate": cmd_generate, "eval": _lazy("mmit.evaluation.cli:main"), "export": cmd_export,
+            "import": cmd_import}
+
+
+def all_commands() -> dict:
+    """The shared commands plus every family's own (``ModelFamily.commands``, e.g. ``edit``)."""
+    from mmit.families import family_table
+
+    out = dict(COMMANDS)
+    out.update({k: _lazy(target) for k, (_, target) in family_table("commands").items()})
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -136,19 +144,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
+    commands = all_commands()
+    if name not in commands:
         import difflib
 
-        close = difflib.get_close_matches(name, COMMANDS, n=3)
+        close = difflib.get_close_matches(name, commands, n=3)
         print(f"mmit: unknown command {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-              + f" (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+              + f" (commands: {', '.join(commands)})", file=sys.stderr)
         return 2
     _quiet_libraries()
     from mmit.data.sample import SampleError
     from mmit.registry import UnknownNameError
 
     try:
-        return COMMANDS[name](rest)
+        return commands[name](rest)
     except (FileNotFoundError, UnknownNameError, SampleError, ValueError, OSError) as e:
         print(f"mmit {name}: error: {e}", file=sys.stderr)
         return 2

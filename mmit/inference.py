@@ -1,9 +1,10 @@
-"""Inference on a trained checkpoint: one image (or none) and a prompt -> the model's answer.
+"""Inference on a trained checkpoint: a prompt (with an image or none) -> the model's answer.
 
-Used by ``mmit generate``. The prompt goes through the same conversation template as training
-(``encode_prompt`` with the generation prompt appended), each ``<image>`` is expanded to the
-tower's ``num_image_tokens`` ids, and decoding runs through transformers' ``generate`` with a KV
-cache (greedy unless told otherwise).
+Used by ``mmit generate``. Any family that generates text works the same way: its processor turns
+the prompt into a typed batch (the family's own prompt layout: a conversation template for LLaVA,
+the bare instruction for InstructBLIP) and the model decodes through the inference contract
+(:meth:`~mmit.models.interface.MultimodalModel.generate_tokens`, transformers ``generate`` with a KV
+cache; greedy unless told otherwise).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import List
 import torch
 
 from mmit.constants import IMAGE_PLACEHOLDER
-from mmit.data.collate import expand_image_tokens
 from mmit.data.sample import Turn
+from mmit.models.interface import model_device
 
 
 @dataclass
@@ -33,32 +34,36 @@ def prompt_turns(prompt: str, with_image: bool) -> List[Turn]:
     return [Turn("user", prompt)]
 
 
+def load_for_inference(checkpoint, dtype: torch.dtype = torch.float32):
+    """``(model, processor, cfg)`` of a checkpoint or run folder whose family generates text.
+
+    Raises ``FileNotFoundError`` for a folder without a checkpoint and ``ValueError`` for a family
+    that does not produce text (e.g. ``instructpix2pix``: use its own command)."""
+    from mmit.families import get_family_class
+    from mmit.training.checkpoint import load_model_from_checkpoint
+
+    model, tokenizer, cfg = load_model_from_checkpoint(checkpoint, dtype)
+    fam = get_family_class(cfg.family)
+    if not fam.generates_text:
+        extra = f" (its commands: {', '.join(fam.commands)})" if fam.commands else ""
+        raise ValueError(f"{checkpoint}: family {cfg.family!r} does not generate text{extra}")
+    return model, fam().processor(cfg, model, tokenizer), cfg
+
+
 @torch.no_grad()
-def generate(model, tokenizer, template: str, prompt: str, image=None, max_new_tokens: int = 64,
-             **generate_kwargs) -> Answer:
+def generate(model, processor, prompt: str, image=None, max_new_tokens: int = 64, **generate_kwargs) -> Answer:
     """Answer ``prompt`` about ``image`` (a PIL image or None).
 
     Returns :class:`Answer` with the decoded text (special tokens removed) and the newly generated ids
-    (the eos token included when the model emitted one).
+    (the stop token included when the model emitted one).
     """
-    if hasattr(model, "answer"):  # families with their own prompt layout (InstructBLIP: no chat template)
-        return model.answer(tokenizer, prompt, image, max_new_tokens, **generate_kwargs)
-    from mmit.templates.labels import encode_prompt
-
-    ids = encode_prompt(tokenizer, prompt_turns(prompt, image is not None), template)
-    ids, _, _ = expand_image_tokens(ids, None, model.image_token_id, model.num_image_tokens)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    pixel_values = None
-    if image is not None:
-        pixel_values = model.vision_tower.image_processor([image]).to(device)
-    from mmit.templates import stop_token_ids
-
-    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": stop_token_ids(tokenizer, template),
-              "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
-    out = model.generate(input_ids, torch.ones_like(input_ids), pixel_values, **kwargs)
-    new = out[0].tolist()
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        while new and new[-1] == tokenizer.pad_token_id:
+    item = processor.prompt(prompt_turns(prompt, image is not None), [] if image is None else [image])
+    batch = processor.collate_prompts([item]).to(model_device(model))
+    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": processor.stop_token_ids(),
+              "pad_token_id": processor.pad_id, **generate_kwargs}
+    new = model.generate_tokens(batch, **kwargs)[0].tolist()
+    pad = processor.tokenizer.pad_token_id
+    if pad is not None and pad != processor.tokenizer.eos_token_id:
+        while new and new[-1] == pad:
             new.pop()
-    return Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), new)
+    return Answer(processor.decode(new), new)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmit.cli import main as mmit_main
 from mmit.config.schema import RunConfig
-from mmit.diffusion.triples import procedural_samples
+from mmit.families.instructpix2pix.triples import procedural_samples
 
 PROMPT = "make the square red"
 
@@ -21,7 +21,7 @@ PROMPT = "make the square red"
 def ckpt(tmp_path_factory):
     """A checkpoint written by the trainer's save_checkpoint: UNet weights moved off their init, and an
     EMA that differs from them (so the test can tell which weights were exported)."""
-    from mmit.diffusion.family import InstructPix2PixFamily
+    from mmit.families.instructpix2pix.family import InstructPix2PixFamily
     from mmit.training.checkpoint import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("ip2p_export")
@@ -95,7 +95,7 @@ def test_mmit_edit_and_exported_pipeline_give_the_same_image(ckpt, exported):
 
 @pytest.mark.parametrize("scales", [(1.0, 1.0), (3.0, 2.0)])
 def test_parity_without_guidance_and_other_scales(ckpt, exported, scales):
-    from mmit.diffusion.pipeline import edit_image, load_editor
+    from mmit.families.instructpix2pix.pipeline import edit_image, load_editor
 
     path, tmp = ckpt
     model, tok, _ = load_editor(path)

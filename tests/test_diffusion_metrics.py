@@ -11,8 +11,8 @@ from PIL import Image
 
 from mmit.config.schema import DiffusionConfig
 from mmit.data.stats import SkipCounter
-from mmit.diffusion.metrics import ClipSimilarity, load_eval_items, sweep, to_unit_tensor, write_report
-from mmit.diffusion.triples import edit_sample, procedural_samples
+from mmit.families.instructpix2pix.metrics import ClipSimilarity, load_eval_items, sweep, to_unit_tensor, write_report
+from mmit.families.instructpix2pix.triples import edit_sample, procedural_samples
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_clip_similarities_agree_with_a_direct_open_clip_computation(clip):
 
 
 def test_sweep_rows_are_means_over_items_and_the_report_is_written(clip, tmp_path):
-    from mmit.diffusion.model import build_model
-    from mmit.diffusion.pipeline import edit_image
+    from mmit.families.instructpix2pix.model import build_model
+    from mmit.families.instructpix2pix.pipeline import edit_image
 
     model, tok = build_model(DiffusionConfig(pretrained_model_name_or_path="tiny-sd", resolution=32))
     model.eval()

@@ -14,11 +14,11 @@ from PIL import Image
 from mmit.config.schema import DiffusionConfig
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
-from mmit.diffusion.data import EditPreprocessor, collate_edits, edit_parts
-from mmit.diffusion.model import (InstructPix2PixModel, build_model, conditioning_dropout_masks, dropout_rates,
+from mmit.families.instructpix2pix.data import EditPreprocessor, collate_edits, edit_parts
+from mmit.families.instructpix2pix.model import (InstructPix2PixModel, build_model, conditioning_dropout_masks, dropout_rates,
                                   widen_conv_in)
-from mmit.diffusion.tiny import ensure_tiny_sd
-from mmit.diffusion.triples import COLOURS, edit_sample, make_triple, procedural_samples
+from mmit.families.instructpix2pix.tiny import ensure_tiny_sd
+from mmit.families.instructpix2pix.triples import COLOURS, edit_sample, make_triple, procedural_samples
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from mmit.cli import main as mmit_main
 from mmit.config.schema import load_config
-from mmit.diffusion.family import EMA_STATE, EMA_WEIGHTS
+from mmit.families.instructpix2pix.family import EMA_STATE, EMA_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "instructpix2pix" / "tiny.yaml"
@@ -61,8 +61,8 @@ def test_training_lowers_the_loss_on_a_fixed_batch(run):
     """Same batch, noise and timesteps: the trained UNet predicts the noise better than the initial one."""
     from mmit.data.shards import iter_shards
     from mmit.data.stats import SkipCounter
-    from mmit.diffusion.data import EditPreprocessor, collate_edits
-    from mmit.diffusion.model import build_model
+    from mmit.families.instructpix2pix.data import EditPreprocessor, collate_edits
+    from mmit.families.instructpix2pix.model import build_model
     from mmit.training.checkpoint import load_model_from_checkpoint
 
     trained, tok, cfg = load_model_from_checkpoint(run / "run")
@@ -88,7 +88,7 @@ def test_checkpoint_holds_the_unet_and_its_ema(run):
 
 
 def test_load_extra_restores_the_ema(run):
-    from mmit.diffusion.pipeline import load_editor
+    from mmit.families.instructpix2pix.pipeline import load_editor
     from mmit.training.checkpoint import load_model_from_checkpoint
 
     model, _, cfg = load_model_from_checkpoint(run / "run")

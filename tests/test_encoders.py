@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mmit.config.schema import VisionTowerConfig
+from mmit.config.components import VisionTowerConfig
 from mmit.models.cache import MARKER_NAME, build_dir_once, mmit_cache_dir
 from mmit.models.encoders import VISION_TOWERS, build_vision_tower, ensure_tiny_tower, expand2square, tiny_tower_names
 from mmit.models.encoders.tiny import uniform_bits

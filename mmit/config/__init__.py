@@ -1,7 +1,12 @@
-"""Run configuration: dataclasses read from YAML with command-line overrides (draccus)."""
+"""Run configuration: dataclasses read from YAML with command-line overrides (draccus).
 
-from mmit.config.schema import (DataConfig, LLMConfig, ModelConfig, ProjectorConfig, RunConfig,
-                                TrainConfig, VisionTowerConfig, load_config, save_config)
+:mod:`mmit.config.schema` holds the run-level sections (``data``, ``train``) and the family switch;
+:mod:`mmit.config.components` the sections of shared model parts; each family's ``model`` section
+lives in its package (``mmit/families/<name>/config.py``).
+"""
 
-__all__ = ["DataConfig", "LLMConfig", "ModelConfig", "ProjectorConfig", "RunConfig", "TrainConfig",
-           "VisionTowerConfig", "load_config", "save_config"]
+from mmit.config.components import LLMConfig, ProjectorConfig, QFormerConfig, VisionTowerConfig
+from mmit.config.schema import DataConfig, FamilyConfig, RunConfig, TrainConfig, load_config, save_config
+
+__all__ = ["DataConfig", "FamilyConfig", "LLMConfig", "ProjectorConfig", "QFormerConfig", "RunConfig",
+           "TrainConfig", "VisionTowerConfig", "load_config", "save_config"]

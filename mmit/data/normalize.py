@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
-from mmit.constants import IMAGE_PLACEHOLDER
+from mmit.constants import IMAGE_PLACEHOLDER, MEDIA_PLACEHOLDERS
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
 
@@ -148,15 +148,8 @@ def record_extras(record: Mapping[str, Any], used: Sequence[str]) -> Dict[str, A
 
 # -- placeholders for the other media kinds --------------------------------------------------------
 
-#: Placeholder written into turn text for one media item of each kind. ``<image>`` is LLaVA's
-#: (``mmit.constants.IMAGE_PLACEHOLDER``); the others follow the same spelling so one rule
-#: (:func:`place_image_placeholders` with ``placeholder=``) places them all.
-MEDIA_PLACEHOLDERS: Dict[str, str] = {
-    "image": IMAGE_PLACEHOLDER,
-    "video": "<video>",
-    "audio": "<audio>",
-    "pointcloud": "<pointcloud>",
-}
+# MEDIA_PLACEHOLDERS (mmit.constants) is the one table: ``<image>`` is LLaVA's; the others follow the
+# same spelling so one rule (:func:`place_image_placeholders` with ``placeholder=``) places them all.
 
 
 def add_media_placeholders(turns: List[Turn], media: Sequence[Media]) -> List[Turn]:

@@ -1,4 +1,4 @@
-"""The one record type every source format is normalised into (DESIGN.md §1).
+"""The one record type every source format is normalised into (docs/architecture.md, "Data").
 
 A :class:`Sample` is what readers in ``mmit.data.sources`` yield, what ``mmit convert`` writes into a
 shard's ``.json`` member (media bytes go in their own members), and what the collator turns into
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from mmit.constants import IMAGE_PLACEHOLDER, MEDIA_KINDS, ROLES
+from mmit.constants import IMAGE_PLACEHOLDER, MEDIA_KINDS, MEDIA_PLACEHOLDERS, ROLES
 
 
 class SampleError(ValueError):
@@ -82,8 +82,10 @@ class Sample:
         """Check roles and placeholder counts. Returns self; raises :class:`SampleError` naming the id.
 
         Rules: roles are ``system|user|assistant``; at most one leading system turn; then user and
-        assistant alternate starting with user; the number of ``<image>`` placeholders equals the
-        number of image media items.
+        assistant alternate starting with user; for every media kind the number of its placeholders
+        (:data:`mmit.constants.MEDIA_PLACEHOLDERS`: ``<image>``, ``<video>``, ``<audio>``,
+        ``<pointcloud>``) equals the number of media items of that kind (reasons
+        ``image-count-mismatch``, ``video-count-mismatch``, ...).
         """
         turns = self.turns
         if not turns:
@@ -99,11 +101,12 @@ class Sample:
                 raise SampleError(
                     f"sample {self.id!r}: roles do not alternate: turn {i + len(turns) - len(body)} "
                     f"is {t.role!r}, expected {want!r}", "roles-not-alternating")
-        n_img = sum(1 for m in self.media if m.kind == "image")
-        n_ph = self.num_placeholders()
-        if n_ph != n_img:
-            raise SampleError(f"sample {self.id!r}: {n_ph} {IMAGE_PLACEHOLDER} placeholder(s) but "
-                              f"{n_img} image(s)", "image-count-mismatch")
+        for kind, ph in MEDIA_PLACEHOLDERS.items():
+            n_media = sum(1 for m in self.media if m.kind == kind)
+            n_ph = self.num_placeholders(ph)
+            if n_ph != n_media:
+                raise SampleError(f"sample {self.id!r}: {n_ph} {ph} placeholder(s) but {n_media} {kind}(s)",
+                                  f"{kind}-count-mismatch")
         return self
 
     # -- (de)serialisation; media bytes are not part of the JSON -----------------------------------

@@ -35,7 +35,7 @@ from mmit.evaluation.scorers import best_index, generate_batch, rank_batch
 log = logging.getLogger("mmit.eval")
 
 
-def score_items(model, tokenizer, template: str, task: TaskConfig, items: Sequence[EvalItem], batch_size: int,
+def score_items(model, processor, task: TaskConfig, items: Sequence[EvalItem], batch_size: int,
                 progress: bool = False) -> List[Dict[str, Any]]:
     """Score ``items`` of one task in batches; returns one prediction record per item (the dict
     format :mod:`mmit.evaluation.metrics.base` documents, plus ``prompt``)."""
@@ -48,9 +48,9 @@ def score_items(model, tokenizer, template: str, task: TaskConfig, items: Sequen
     for k in range(0, len(items), batch_size):
         batch = items[k:k + batch_size]
         if task.output == "rank":
-            outs = rank_batch(model, tokenizer, template, batch, task.rank, memo)
+            outs = rank_batch(model, processor, batch, task.rank, memo)
         else:
-            outs = generate_batch(model, tokenizer, template, batch, task.generate)
+            outs = generate_batch(model, processor, batch, task.generate)
         for it, o in zip(batch, outs):
             rec: Dict[str, Any] = {"task": task.name, "id": it.sample_id, "template": it.template,
                                    "prompt": it.prompt}
@@ -137,21 +137,20 @@ def _json_safe(x):
 
 
 def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequence[str] = (),
-              model=None, tokenizer=None, template: Optional[str] = None, progress: bool = True,
-              plot: bool = True) -> Dict[str, Any]:
+              model=None, processor=None, progress: bool = True, plot: bool = True) -> Dict[str, Any]:
     """Evaluate ``checkpoint`` on the suite (or single task) in ``config_path``; write the outputs
     into ``output`` (module docstring) and return the results dict.
 
-    ``model``/``tokenizer``/``template`` skip loading the checkpoint (tests, notebooks).
+    ``model``/``processor`` skip loading the checkpoint (tests, notebooks).
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file for bad configs or data.
     """
     suite, tasks = load_suite(config_path, overrides)
     if model is None:
-        from mmit.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint_dir
+        from mmit.inference import load_for_inference
+        from mmit.training.checkpoint import resolve_checkpoint_dir
 
         checkpoint = str(resolve_checkpoint_dir(checkpoint))
-        model, tokenizer, cfg = load_model_from_checkpoint(checkpoint)
-        template = cfg.model.template
+        model, processor, _ = load_for_inference(checkpoint)
     model.eval()
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +168,7 @@ def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequenc
                 raise ValueError(f"{path}: task {task.name!r} has no usable sample in {task.data.path} "
                                  f"(skipped: {skips.as_dict()})")
             ts = time.perf_counter()
-            records = score_items(model, tokenizer, template, task, items, suite.batch_size, progress)
+            records = score_items(model, processor, task, items, suite.batch_size, progress)
             res: Dict[str, Any] = {"split": task.split, "n": n, "n_prompts": len(records),
                                    "skipped": skips.as_dict(), "chance": chance_level(task, items)}
             res.update(task_metrics(task, records))

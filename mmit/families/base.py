@@ -1,61 +1,101 @@
-"""The contract between the shared trainer and one model family (see :mod:`mmit.families`)."""
+"""The contract between the shared code (trainer, checkpoints, generation, evaluation, export) and
+one model family. docs/architecture.md walks through adding a family.
+
+Life-cycle, in the order the trainer calls the hooks:
+
+1. :meth:`ModelFamily.build` constructs the architecture and its tokenizer from the config: pure (no
+   file written, no training-only state, no pretrained weights that a checkpoint would replace).
+   Loading a checkpoint is ``build`` + load weights + :meth:`~ModelFamily.load_extra`.
+2. :meth:`~ModelFamily.prepare_data` (main process only, before any data is read) and
+   :meth:`~ModelFamily.prepare_for_training` (pretrained initialisation, EMA, later LoRA).
+3. :meth:`~ModelFamily.trainable_modules` names what trains in the stage; the trainer sets
+   ``requires_grad`` (:func:`mmit.training.params.apply_trainable`) and builds the optimizer from
+   :meth:`~ModelFamily.param_groups` after ``accelerator.prepare``.
+4. :meth:`~ModelFamily.processor` (a stateless :class:`~mmit.data.processor.Processor`: samples and
+   prompts -> typed :class:`~mmit.data.batch.Batch`), then per micro-batch :meth:`~ModelFamily.loss`
+   and :meth:`~ModelFamily.count`, per optimizer step :meth:`~ModelFamily.on_step_end`.
+5. With every checkpoint: :meth:`~ModelFamily.checkpoint_config` (the config written into it) and
+   :meth:`~ModelFamily.save_extra`.
+
+The model a family builds is a :class:`~mmit.models.interface.MultimodalModel` (the inference
+contract: ``prefill`` / ``extend`` / ``generate_tokens``) or, for a family that does not produce
+text (diffusion), declares :attr:`ModelFamily.generates_text` False and its own commands.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 
 class ModelFamily:
-    """Hooks the trainer calls, in this order: :meth:`build`, :meth:`apply_stage`,
-    :meth:`preprocessor` (per sample, possibly in DataLoader workers), :meth:`collate` (per batch),
-    :meth:`loss` (per micro-batch), :meth:`count` (throughput), :meth:`on_step_end` (after each
-    optimizer step), :meth:`save_extra` / :meth:`load_extra` (with every checkpoint).
+    """One family's hooks (module docstring). Subclasses set the class attributes and implement the
+    methods that raise ``NotImplementedError``."""
 
-    Subclasses override the abstract methods; the hooks after ``count`` default to doing nothing.
-    """
-
+    #: The ``model:`` config dataclass (registered with ``FamilyConfig.register_subclass(name)``).
+    config_class: type = None  # type: ignore[assignment]
+    #: ``train.stage`` values this family supports.
+    stages: Tuple[str, ...] = ("align", "finetune", "full")
     #: The unit :meth:`count` returns, for ``<unit>_per_s`` in the metrics (``tokens``, ``images``).
     unit: str = "tokens"
+    #: Whether the model produces text (``mmit generate``, ``mmit eval``).
+    generates_text: bool = True
+    #: ``format -> "module:function"``: ``mmit export`` writers (``function(checkpoint, output) -> Path``).
+    exporters: Dict[str, str] = {}
+    #: ``format -> "module:function"``: ``mmit import`` readers (``function(input, output, template) -> Path``).
+    importers: Dict[str, str] = {}
+    #: ``command -> "module:function"``: extra ``mmit`` commands (``function(argv) -> int``).
+    commands: Dict[str, str] = {}
 
+    # -- construction --------------------------------------------------------------------------------
     def build(self, cfg, dtype: torch.dtype = torch.float32) -> Tuple[nn.Module, Any]:
-        """``(model, tokenizer)`` from a :class:`~mmit.config.schema.RunConfig` (weights by hub id or
-        local path). The tokenizer is saved with each checkpoint (``save_pretrained``)."""
+        """``(model, tokenizer)`` from a RunConfig; pure (module docstring). The tokenizer is saved with
+        each checkpoint (``save_pretrained``)."""
         raise NotImplementedError
 
-    def apply_stage(self, model: nn.Module, cfg) -> Dict[str, bool]:
-        """Set ``requires_grad`` for ``cfg.train.stage``; returns top-level module -> trains."""
+    def prepare_data(self, cfg) -> None:
+        """Write data the run needs before it reads any (e.g. procedural samples). Main process only."""
+
+    def prepare_for_training(self, model: nn.Module, cfg) -> None:
+        """Training-only initialisation after ``model.init_from`` is loaded and before a resume loads
+        its checkpoint: pretrained connector weights, EMA, adapters."""
+
+    # -- what trains -----------------------------------------------------------------------------------
+    def trainable_modules(self, cfg) -> Dict[str, bool]:
+        """Top-level module name -> trains in ``cfg.train.stage`` (all modules, for the parameter table)."""
         raise NotImplementedError
 
-    def parameter_modules(self, model: nn.Module) -> List[str]:
-        """Top-level module names for the parameter table in ``train.log``."""
-        return [n for n, _ in model.named_children()]
+    def param_groups(self, model: nn.Module, cfg) -> Dict[str, Tuple[List[Tuple[str, nn.Parameter]], Optional[float]]]:
+        """Group name -> (named trainable parameters, lr or None for ``train.lr``). Default: one group."""
+        return {"model": ([(n, p) for n, p in model.named_parameters() if p.requires_grad], None)}
 
-    def preprocessor(self, cfg, model: nn.Module, tokenizer):
-        """A picklable callable ``Sample -> item dict`` with ``try_call(sample, stats)`` that counts a
-        :class:`~mmit.data.sample.SampleError` under its reason (``data.overflow: skip``) and returns None."""
+    # -- data ----------------------------------------------------------------------------------------------
+    def processor(self, cfg, model: nn.Module, tokenizer):
+        """The :class:`~mmit.data.processor.Processor` for this model (picklable, stateless)."""
         raise NotImplementedError
 
-    def collate(self, items: List[Dict[str, Any]], tokenizer) -> Dict[str, Any]:
-        """Stack preprocessed items into a batch dict (tensors plus ``ids``: the sample ids)."""
+    # -- training step ---------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        """Scalar training loss for a :class:`~mmit.data.batch.Batch` already on the model's device."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
-        """Scalar training loss for a batch already on the model's device."""
-        raise NotImplementedError
-
-    def count(self, batch: Dict[str, Any]) -> int:
+    def count(self, batch) -> int:
         """Units of work in a batch (see :attr:`unit`)."""
-        raise NotImplementedError
+        return int(batch.attention_mask.sum())
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         """Called after every optimizer step (e.g. an EMA update)."""
 
-    def save_extra(self, model: nn.Module, ckpt_dir: Path) -> None:
-        """Write family-specific state (e.g. EMA weights) into a checkpoint folder."""
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def checkpoint_config(self, cfg):
+        """The config written into a checkpoint (e.g. with paths to files :meth:`save_extra` writes)."""
+        return cfg
 
-    def load_extra(self, model: nn.Module, ckpt_dir: Path) -> None:
+    def save_extra(self, model: nn.Module, ckpt_dir: Path) -> None:
+        """Write family-specific state (e.g. EMA weights, a second tokenizer) into a checkpoint folder."""
+
+    def load_extra(self, model: nn.Module, ckpt_dir: Path, cfg) -> None:
         """Read what :meth:`save_extra` wrote (a missing file is not an error: older checkpoints)."""

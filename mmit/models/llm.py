@@ -1,4 +1,5 @@
-"""Language models: any HF ``AutoModelForCausalLM`` by hub id or local folder, plus ``tiny-*`` members.
+"""Language models: any HF ``AutoModelForCausalLM`` (or ``AutoModelForSeq2SeqLM``) by hub id or local
+folder, plus ``tiny-*`` members.
 
 Tiny members are built from a config with a fixed seed, saved with ``save_pretrained`` into the
 mmit cache (``$MMIT_CACHE/tiny/<name>``) and then loaded back by path through exactly the same
@@ -14,7 +15,7 @@ from typing import Callable, Tuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmit.config.schema import LLMConfig
+from mmit.config.components import LLMConfig
 from mmit.models.cache import build_dir_once, mmit_cache_dir
 from mmit.models.tokenizer import build_tiny_tokenizer, ensure_image_token
 from mmit.registry import Registry
@@ -103,3 +104,42 @@ def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, image_token_id
+
+
+def is_seq2seq(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` (tiny name, hub id or folder) is an encoder-decoder LM (Flan-T5)."""
+    from mmit.models.tiny_seq2seq import TINY_SEQ2SEQ
+
+    if name_or_path in TINY_SEQ2SEQ:
+        return True
+    if name_or_path.startswith("tiny-"):
+        return False
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(name_or_path), "is_encoder_decoder", False))
+
+
+def load_seq2seq_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
+    """``AutoModelForSeq2SeqLM`` (Flan-T5) + tokenizer (``<image>`` added, embeddings resized). Returns
+    ``(model, tokenizer, image_token_id)``; raises ``OSError`` for a missing checkpoint."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from mmit.models.tiny_seq2seq import resolve_seq2seq_path
+    from mmit.models.tokenizer import ensure_image_token
+
+    path = resolve_seq2seq_path(cfg.name_or_path)
+    tok_path = resolve_seq2seq_path(cfg.tokenizer) if cfg.tokenizer else path
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.trust_remote_code)
+    image_token_id = ensure_image_token(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer, image_token_id
+
+
+def load_any_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32
+                 ) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
+    """:func:`load_seq2seq_llm` for an encoder-decoder checkpoint, else :func:`load_llm`."""
+    if is_seq2seq(cfg.name_or_path):
+        return load_seq2seq_llm(cfg, dtype)
+    return load_llm(cfg, dtype)

@@ -45,18 +45,25 @@ def build_tiny_tokenizer(save_dir: str | None = None, vocab_size: int = 1024) ->
     return fast
 
 
+def ensure_special_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """Make ``text`` (a placeholder of :data:`mmit.constants.MEDIA_PLACEHOLDERS`, ``<|endofchunk|>``, ...)
+    one special token of ``tokenizer``, adding it if needed; returns its id. Raises ``ValueError`` if
+    it still encodes to several ids. Callers that add a token must resize the LLM's embeddings."""
+    if text not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [text]}, replace_extra_special_tokens=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"{text} does not encode to one token: {ids}")
+    return ids[0]
+
+
 def ensure_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """Make ``<image>`` a single special token of ``tokenizer`` (adding it if needed) and make sure a
     pad token exists (the unk, else eos token, as LLaVA does). Returns the ``<image>`` token id.
 
     Callers that add a token must resize the LLM's embeddings to ``len(tokenizer)``.
     """
-    if IMAGE_PLACEHOLDER not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]},
-                                     replace_extra_special_tokens=False)
+    image_id = ensure_special_token(tokenizer, IMAGE_PLACEHOLDER)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    ids = tokenizer.encode(IMAGE_PLACEHOLDER, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(f"{IMAGE_PLACEHOLDER} does not encode to one token: {ids}")
-    return ids[0]
+    return image_id

@@ -98,3 +98,40 @@ def encode_prompt(tokenizer, turns: Sequence[Turn], template: str) -> List[int]:
     out = tokenizer.apply_chat_template(_messages(turns), chat_template=tpl.chat_template, tokenize=True,
                                         return_dict=True, add_generation_prompt=True)
     return list(out["input_ids"])
+
+
+def answer_ids_in_context(tokenizer, turns: Sequence[Turn], template: str, answer: str, score_end_of_turn: bool,
+                          prompt: Sequence[int] | None = None, sample_id: str = "prompt") -> List[int]:
+    """Token ids of ``answer`` as the assistant's reply right after the prompt ``turns``.
+
+    Tokenized in context (the prompt followed by the answer, rendered with the conversation
+    template), so the ids are exactly those the model learned for this answer. Without
+    ``score_end_of_turn`` the template's end-of-turn tokens (``</s>``, ``<|im_end|>``) are left out.
+    ``prompt``: :func:`encode_prompt` of ``turns`` (computed when None).
+
+    Raises ``ValueError`` when the template tokenizes prompt + answer so that the prompt's ids are
+    not a prefix (the boundary merged), or the answer has no token.
+    """
+    tpl = get_template(template)
+    if prompt is None:
+        prompt = encode_prompt(tokenizer, turns, template)
+    msgs = _messages(list(turns) + [Turn("assistant", answer)])
+    out = tokenizer.apply_chat_template(msgs, chat_template=tpl.chat_template, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, amask = list(out["input_ids"]), list(out["assistant_masks"])
+    n = len(prompt)
+    if ids[:n] != list(prompt):
+        raise ValueError(f"sample {sample_id!r}: with template {template!r} the prompt's tokens change when "
+                         f"the answer {answer!r} follows; cannot rank in context")
+    last = max((j for j, m in enumerate(amask) if m), default=len(ids) - 1)
+    cont = ids[n:last + 1]
+    if not score_end_of_turn:
+        want = _norm(answer)
+        for k in range(1, len(cont) + 1):
+            if _norm(tokenizer.decode(cont[:k], skip_special_tokens=False,
+                                      clean_up_tokenization_spaces=False)) == want:
+                cont = cont[:k]
+                break
+    if not cont:
+        raise ValueError(f"sample {sample_id!r}: candidate {answer!r} has no tokens")
+    return cont

@@ -3,16 +3,20 @@ RNG states and the data position, so ``--resume`` continues mid-epoch with the s
 
 Layout of one checkpoint folder::
 
-    config.yaml          resolved RunConfig
-    model.safetensors    the weights that train in this stage (all of them after ``full``)
+    config.yaml          resolved RunConfig (the family's ``checkpoint_config``; relative paths resolve here)
+    model.safetensors    the weights that train in this stage (all of them after ``full``), gathered as a
+                         full state dict (``accelerator.get_state_dict``: whole tensors under FSDP/ZeRO-3)
     tokenizer/           tokenizer with its chat template
     optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True)
     scheduler.pt         lr-scheduler state (likewise)
     rng.json, rng.safetensors   Python / NumPy / torch RNG states
     trainer_state.json   step, epoch, data position, skip counts; written last (marks completeness)
 
+    ...                  family files (``save_extra``: EMA weights, the Q-Former tokenizer, ...)
+
 Checkpoints live in ``<output_dir>/checkpoints/step-XXXXXXX``; the final model also in
-``<output_dir>/final`` (no optimizer state).
+``<output_dir>/final`` (no optimizer state). Loading one is the family's pure ``build`` + the weights +
+``load_extra``: nothing is written.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmit.config.paths import absolutise
 from mmit.config.schema import RunConfig, load_config, save_config
 
 STATE_FILE = "trainer_state.json"
@@ -42,9 +47,25 @@ def trainable_state_dict(model: nn.Module, only_trainable: bool = True) -> Dict[
             if p.requires_grad or not only_trainable}
 
 
-def save_weights(model: nn.Module, path: str | Path, only_trainable: bool = True) -> None:
-    """Write the trainable (or all) parameters to a safetensors file, keyed by parameter name."""
-    save_file(trainable_state_dict(model, only_trainable), str(path), metadata={"format": "pt"})
+def select_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module, only_trainable: bool = True
+                   ) -> Dict[str, torch.Tensor]:
+    """The entries of a full ``state_dict`` (e.g. ``accelerator.get_state_dict(model)``) that are
+    parameters of ``model`` requiring grad (or all its parameters), as contiguous CPU copies.
+    Raises ``KeyError`` naming a parameter missing from ``state_dict``."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad or not only_trainable]
+    missing = [n for n in names if n not in state_dict]
+    if missing:
+        raise KeyError(f"state dict lacks {len(missing)} parameter(s), e.g. {missing[:3]}")
+    return {n: state_dict[n].detach().to("cpu").contiguous().clone() for n in names}
+
+
+def save_weights(model: nn.Module, path: str | Path, only_trainable: bool = True,
+                 state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Write the trainable (or all) parameters to a safetensors file, keyed by parameter name; taken
+    from ``state_dict`` when given (a gathered full state dict), else from the model."""
+    weights = (trainable_state_dict(model, only_trainable) if state_dict is None
+               else select_weights(state_dict, model, only_trainable))
+    save_file(weights, str(path), metadata={"format": "pt"})
 
 
 def load_weights(model: nn.Module, path: str | Path) -> int:
@@ -91,17 +112,19 @@ def _set_rng_state(meta: dict, tensors: Dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RunConfig, tokenizer, trainer_state: dict,
                     optimizer=None, scheduler=None, only_trainable: bool = True,
-                    extra: Optional[Callable[[nn.Module, Path], None]] = None) -> Path:
-    """Write a checkpoint folder atomically (a temporary folder renamed into place).
+                    extra: Optional[Callable[[nn.Module, Path], None]] = None,
+                    state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Path:
+    """Write a checkpoint folder atomically (a temporary folder renamed into place). Main process only.
 
-    ``extra(model, folder)`` writes family-specific files (e.g. EMA weights) before the folder is
-    marked complete."""
+    ``model`` is the unwrapped model (names, ``requires_grad``); ``state_dict`` its gathered full state
+    dict (default: read from ``model``). ``extra(model, folder)`` writes family-specific files (e.g. EMA
+    weights) before the folder is marked complete."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_config(cfg, tmp / "config.yaml")
-    save_weights(model, tmp / "model.safetensors", only_trainable)
+    save_weights(model, tmp / "model.safetensors", only_trainable, state_dict)
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     if extra is not None:
         extra(model, tmp)
@@ -169,18 +192,9 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
                             "or a run folder with final/ or checkpoints/step-*)")
 
 
-def _absolutise(cfg: RunConfig, base: Path) -> None:
-    """Paths in a checkpoint's config that are relative and exist under the checkpoint resolve there
-    (``mmit import`` writes ``vision_tower/`` and ``llm/`` beside the config)."""
-    for holder, attr in ((cfg.model.vision_tower, "name_or_path"), (cfg.model.llm, "name_or_path"),
-                         (cfg.model.llm, "tokenizer"), (cfg.diffusion, "pretrained_model_name_or_path")):
-        v = getattr(holder, attr)
-        if v and not os.path.isabs(v) and (base / v).exists():
-            setattr(holder, attr, str(base / v))
-
-
 def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Rebuild the model from the checkpoint's config and load its weights.
+    """Rebuild the model from the checkpoint's config (the family's pure ``build``) and load its
+    weights; writes nothing.
 
     Returns ``(model, tokenizer, cfg)``; the model is in eval mode. Raises ``FileNotFoundError``.
     """
@@ -190,12 +204,12 @@ def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.floa
 
     ckpt = resolve_checkpoint_dir(path)
     cfg = load_config(str(ckpt / "config.yaml"))
-    _absolutise(cfg, ckpt)
+    absolutise(cfg, ckpt)  # relative path fields (``llm``, ``qformer_tokenizer``, ...) live in the checkpoint
     family = get_family(cfg.family)
     model, tokenizer = family.build(cfg, dtype)
     if (ckpt / "tokenizer").is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
     load_weights(model, ckpt / "model.safetensors")
-    family.load_extra(model, ckpt)
+    family.load_extra(model, ckpt, cfg)
     model.eval()
     return model, tokenizer, cfg

@@ -14,13 +14,14 @@ import json
 import os
 import random
 from itertools import islice
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmit.config.schema import DataConfig
-from mmit.data.collate import SamplePreprocessor
+from mmit.data.batch import Batch
+from mmit.data.processor import Processor
 from mmit.data.sample import Sample
 from mmit.data.stats import SkipCounter
 
@@ -76,7 +77,7 @@ class SampleStream:
 class _PreprocessedEpoch(IterableDataset):
     """Preprocessed items of one epoch from ``start``; DataLoader workers take every k-th sample."""
 
-    def __init__(self, stream: SampleStream, pre: SamplePreprocessor, epoch: int, start: int):
+    def __init__(self, stream: SampleStream, pre: Processor, epoch: int, start: int):
         self.stream, self.pre, self.epoch, self.start = stream, pre, epoch, start
 
     def __iter__(self):
@@ -89,12 +90,11 @@ class _PreprocessedEpoch(IterableDataset):
             yield pos, self.pre.try_call(sample, skip), (skip if skip else None)
 
 
-def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, collate_fn: Callable[[list], dict],
-            start_epoch: int = 0, start_pos: int = 0, num_workers: int = 0
-            ) -> Iterator[Tuple[dict, int, int]]:
+def batches(stream: SampleStream, pre: Processor, batch_size: int, start_epoch: int = 0, start_pos: int = 0,
+            num_workers: int = 0) -> Iterator[Tuple[Batch, int, int]]:
     """Endless batches across epochs: yields ``(batch, epoch, next_position)``.
 
-    ``batch`` is ``collate_fn(items)`` (the family's collate, e.g. :func:`mmit.data.collate.collate`).
+    ``batch`` is ``pre.collate(items)``, a :class:`~mmit.data.batch.Batch`.
     ``next_position`` is the raw-sample index in
     ``epoch`` where a resumed run starts. Skipped samples (counted in ``stream.stats``) never reach a
     batch. A partial batch at the end of an epoch is yielded as is. Raises ``RuntimeError`` if an
@@ -114,16 +114,16 @@ def batches(stream: SampleStream, pre: SamplePreprocessor, batch_size: int, coll
             items.append(item)
             if len(items) == batch_size:
                 produced += 1
-                yield collate_fn(items), epoch, pos
+                yield pre.collate(items), epoch, pos
                 items = []
         if items:
             produced += 1
-            yield collate_fn(items), epoch, pos
+            yield pre.collate(items), epoch, pos
         if produced == 0 and start_pos == 0:
             raise RuntimeError(f"epoch {epoch} produced no usable sample (skips: {stream.stats.as_dict()})")
         epoch, pos, start_pos = epoch + 1, 0, 0
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch with every tensor moved to ``device`` (other values, e.g. ``ids``, unchanged)."""
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor moved to ``device``."""
+    return batch.to(device)

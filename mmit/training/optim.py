@@ -1,8 +1,8 @@
-"""AdamW with parameter groups (projector lr, no decay on biases and norms) and the lr schedule."""
+"""AdamW over the family's parameter groups (each split into decayed / not decayed) and the lr schedule."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -10,28 +10,29 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from mmit.config.schema import TrainConfig
 
+NamedGroups = Dict[str, Tuple[List[Tuple[str, nn.Parameter]], Optional[float]]]
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> List[dict]:
-    """Trainable parameters split by (projector or not) x (decayed or not). 1-D tensors (biases,
-    norm weights) get no weight decay, as in LLaVA's / HF Trainer's ``get_decay_parameter_names``."""
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_proj = name.startswith("projector.")
-        decay = p.ndim >= 2
-        lr = cfg.projector_lr if (is_proj and cfg.projector_lr is not None) else cfg.lr
-        key = (is_proj, decay)
-        g = groups.setdefault(key, {"params": [], "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0,
-                                    "name": ("projector" if is_proj else "model") + ("" if decay else "-no-decay")})
-        g["params"].append(p)
-    if not groups:
+
+def param_groups(groups: NamedGroups, cfg: TrainConfig) -> List[dict]:
+    """Optimizer groups from the family's ``name -> (named parameters, lr or None)``: each split by
+    decay; 1-D tensors (biases, norm weights) get no weight decay, as in LLaVA's / HF Trainer's
+    ``get_decay_parameter_names``. Raises ``ValueError`` when nothing trains."""
+    out = []
+    for name in sorted(groups):
+        named, lr = groups[name]
+        for decay in (True, False):
+            params = [p for _, p in named if p.requires_grad and (p.ndim >= 2) == decay]
+            if params:
+                out.append({"params": params, "lr": cfg.lr if lr is None else lr,
+                            "weight_decay": cfg.weight_decay if decay else 0.0,
+                            "name": name + ("" if decay else "-no-decay")})
+    if not out:
         raise ValueError("no trainable parameters: check train.stage")
-    return [groups[k] for k in sorted(groups)]
+    return out
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+def build_optimizer(groups: NamedGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(groups, cfg), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              eps=cfg.adam_eps)
 
 
@@ -40,6 +41,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     warmup = int(-(-cfg.warmup_ratio * total_steps // 1))
     if cfg.lr_scheduler == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    if cfg.lr_scheduler == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup)
-    raise ValueError(f"unknown train.lr_scheduler {cfg.lr_scheduler!r} (expected cosine or constant)")
+    return get_constant_schedule_with_warmup(optimizer, warmup)

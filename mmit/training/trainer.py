@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +27,7 @@ from mmit.training.checkpoint import (latest_checkpoint, load_training_state, lo
 from mmit.training.data import SampleStream, batches, to_device
 from mmit.training.metrics import MetricsLogger, loss_fell, plot_loss, read_metrics
 from mmit.training.optim import build_optimizer, build_scheduler
-from mmit.training.stages import parameter_table
+from mmit.training.params import apply_trainable, parameter_table
 
 log = logging.getLogger("mmit.train")
 
@@ -40,9 +39,7 @@ def resolve_precision(precision: str) -> str:
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"
-    table = {"fp32": "no", "no": "no", "bf16": "bf16", "fp16": "fp16"}
-    if precision not in table:
-        raise ValueError(f"unknown train.precision {precision!r} (expected auto, fp32, bf16 or fp16)")
+    table = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
     return table[precision]
 
 
@@ -101,27 +98,29 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     save_config(cfg, run_dir / "config.yaml")
 
     family = get_family(cfg.family)
+    if accelerator.is_main_process:
+        family.prepare_data(cfg)
+    accelerator.wait_for_everyone()
     model, tokenizer = family.build(cfg)
     if cfg.model.init_from:
         src = resolve_checkpoint_dir(cfg.model.init_from)
         n = load_weights(model, src / "model.safetensors")
         log.info("initialised %d tensors from %s", n, src)
-    family.apply_stage(model, cfg)
-    table, _ = parameter_table(model, family.parameter_modules(model))
+    family.prepare_for_training(model, cfg)
+    trains = apply_trainable(model, family.trainable_modules(cfg))
+    table, _ = parameter_table(model, list(trains))
     log.info("stage %s, parameters:\n%s", tc.stage, table)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
     stats = SkipCounter()
     stream = SampleStream(cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes, stats)
-    pre = family.preprocessor(cfg, model, tokenizer)
+    pre = family.processor(cfg, model, tokenizer)
     per_step = tc.batch_size * tc.gradient_accumulation_steps
     if tc.max_steps > 0:
         total_steps = tc.max_steps
     else:
         total_steps = max(1, math.ceil(tc.epochs * len(stream) / per_step))
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, total_steps)
 
     step, epoch, pos, tokens_seen = 0, 0, 0, 0
     ckpt = latest_checkpoint(run_dir) if tc.resume else None
@@ -129,7 +128,15 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
     if ckpt is not None:
         load_weights(model, ckpt / "model.safetensors")
-        family.load_extra(model, ckpt)
+        family.load_extra(model, ckpt, cfg)
+
+    # The optimizer is built after ``prepare`` (FSDP/DeepSpeed may replace the parameters), over the
+    # family's parameter groups; its state is restored after that.
+    model = accelerator.prepare(model)
+    optimizer = build_optimizer(family.param_groups(accelerator.unwrap_model(model), cfg), tc)
+    scheduler = build_scheduler(optimizer, tc, total_steps)
+    optimizer = accelerator.prepare(optimizer)
+    if ckpt is not None:
         state = load_training_state(ckpt, optimizer, scheduler)
         step, epoch, pos, tokens_seen = state["step"], state["epoch"], state["position"], state["tokens_seen"]
         stats.merge(state.get("skipped", {}))
@@ -139,11 +146,18 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         return {"step": step, "epoch": epoch, "position": pos, "tokens_seen": tokens_seen,
                 "total_steps": total_steps, "skipped": stats.as_dict()}
 
-    model, optimizer = accelerator.prepare(model, optimizer)
+    def checkpoint(path: Path, with_optimizer: bool) -> None:
+        state_dict = accelerator.get_state_dict(model)  # every rank takes part (FSDP/ZeRO-3 gather)
+        if accelerator.is_main_process:
+            save_checkpoint(path, model=accelerator.unwrap_model(model), cfg=family.checkpoint_config(cfg),
+                            tokenizer=tokenizer, trainer_state=trainer_state(),
+                            optimizer=optimizer if with_optimizer else None,
+                            scheduler=scheduler if with_optimizer else None, extra=family.save_extra,
+                            state_dict=state_dict)
+
     metrics = MetricsLogger(run_dir, tc.report_to if accelerator.is_main_process else "none",
                             resume_step=step if ckpt is not None else None)
-    data_iter = batches(stream, pre, tc.batch_size, partial(family.collate, tokenizer=tokenizer), epoch, pos,
-                        cfg.data.num_workers)
+    data_iter = batches(stream, pre, tc.batch_size, epoch, pos, cfg.data.num_workers)
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (tc.progress_bar and accelerator.is_main_process),
                dynamic_ncols=True, mininterval=2.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -175,12 +189,10 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                             per_s=f"{rec[f'{family.unit}_per_s']:.0f}")
             window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
         bar.update(1)
-        state = trainer_state()
-        if tc.save_steps > 0 and step % tc.save_steps == 0 and accelerator.is_main_process:
-            save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}", model=accelerator.unwrap_model(model),
-                            cfg=cfg, tokenizer=tokenizer, trainer_state=state, optimizer=optimizer,
-                            scheduler=scheduler, extra=family.save_extra)
-            prune_checkpoints(run_dir, tc.save_total_limit)
+        if tc.save_steps > 0 and step % tc.save_steps == 0:
+            checkpoint(run_dir / "checkpoints" / f"step-{step:07d}", with_optimizer=True)
+            if accelerator.is_main_process:
+                prune_checkpoints(run_dir, tc.save_total_limit)
         if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
             bar.close()
             metrics.close()
@@ -188,9 +200,8 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
             return run_dir
     bar.close()
     metrics.close()
+    checkpoint(run_dir / "final", with_optimizer=False)
     if accelerator.is_main_process:
-        save_checkpoint(run_dir / "final", model=accelerator.unwrap_model(model), cfg=cfg, tokenizer=tokenizer,
-                        trainer_state=trainer_state(), extra=family.save_extra)
         png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         summary = {"steps": step, f"{family.unit}_seen": tokens_seen, "skipped": stats.as_dict(),
                    "skipped_total": stats.total, "loss_png": str(png) if png else None}

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mmit.config.schema import QFormerConfig
+from mmit.config.components import QFormerConfig
 
 log = logging.getLogger(__name__)
 

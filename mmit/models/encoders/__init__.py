@@ -2,7 +2,7 @@
 
 Build one from its config section::
 
-    from mmit.config.schema import VisionTowerConfig
+    from mmit.config.components import VisionTowerConfig
     from mmit.models.encoders import build_vision_tower
 
     tower = build_vision_tower(VisionTowerConfig(name="tiny-clip-vit"))

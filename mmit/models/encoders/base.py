@@ -17,7 +17,7 @@ from typing import Callable, Tuple
 import torch
 from torch import nn
 
-from mmit.config.schema import VisionTowerConfig
+from mmit.config.components import VisionTowerConfig
 from mmit.models.encoders.preprocess import ASPECT_RATIOS
 from mmit.registry import Registry
 

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from mmit.config.schema import VisionTowerConfig
+from mmit.config.components import VisionTowerConfig
 from mmit.models.encoders.base import VISION_TOWERS, VisionTower, resolve_layer
 from mmit.models.encoders.preprocess import ImageProcessor
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict
 import torch
 from torch import nn
 
-from mmit.config.schema import VisionTowerConfig
+from mmit.config.components import VisionTowerConfig
 from mmit.models.cache import build_dir_once, mmit_cache_dir
 from mmit.models.encoders.base import VISION_TOWERS, VisionTower
 from mmit.models.encoders.hf_clip import HFCLIPVisionTower, default_clip_image_processor

@@ -7,12 +7,12 @@ No licensed real InstructPix2Pix triples are bundled, so the tiny demo draws one
 * move:     ``"move the circle left"`` (by a quarter of the canvas)
 * resize:   ``"make the triangle bigger"`` / ``"smaller"``
 
-Each sample follows the project's editing convention (see :mod:`mmit.diffusion.data`) and keeps the
+Each sample follows the project's editing convention (see :mod:`mmit.families.instructpix2pix.data`) and keeps the
 exact edit in ``meta`` (shape, colours, boxes, ``input_caption`` / ``output_caption`` for the CLIP
 directional metric), so the result of an edit can be checked. Written as webdataset shards with
 :class:`mmit.data.shards.ShardWriter` plus a ``_stats.json`` (``mmit.data.convert``'s layout).
 
-CLI: ``python -m mmit.diffusion.triples --output DIR [--num 512] [--size 64] [--seed 0]``.
+CLI: ``python -m mmit.families.instructpix2pix.triples --output DIR [--num 512] [--size 64] [--seed 0]``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def write_triples(output: str, num: int, size: int = 64, seed: int = 0, shard_si
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmit.diffusion.triples",
+    p = argparse.ArgumentParser(prog="python -m mmit.families.instructpix2pix.triples",
                                 description="Write procedural InstructPix2Pix edit triples as webdataset shards.")
     p.add_argument("--output", required=True)
     p.add_argument("--num", type=int, default=512)

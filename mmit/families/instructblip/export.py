@@ -14,12 +14,14 @@ relative to the folder.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import torch
 
 from mmit.config.schema import RunConfig, save_config
+from mmit.templates import DEFAULT_TEMPLATE
 from mmit.training.checkpoint import load_model_from_checkpoint, save_weights
 
 
@@ -103,13 +105,12 @@ def export_hf_instructblip(checkpoint: str | os.PathLike, output: str | os.PathL
     return out
 
 
-def import_hf_instructblip(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = "vicuna-v1") -> Path:
+def import_hf_instructblip(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = DEFAULT_TEMPLATE) -> Path:
     """Turn an ``InstructBlipForConditionalGeneration`` + ``InstructBlipProcessor`` folder into an mmit
-    checkpoint (layout in the module docstring). ``template`` is recorded but InstructBLIP prompts use
-    none. Raises ``OSError`` for a folder transformers cannot load."""
+    checkpoint (layout in the module docstring). ``template`` is unused: InstructBLIP prompts use none. Raises ``OSError`` for a folder transformers cannot load."""
     from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-    from mmit.models.instructblip import QFORMER_TOKENIZER_DIR, build_instructblip
+    from mmit.families.instructblip.model import QFORMER_TOKENIZER_DIR, build_instructblip
 
     hf = InstructBlipForConditionalGeneration.from_pretrained(input_dir, dtype=torch.float32).eval()
     processor = InstructBlipProcessor.from_pretrained(input_dir)
@@ -123,8 +124,7 @@ def import_hf_instructblip(input_dir: str | os.PathLike, output: str | os.PathLi
     processor.tokenizer.save_pretrained(out / "llm")
     processor.qformer_tokenizer.save_pretrained(out / QFORMER_TOKENIZER_DIR)
 
-    cfg = RunConfig()
-    cfg.family = "instructblip"
+    cfg = RunConfig.for_family("instructblip")
     vt = cfg.model.vision_tower
     vt.name, vt.name_or_path, vt.select_layer, vt.select_feature, vt.image_aspect_ratio = (
         "eva-vit-g", "vision_tower", -1, "cls_patch", "crop")
@@ -136,16 +136,15 @@ def import_hf_instructblip(input_dir: str | os.PathLike, output: str | os.PathLi
     q.hidden_dropout_prob, q.attention_probs_dropout_prob = qc.hidden_dropout_prob, qc.attention_probs_dropout_prob
     q.text_input, q.tokenizer, q.init_from = True, QFORMER_TOKENIZER_DIR, None
     cfg.model.llm.name_or_path = "llm"
-    cfg.model.template = template
     cfg.train.stage = "align"
     save_config(cfg, out / "config.yaml")
 
     # Build the mmit model from the folders just written; take the connector from the HF model.
-    here = RunConfig(model=cfg.model)
-    here.model.vision_tower.name_or_path = str(out / "vision_tower")
-    here.model.llm.name_or_path = str(out / "llm")
-    here.model.qformer.tokenizer = str(out / QFORMER_TOKENIZER_DIR)
-    model, tokenizer = build_instructblip(here.model)
+    here = copy.deepcopy(cfg.model)
+    here.vision_tower.name_or_path = str(out / "vision_tower")
+    here.llm.name_or_path = str(out / "llm")
+    here.qformer.tokenizer = str(out / QFORMER_TOKENIZER_DIR)
+    model, tokenizer = build_instructblip(here)
     if c.image_token_index is None or model.image_token_id != c.image_token_index:
         raise ValueError(f"{input_dir}: the tokenizer's <image> id {model.image_token_id} is not the model's "
                          f"image_token_index {c.image_token_index} (a checkpoint from before transformers "

@@ -1,4 +1,4 @@
-"""The multimodal language model: vision tower -> projector -> splice into an HF decoder.
+"""The LLaVA model: vision tower -> projector -> splice into an HF decoder.
 
 LLaVA (arXiv 2304.08485) and LLaVA-1.5 (arXiv 2310.03744) style *splice* fusion: the tokenizer's
 ``<image>`` token is repeated ``num_image_tokens`` times per image in ``input_ids`` (the collator
@@ -12,15 +12,19 @@ image, D_enc vision width, D the LLM width, V vocabulary.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mmit.data.batch import Batch
+from mmit.models.interface import MultimodalModel, SpliceDecoderMixin
 
 
-class MultimodalLM(nn.Module):
-    """Vision tower + projector + causal LM with splice fusion.
+class LlavaLM(SpliceDecoderMixin, MultimodalModel):
+    """Vision tower + projector + causal LM with splice fusion; the inference contract comes from
+    :class:`~mmit.models.interface.SpliceDecoderMixin` over :meth:`embed_batch`.
 
     Args:
         vision_tower: ``mmit.models.encoders.VisionTower``: ``[I,3,H,W] -> [I,N,D_enc]``.
@@ -66,6 +70,10 @@ class MultimodalLM(nn.Module):
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
         return embeds
 
+    def embed_batch(self, batch: Batch) -> torch.Tensor:
+        """:meth:`embed` of a typed batch (its ``image`` media, in sample then position order)."""
+        return self.embed(batch.input_ids, batch.values("image"))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None, **kwargs):
         """Causal-LM forward.
@@ -102,3 +110,28 @@ class MultimodalLM(nn.Module):
                 m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
             else:
                 m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+
+def build_llava(cfg, dtype: torch.dtype = torch.float32) -> Tuple[LlavaLM, PreTrainedTokenizerBase]:
+    """Load the vision tower and LLM of a :class:`~mmit.families.llava.config.LlavaConfig` (hub id,
+    local folder or ``tiny-*`` member), create the projector ``[I,N,D_enc] -> [I,N,D]`` and set the
+    conversation template as the tokenizer's chat template. Writes nothing.
+
+    Raises :class:`~mmit.registry.UnknownNameError` for an unknown tower, projector or template name
+    (before any weights are loaded) and ``OSError`` for weights that cannot be found.
+    """
+    from mmit.models.connectors.projectors import PROJECTORS, build_projector
+    from mmit.models.encoders import VISION_TOWERS, build_vision_tower
+    from mmit.models.llm import load_llm
+    from mmit.templates import apply_template, get_template
+
+    # Fail on a bad name before loading any weights.
+    get_template(cfg.template)
+    PROJECTORS.resolve(cfg.projector.name)
+    VISION_TOWERS.resolve(cfg.vision_tower.name)
+    tower = build_vision_tower(cfg.vision_tower)
+    llm, tokenizer, image_token_id = load_llm(cfg.llm, dtype)
+    projector = build_projector(cfg.projector.name, tower.hidden_size, llm.config.get_text_config().hidden_size)
+    apply_template(tokenizer, cfg.template)
+    model = LlavaLM(tower, projector, llm, image_token_id)
+    return model.to(dtype), tokenizer

@@ -10,12 +10,14 @@ LLaVA-1.5: arXiv 2310.03744.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import torch
 
 from mmit.config.schema import RunConfig, save_config
+from mmit.templates import DEFAULT_TEMPLATE
 from mmit.training.checkpoint import load_model_from_checkpoint, save_weights
 
 
@@ -97,7 +99,7 @@ def export_hf_llava(checkpoint: str | os.PathLike, output: str | os.PathLike) ->
     return out
 
 
-def import_hf_llava(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = "vicuna-v1") -> Path:
+def import_hf_llava(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = DEFAULT_TEMPLATE) -> Path:
     """Turn a ``LlavaForConditionalGeneration`` folder into an mmit checkpoint folder.
 
     Writes ``vision_tower/`` (CLIPVisionModel + CLIPImageProcessor), ``llm/`` (the causal LM and
@@ -107,7 +109,7 @@ def import_hf_llava(input_dir: str | os.PathLike, output: str | os.PathLike, tem
     from transformers import (AutoModelForCausalLM, AutoProcessor, CLIPImageProcessor, CLIPVisionConfig,
                               CLIPVisionModel, LlavaForConditionalGeneration)
 
-    from mmit.models.builder import build_model
+    from mmit.families.llava.model import build_llava
 
     hf = LlavaForConditionalGeneration.from_pretrained(input_dir, dtype=torch.float32).eval()
     c = hf.config
@@ -131,7 +133,7 @@ def import_hf_llava(input_dir: str | os.PathLike, output: str | os.PathLike, tem
     llm.generation_config = hf.generation_config
     llm.save_pretrained(out / "llm")
     tok.save_pretrained(out / "llm")
-    cfg = RunConfig()
+    cfg = RunConfig.for_family("llava")
     cfg.model.vision_tower.name = "hf-clip"
     cfg.model.vision_tower.name_or_path = "vision_tower"
     cfg.model.vision_tower.select_layer = int(c.vision_feature_layer)
@@ -142,10 +144,10 @@ def import_hf_llava(input_dir: str | os.PathLike, output: str | os.PathLike, tem
     cfg.model.template = template
     save_config(cfg, out / "config.yaml")
     # Build the mmit model from the folders just written and take the projector from the HF model.
-    cwd_cfg = RunConfig(model=cfg.model)
-    cwd_cfg.model.vision_tower.name_or_path = str(out / "vision_tower")
-    cwd_cfg.model.llm.name_or_path = str(out / "llm")
-    model, tokenizer = build_model(cwd_cfg.model)
+    here = copy.deepcopy(cfg.model)
+    here.vision_tower.name_or_path = str(out / "vision_tower")
+    here.llm.name_or_path = str(out / "llm")
+    model, tokenizer = build_llava(here)
     with torch.no_grad():
         model.projector[0].load_state_dict(hf.model.multi_modal_projector.linear_1.state_dict())
         model.projector[2].load_state_dict(hf.model.multi_modal_projector.linear_2.state_dict())

@@ -16,7 +16,7 @@ scales and averages the metrics into a table (CSV + Markdown) and a plot (``sim_
 
 CLI::
 
-    python -m mmit.diffusion.metrics --checkpoint RUN --data SHARDS --output DIR \\
+    python -m mmit.families.instructpix2pix.metrics --checkpoint RUN --data SHARDS --output DIR \\
         [--clip ViT-L-14:openai] [--num 100] [--steps 100] [--guidance-scales 7.5] \\
         [--image-guidance-scales 1.0,1.2,1.4,1.6,1.8,2.0,2.2] [--seed 0]
 """
@@ -95,7 +95,7 @@ class ClipSimilarity(nn.Module):
 
 def to_unit_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> FloatTensor ``[1, 3, H, W]`` in [0, 1]."""
-    from mmit.diffusion.data import pil_to_tensor
+    from mmit.families.instructpix2pix.data import pil_to_tensor
 
     return pil_to_tensor(image.convert("RGB"))[None]
 
@@ -113,7 +113,7 @@ def load_eval_items(samples, num: int, stats: SkipCounter) -> List[dict]:
     samples without captions or usable images are counted in ``stats`` (``no-captions``, ...)."""
     from mmit.data.media import decode_image, read_media_bytes
     from mmit.data.sample import SampleError
-    from mmit.diffusion.data import edit_parts
+    from mmit.families.instructpix2pix.data import edit_parts
 
     items = []
     for s in samples:
@@ -138,7 +138,7 @@ def sweep(model, tokenizer, items: List[dict], clip: ClipSimilarity, text_scales
     and average the four CLIP similarities. Returns one row per scale pair: ``guidance_scale``,
     ``image_guidance_scale``, ``sim_0``, ``sim_1``, ``sim_direction``, ``sim_image``, ``n``.
     Raises ``ValueError`` for an empty ``items``."""
-    from mmit.diffusion.pipeline import edit_image
+    from mmit.families.instructpix2pix.pipeline import edit_image
 
     if not items:
         raise ValueError("no evaluation items (every sample skipped?)")
@@ -199,7 +199,7 @@ def _floats(text: str) -> List[float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmit.diffusion.metrics",
+    p = argparse.ArgumentParser(prog="python -m mmit.families.instructpix2pix.metrics",
                                 description="CLIP directional / image similarity of an InstructPix2Pix checkpoint "
                                             "over guidance scales (the paper's compute_metrics.py).")
     p.add_argument("--checkpoint", required=True)
@@ -214,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-ema", action="store_true")
     a = p.parse_args(argv)
     from mmit.data.shards import iter_shards
-    from mmit.diffusion.pipeline import load_editor
+    from mmit.families.instructpix2pix.pipeline import load_editor
 
     model, tokenizer, _ = load_editor(a.checkpoint, use_ema=not a.no_ema)
     stats = SkipCounter()

@@ -12,7 +12,7 @@ def export_diffusers_instructpix2pix(checkpoint: str | Path, output: str | Path,
     checker). With ``use_ema`` the UNet holds the EMA weights when the run kept them, as the diffusers
     example saves its pipeline. Returns ``output``. Raises ``FileNotFoundError`` / ``ValueError`` for a
     missing or non-instructpix2pix checkpoint."""
-    from mmit.diffusion.pipeline import load_editor, to_diffusers_pipeline
+    from mmit.families.instructpix2pix.pipeline import load_editor, to_diffusers_pipeline
 
     model, tokenizer, _ = load_editor(checkpoint, use_ema=use_ema)
     out = Path(output)

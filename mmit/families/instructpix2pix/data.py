@@ -1,6 +1,11 @@
-"""InstructPix2Pix samples -> training tensors.
+"""InstructPix2Pix samples -> training batches.
 
-Sample convention (the ``instructpix2pix`` reader and :mod:`mmit.diffusion.triples` write it)::
+Batch (:class:`~mmit.data.batch.Batch`): ``input_ids`` ``[B,L]`` (the edit prompt, padded to the CLIP
+tokenizer's ``model_max_length``), ``media["image"]`` ``[B,3,R,R]`` (the input images, one per sample,
+position -1: they condition the UNet, not the text), ``extra["edited_pixel_values"]`` ``[B,3,R,R]`` (the
+targets); pixels in [-1, 1].
+
+Sample convention (the ``instructpix2pix`` reader and :mod:`mmit.families.instructpix2pix.triples` write it)::
 
     media = [Media("image", meta={"role": "input"}), Media("image", meta={"role": "edited"})]
     turns = [Turn("user", "<image>\\n" + edit_prompt), Turn("assistant", "<image>")]
@@ -18,8 +23,9 @@ import torch
 from PIL import Image
 
 from mmit.constants import IMAGE_PLACEHOLDER
-from mmit.data.collate import CountingPreprocessor
+from mmit.data.batch import Batch, MediaTensors
 from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
+from mmit.data.processor import Processor
 from mmit.data.sample import Media, Sample, SampleError
 
 TASK = "image-editing"
@@ -55,7 +61,7 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return to_t(image).float().div_(255.0)
 
 
-class EditPreprocessor(CountingPreprocessor):
+class EditProcessor(Processor):
     """Sample -> ``{"id", "input_pixel_values" [3,R,R], "edited_pixel_values" [3,R,R], "input_ids" [L]}``.
 
     Pixel values are float32 in [-1, 1]; ``R`` is ``resolution``; ``L`` the tokenizer's
@@ -69,10 +75,8 @@ class EditPreprocessor(CountingPreprocessor):
 
     def __init__(self, tokenizer, resolution: int, center_crop: bool = False, random_flip: bool = True,
                  overflow: str = "skip", max_pixels: int = MAX_PIXELS):
-        if overflow not in ("skip", "error"):
-            raise ValueError(f"data.overflow must be skip or error, not {overflow!r}")
         if resolution <= 0:
-            raise ValueError(f"diffusion.resolution must be positive, got {resolution}")
+            raise ValueError(f"model.resolution must be positive, got {resolution}")
         self.tokenizer, self.resolution = tokenizer, int(resolution)
         self.center_crop, self.random_flip = center_crop, random_flip
         self.overflow, self.max_pixels = overflow, max_pixels
@@ -115,13 +119,19 @@ class EditPreprocessor(CountingPreprocessor):
         return {"id": sample.id, "input_pixel_values": pair[0], "edited_pixel_values": pair[1], "input_ids": ids}
 
 
-def collate_edits(items: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Stack preprocessed items: ``input_pixel_values`` / ``edited_pixel_values`` FloatTensor
-    ``[B, 3, R, R]``, ``input_ids`` LongTensor ``[B, L]``, ``ids`` list[str]. Raises ``ValueError`` on
-    an empty list."""
+    def collate(self, items: List[Dict[str, Any]]) -> Batch:
+        """Stack items into the batch of the module docstring. Raises ``ValueError`` on no items."""
+        return collate_edits(items)
+
+
+def collate_edits(items: List[Dict[str, Any]]) -> Batch:
+    """Stack preprocessed items (module docstring for the layout). Raises ``ValueError`` on an empty list."""
     if not items:
         raise ValueError("collate_edits() got no items (every sample of the batch was skipped?)")
-    return {"input_pixel_values": torch.stack([it["input_pixel_values"] for it in items]),
-            "edited_pixel_values": torch.stack([it["edited_pixel_values"] for it in items]),
-            "input_ids": torch.stack([it["input_ids"] for it in items]),
-            "ids": [str(it["id"]) for it in items]}
+    ids = torch.stack([it["input_ids"] for it in items])
+    B = len(items)
+    images = MediaTensors(torch.stack([it["input_pixel_values"] for it in items]), torch.arange(B),
+                          torch.full((B,), -1, dtype=torch.long))
+    return Batch(ids=[str(it["id"]) for it in items], input_ids=ids, attention_mask=torch.ones_like(ids),
+                 media={"image": images},
+                 extra={"edited_pixel_values": torch.stack([it["edited_pixel_values"] for it in items])})

@@ -49,7 +49,7 @@ def widen_conv_in(unet, in_channels: int = IP2P_IN_CHANNELS):
 
 
 def dropout_rates(dcfg) -> Tuple[float, float, float]:
-    """``(p_text, p_both, p_image)`` from a :class:`~mmit.config.schema.DiffusionConfig`: each per-case
+    """``(p_text, p_both, p_image)`` from a :class:`~mmit.families.instructpix2pix.config.InstructPix2PixConfig`: each per-case
     field, or ``conditioning_dropout_prob`` where it is None. Raises ``ValueError`` if a rate is negative
     or they sum to more than 1."""
     p = dcfg.conditioning_dropout_prob
@@ -173,7 +173,7 @@ def load_components(dcfg, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from mmit.diffusion.tiny import resolve_sd_path
+    from mmit.families.instructpix2pix.tiny import resolve_sd_path
 
     src = resolve_sd_path(dcfg.pretrained_model_name_or_path)
     kw = {"revision": dcfg.revision}
@@ -193,7 +193,7 @@ def tokenize(tokenizer, prompts) -> torch.Tensor:
 
 
 def build_model(dcfg, dtype: torch.dtype = torch.float32):
-    """``(InstructPix2PixModel, tokenizer)`` for a :class:`~mmit.config.schema.DiffusionConfig`."""
+    """``(InstructPix2PixModel, tokenizer)`` for a :class:`~mmit.families.instructpix2pix.config.InstructPix2PixConfig`."""
     unet, vae, text_encoder, tokenizer, sched = load_components(dcfg, dtype)
     model = InstructPix2PixModel(unet, vae, text_encoder, sched, tokenize(tokenizer, [""]), dropout_rates(dcfg))
     return model, tokenizer

@@ -22,13 +22,13 @@ Shapes: B batch, T tokens, I images/frames in the batch, L Q-Former text tokens,
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from mmit.config.schema import ModelConfig
+from mmit.data.batch import Batch
+from mmit.models.interface import MultimodalModel, Prefix, SpliceDecoderMixin
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 QFORMER_TOKENIZER_DIR = "qformer_tokenizer"
 
 
-class InstructBlipLM(nn.Module):
+class InstructBlipLM(SpliceDecoderMixin, MultimodalModel):
     """Vision tower + :class:`~mmit.models.connectors.qformer.QFormerConnector` + HF LLM (causal or seq2seq).
+
+    The inference contract (:mod:`mmit.models.interface`) is the splice one for decoder-only LLMs; for
+    an encoder-decoder LLM :meth:`prefill` runs the encoder once and :meth:`extend` the decoder over
+    the cached encoder states (no decoder KV cache: candidates are short).
 
     Args:
         vision_tower: ``[I,3,H,W] -> [I,N,D_enc]`` (``eva-vit-g``, a CLIP tower, ...).
@@ -91,27 +95,72 @@ class InstructBlipLM(nn.Module):
                              f"x {self.num_query_tokens} query tokens")
         if n_images:
             if qformer_input_ids is None and self.qformer.text_input:
-                qformer_input_ids, qformer_attention_mask = self.instruction_from_prompt(input_ids)
+                raise ValueError("the Q-Former reads the instruction: pass qformer_input_ids [I,L]")
             feats = self.encode_images(pixel_values, qformer_input_ids, qformer_attention_mask).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
         return embeds
 
-    def instruction_from_prompt(self, input_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Q-Former ids ``[I,L]`` and mask for callers that pass only LLM ids (the ``rank``/``generate``
-        scorers of :mod:`mmit.evaluation.scorers`): each row's text (image and special tokens
-        removed, decoded with the LLM tokenizer) re-tokenized with the Q-Former tokenizer, one row per
-        image of that sample. Raises ``ValueError`` when the tokenizers are not set."""
-        tok, qtok = getattr(self, "llm_tokenizer", None), self.qformer_tokenizer
-        if tok is None or qtok is None:
-            raise ValueError("pass qformer_input_ids: the model has no LLM / Q-Former tokenizer to derive them")
-        texts = []
-        for row in input_ids.tolist():
-            n_img = sum(1 for t in row if t == self.image_token_id) // self.num_query_tokens
-            text = tok.decode([t for t in row if t != self.image_token_id], skip_special_tokens=True).strip()
-            texts += [text] * n_img
-        enc = qtok(texts, padding=True, truncation=True, max_length=self.qformer.cfg.max_text_length,
-                   return_tensors="pt")
-        return enc["input_ids"].to(input_ids.device), enc["attention_mask"].to(input_ids.device)
+    def visual_inputs(self, batch: Batch):
+        """``(pixel_values [I,3,H,W], qformer ids [I,L], mask [I,L])`` of a typed batch: every image and
+        every video frame in sample then text order, each with its sample's instruction (None, None,
+        None without media)."""
+        units = []  # (sample, position, frames [n,3,H,W])
+        for kind in ("image", "video"):
+            m = batch.media.get(kind)
+            if m is None:
+                continue
+            for v, b, p in zip(m.values, m.sample_index.tolist(), m.position.tolist()):
+                units.append((b, p, v.unsqueeze(0) if kind == "image" else v))
+        if not units:
+            return None, None, None
+        units.sort(key=lambda u: (u[0], u[1]))
+        pixels = torch.cat([u[2] for u in units])
+        rows = torch.tensor([u[0] for u in units for _ in range(u[2].shape[0])], device=pixels.device)
+        q_ids, q_mask = batch.extra.get("qformer_input_ids"), batch.extra.get("qformer_attention_mask")
+        if q_ids is None:
+            return pixels, None, None
+        return pixels, q_ids[rows], q_mask[rows]
+
+    def embed_batch(self, batch: Batch) -> torch.Tensor:
+        """:meth:`embed` of a typed batch (images and video frames, each with its sample's instruction)."""
+        pixels, q_ids, q_mask = self.visual_inputs(batch)
+        return self.embed(batch.input_ids, pixels, q_ids, q_mask)
+
+    @torch.no_grad()
+    def prefill(self, batch: Batch, all_logits: bool = False) -> Prefix:
+        """Decoder-only: the splice prefill. Encoder-decoder: encoder states of the prompt plus the
+        decoder's first-step logits (``all_logits`` is not supported there)."""
+        if not self.is_encoder_decoder:
+            return super().prefill(batch, all_logits)
+        if all_logits:
+            raise ValueError("prefill(all_logits=True) needs a decoder-only LLM")
+        enc = self.llm.get_encoder()(inputs_embeds=self.embed_batch(batch), attention_mask=batch.attention_mask)
+        start = torch.full((batch.size, 1), self.llm.config.decoder_start_token_id, dtype=torch.long,
+                           device=batch.input_ids.device)
+        out = self.llm(encoder_outputs=enc, attention_mask=batch.attention_mask, decoder_input_ids=start)
+        return Prefix(logits=out.logits[:, -1], cache=None, attention_mask=batch.attention_mask,
+                      state={"encoder_hidden": enc.last_hidden_state})
+
+    @torch.no_grad()
+    def extend(self, prefix: Prefix, rows: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               consume: bool = False) -> torch.Tensor:
+        if not self.is_encoder_decoder:
+            return super().extend(prefix, rows, input_ids, attention_mask, consume)
+        from transformers.modeling_outputs import BaseModelOutput
+
+        start = torch.full((input_ids.shape[0], 1), self.llm.config.decoder_start_token_id, dtype=torch.long,
+                           device=input_ids.device)
+        dec = torch.cat([start, input_ids], dim=1)
+        dmask = torch.cat([torch.ones_like(start), attention_mask], dim=1)
+        out = self.llm(encoder_outputs=BaseModelOutput(last_hidden_state=prefix.state["encoder_hidden"][rows]),
+                       attention_mask=prefix.attention_mask[rows], decoder_input_ids=dec, decoder_attention_mask=dmask)
+        return out.logits[:, 1:]
+
+    @torch.no_grad()
+    def generate_tokens(self, batch: Batch, **generate_kwargs) -> torch.Tensor:
+        """New ids only (for seq2seq without the decoder start token)."""
+        out = super().generate_tokens(batch, **generate_kwargs)
+        return out[:, 1:] if self.is_encoder_decoder else out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
@@ -139,30 +188,6 @@ class InstructBlipLM(nn.Module):
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         return out[:, 1:] if self.is_encoder_decoder else out
 
-    def answer(self, tokenizer, prompt: str, image=None, max_new_tokens: int = 64, **generate_kwargs):
-        """``mmit generate`` for this family: the prompt is the instruction (InstructBLIP uses no chat
-        template), ``image`` a PIL image or a list of PIL frames (a video), or None.
-
-        Returns :class:`mmit.inference.Answer` (decoded text, newly generated ids incl. eos)."""
-        from mmit.families.instructblip import InstructBlipPreprocessor, collate_instructblip
-        from mmit.inference import Answer
-
-        pre = InstructBlipPreprocessor.for_model(self, tokenizer)
-        frames = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-        item = pre.encode("prompt", prompt, None, frames)
-        batch = collate_instructblip([item], tokenizer.pad_token_id, pre.qformer_pad_id)
-        device = next(self.parameters()).device
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": tokenizer.eos_token_id,
-                  "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
-        out = self.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                            batch.get("qformer_input_ids"), batch.get("qformer_attention_mask"), **kwargs)
-        new = out[0].tolist()
-        if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-            while new and new[-1] == tokenizer.pad_token_id:
-                new.pop()
-        return Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), new)
-
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing in the LLM and the Q-Former (transformers, non-reentrant)."""
         kw = {"use_reentrant": False}
@@ -176,47 +201,13 @@ class InstructBlipLM(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-def _is_seq2seq(name_or_path: str) -> bool:
-    from mmit.models.tiny_seq2seq import TINY_SEQ2SEQ
-
-    if name_or_path in TINY_SEQ2SEQ:
-        return True
-    if name_or_path.startswith("tiny-"):
-        return False
-    from transformers import AutoConfig
-
-    return bool(getattr(AutoConfig.from_pretrained(name_or_path), "is_encoder_decoder", False))
-
-
-def load_seq2seq_llm(cfg, dtype: torch.dtype = torch.float32):
-    """``AutoModelForSeq2SeqLM`` + tokenizer (``<image>`` added, embeddings resized). Returns
-    ``(model, tokenizer, image_token_id)``; raises ``OSError`` for a missing checkpoint."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from mmit.models.tiny_seq2seq import resolve_seq2seq_path
-    from mmit.models.tokenizer import ensure_image_token
-
-    path = resolve_seq2seq_path(cfg.name_or_path)
-    tok_path = resolve_seq2seq_path(cfg.tokenizer) if cfg.tokenizer else path
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.trust_remote_code)
-    image_token_id = ensure_image_token(tokenizer)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    return model, tokenizer, image_token_id
-
-
 def load_qformer_tokenizer(name: str):
-    """The Q-Former tokenizer: ``tiny-bert``, a hub id or a folder. A relative ``qformer_tokenizer``
-    path that does not exist here returns None: it lives in the checkpoint folder and the family loads
-    it from there (:meth:`InstructBlipFamily.load_extra`)."""
+    """The Q-Former tokenizer: ``tiny-bert``, a hub id or a folder (a checkpoint's ``qformer_tokenizer/``,
+    resolved by :func:`mmit.config.paths.absolutise`). Raises ``OSError`` when it cannot be found."""
     from transformers import AutoTokenizer
 
     from mmit.models.tiny_seq2seq import resolve_bert_path
 
-    if not os.path.isabs(name) and os.path.basename(os.path.normpath(name)) == QFORMER_TOKENIZER_DIR \
-            and not os.path.isdir(name):
-        return None
     return AutoTokenizer.from_pretrained(resolve_bert_path(name))
 
 
@@ -243,29 +234,26 @@ def init_qformer(connector, init_from: str) -> None:
         log.info("Q-Former initialised from %s (%s)", source, model_type)
 
 
-def build_instructblip(cfg: ModelConfig, dtype: torch.dtype = torch.float32, init_qformer_weights: bool = True
+def build_instructblip(cfg, dtype: torch.dtype = torch.float32, init_qformer_weights: bool = False
                        ) -> Tuple[InstructBlipLM, object]:
     """Build the tower, LLM (causal or seq2seq, by its config) and Q-Former connector; returns
-    ``(model, llm_tokenizer)``; ``model.qformer_tokenizer`` holds the Q-Former's tokenizer.
-    ``init_qformer_weights`` applies ``qformer.init_from`` (:func:`init_qformer`); loading a trained
-    checkpoint skips it, since the checkpoint's weights replace the Q-Former's anyway.
+    ``(model, llm_tokenizer)``; ``model.qformer_tokenizer`` holds the Q-Former's tokenizer. Writes
+    nothing. ``init_qformer_weights`` applies ``qformer.init_from`` (:func:`init_qformer`; the family
+    does it in ``prepare_for_training`` instead, so loading a trained checkpoint never loads the init
+    source only for its weights to be replaced).
 
     Raises :class:`~mmit.registry.UnknownNameError` for unknown tower / tiny names, ``OSError`` for
     missing weights, ``ValueError`` for a Q-Former init source that does not fit.
     """
     from mmit.models.connectors.qformer import QFormerConnector
     from mmit.models.encoders import VISION_TOWERS, build_vision_tower
-    from mmit.models.llm import load_llm
+    from mmit.models.llm import load_any_llm
 
     VISION_TOWERS.resolve(cfg.vision_tower.name)
     tower = build_vision_tower(cfg.vision_tower)
-    if _is_seq2seq(cfg.llm.name_or_path):
-        llm, tokenizer, image_token_id = load_seq2seq_llm(cfg.llm, dtype)
-    else:
-        llm, tokenizer, image_token_id = load_llm(cfg.llm, dtype)
+    llm, tokenizer, image_token_id = load_any_llm(cfg.llm, dtype)
     connector = QFormerConnector(cfg.qformer, tower.hidden_size, llm.config.get_text_config().hidden_size)
     if cfg.qformer.init_from and init_qformer_weights:
         init_qformer(connector, cfg.qformer.init_from)
     model = InstructBlipLM(tower, connector, llm, image_token_id, load_qformer_tokenizer(cfg.qformer.tokenizer))
-    model.llm_tokenizer = tokenizer
     return model.to(dtype), tokenizer

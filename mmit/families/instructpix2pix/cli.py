@@ -34,7 +34,7 @@ def edit_main(argv: List[str]) -> int:
         w, h = image.size
         s = a.resolution / min(w, h)
         image = image.resize((max(1, round(w * s)), max(1, round(h * s))), resample=3)
-    from mmit.diffusion.pipeline import edit_image, load_editor
+    from mmit.families.instructpix2pix.pipeline import edit_image, load_editor
 
     model, tokenizer, _ = load_editor(a.checkpoint, use_ema=not a.no_ema)
     out = edit_image(model, tokenizer, image, a.prompt, a.steps, a.guidance_scale, a.image_guidance_scale, a.seed)

@@ -9,7 +9,7 @@ Each denoising step runs the UNet on three conditionings, (text, image), (no tex
 with ``s_T`` = ``guidance_scale`` (7.5) and ``s_I`` = ``image_guidance_scale`` (1.5). The sampler is
 Euler ancestral (the paper's ``edit_cli.py``), built from the training noise schedule. The steps,
 tensor order and RNG use follow diffusers' ``StableDiffusionInstructPix2PixPipeline``, so with the same
-seed the exported pipeline (:mod:`mmit.export.diffusers_instructpix2pix`) gives the same image.
+seed the exported pipeline (:mod:`mmit.families.instructpix2pix.export`) gives the same image.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from PIL import Image
 
-from mmit.diffusion.model import InstructPix2PixModel, tokenize
+from mmit.families.instructpix2pix.model import InstructPix2PixModel, tokenize
 
 
 def load_editor(checkpoint: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float32):

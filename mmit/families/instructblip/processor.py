@@ -1,0 +1,167 @@
+"""InstructBLIP samples and prompts -> typed batches (:class:`~mmit.data.processor.Processor`).
+
+A :class:`~mmit.data.sample.Sample` becomes one (instruction, answer) pair, as LAVIS's
+``text_input`` / ``text_output``: the answer is the last assistant turn; the instruction is the text of
+every turn before it (system included), media placeholders removed, joined by newlines (for the
+usual single exchange: the user's question). InstructBLIP uses no chat template. Images and video
+frames all go in front of the text (the InstructBLIP layout, :mod:`mmit.families.instructblip.model`),
+in media order: M query tokens per image and per video frame.
+
+Batch: ``media["image"]`` ``[I,3,H,W]``, ``media["video"]`` ``[V,F,3,H,W]`` (F = ``qformer.num_frames``),
+``extra["qformer_input_ids"]`` / ``extra["qformer_attention_mask"]`` ``[B,L]`` (each sample's
+instruction in the Q-Former's tokenizer; the model repeats it per image and frame).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from mmit.constants import IGNORE_INDEX, MEDIA_PLACEHOLDERS
+from mmit.data.batch import Batch, MediaTensors, pad_rows
+from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
+from mmit.data.processor import Processor
+from mmit.data.sample import Sample, SampleError, Turn
+from mmit.data.video import decode_video_frames
+
+
+def strip_placeholders(text: str) -> str:
+    for ph in MEDIA_PLACEHOLDERS.values():
+        text = text.replace(ph, "")
+    return text.strip()
+
+
+def instruction_text(turns: Sequence[Turn]) -> str:
+    """The instruction of ``turns`` (module docstring): every turn's text, placeholders removed."""
+    return "\n".join(p for p in (strip_placeholders(t.content) for t in turns) if p)
+
+
+def instruction_and_answer(sample: Sample):
+    """``(instruction, answer)`` of a sample (module docstring). Raises SampleError (reason
+    ``no-answer``) when the last turn is not an assistant turn, ``no-supervised-tokens`` when it is empty."""
+    turns = list(sample.turns)
+    if not turns or turns[-1].role != "assistant":
+        raise SampleError(f"sample {sample.id!r}: the last turn must be an assistant answer", "no-answer")
+    answer = turns[-1].content.strip()
+    if not answer:
+        raise SampleError(f"sample {sample.id!r}: the last assistant answer is empty", "no-supervised-tokens")
+    return instruction_text(turns[:-1]), answer
+
+
+class InstructBlipProcessor(Processor):
+    """Sample -> item; items -> :class:`~mmit.data.batch.Batch` (module docstring for the layout).
+
+    The instruction is left-truncated to ``max_text_length`` LLM tokens (special tokens kept, LAVIS
+    ``truncation_side="left"``) and right-truncated to ``max_text_length`` Q-Former tokens; the answer
+    is right-truncated to ``max_output_length`` tokens with eos always kept. Picklable; holds nothing
+    but its construction arguments (the Q-Former settings come from the model's ``QFormerConfig``).
+    """
+
+    def __init__(self, tokenizer, qformer_tokenizer, image_transform, qformer_cfg, image_token_id: int,
+                 is_encoder_decoder: bool, overflow: str = "skip", max_pixels: int = MAX_PIXELS):
+        if qformer_cfg.text_input and qformer_tokenizer is None:
+            raise ValueError("the Q-Former reads the instruction but no Q-Former tokenizer is loaded "
+                             "(model.qformer.tokenizer)")
+        self.tokenizer = tokenizer
+        self.left_tokenizer = copy.deepcopy(tokenizer)
+        self.left_tokenizer.truncation_side = "left"
+        self.qformer_tokenizer = qformer_tokenizer
+        self.image_transform = image_transform
+        self.num_query_tokens, self.image_token_id = int(qformer_cfg.num_query_tokens), int(image_token_id)
+        self.is_encoder_decoder, self.text_input = bool(is_encoder_decoder), bool(qformer_cfg.text_input)
+        self.max_text_length = int(qformer_cfg.max_text_length)
+        self.max_output_length = int(qformer_cfg.max_output_length)
+        self.num_frames, self.overflow, self.max_pixels = int(qformer_cfg.num_frames), overflow, max_pixels
+
+    @property
+    def qformer_pad_id(self) -> int:
+        t = self.qformer_tokenizer
+        return 0 if t is None or t.pad_token_id is None else int(t.pad_token_id)
+
+    def _media(self, sample: Sample) -> list:
+        """``[(kind, [PIL frames])]`` in media order (one frame for an image)."""
+        out = []
+        for m in sample.media:
+            where = f"sample {sample.id!r} ({m.path})"
+            data = m.data if m.data is not None else read_media_bytes(m.path)
+            if m.kind == "image":
+                out.append(("image", [decode_image(data, where, self.max_pixels)]))
+            elif m.kind == "video":
+                out.append(("video", decode_video_frames(data, where, self.num_frames, self.max_pixels)))
+            else:
+                raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by InstructBLIP",
+                                  "unsupported-media")
+        return out
+
+    def encode(self, sample_id: str, instruction: str, answer: Optional[str], media: list) -> Dict[str, Any]:
+        """Tokenize one (instruction, answer) pair with ``media`` (``[(kind, [PIL frames])]``).
+        ``answer`` None gives a generation prompt (no labels)."""
+        n_frames = sum(len(frames) for _, frames in media)
+        instr = self.left_tokenizer(instruction, truncation=True, max_length=self.max_text_length)["input_ids"]
+        ids = [self.image_token_id] * (n_frames * self.num_query_tokens) + list(instr)
+        item: Dict[str, Any] = {"id": sample_id}
+        if answer is not None:
+            if self.is_encoder_decoder:
+                labels = list(self.tokenizer(answer, truncation=True, max_length=self.max_output_length)["input_ids"])
+            else:
+                ans = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_output_length - 1]
+                labels = [IGNORE_INDEX] * len(ids) + list(ans) + [self.tokenizer.eos_token_id]
+                ids = ids + labels[len(ids):]
+            item["labels"] = torch.tensor(labels, dtype=torch.long)
+        item["input_ids"] = torch.tensor(ids, dtype=torch.long)
+        item["media"] = [(kind, self.image_transform(frames)) for kind, frames in media]
+        if self.text_input:
+            q = self.qformer_tokenizer(instruction, truncation=True, max_length=self.max_text_length)["input_ids"]
+            item["qformer_input_ids"] = torch.tensor(q, dtype=torch.long)
+        return item
+
+    def __call__(self, sample: Sample) -> Dict[str, Any]:
+        """Raises SampleError (``no-answer``, ``undecodable-image``, ``no-video-decoder``,
+        ``unsupported-media``, ``no-supervised-tokens``, ...) naming the sample id."""
+        sample.validate()
+        instruction, answer = instruction_and_answer(sample)
+        return self.encode(sample.id, instruction, answer, self._media(sample))
+
+    def _batch(self, items: Sequence[Dict[str, Any]], left: bool) -> Batch:
+        input_ids, mask = pad_rows([it["input_ids"] for it in items], self.tokenizer.pad_token_id, left)
+        labels = None
+        if all("labels" in it for it in items):
+            labels, _ = pad_rows([it["labels"] for it in items], IGNORE_INDEX, left)
+        per_kind: Dict[str, list] = {"image": [], "video": []}
+        for b, it in enumerate(items):
+            pos = int(input_ids.shape[1] - it["input_ids"].shape[0]) if left else 0
+            for kind, px in it["media"]:
+                per_kind[kind].append((px[0] if kind == "image" else px, b, pos))
+                pos += int(px.shape[0]) * self.num_query_tokens
+        media = {k: MediaTensors(torch.stack([v for v, _, _ in rows]), torch.tensor([b for _, b, _ in rows]),
+                                 torch.tensor([p for _, _, p in rows])) for k, rows in per_kind.items() if rows}
+        extra = {}
+        if all("qformer_input_ids" in it for it in items):
+            extra["qformer_input_ids"], extra["qformer_attention_mask"] = pad_rows(
+                [it["qformer_input_ids"] for it in items], self.qformer_pad_id)
+        return Batch(ids=[str(it["id"]) for it in items], input_ids=input_ids, attention_mask=mask, labels=labels,
+                     media=media, extra=extra)
+
+    def collate(self, items: Sequence[Dict[str, Any]]) -> Batch:
+        """Right-pad items: ``input_ids``/``attention_mask`` ``[B,T]``, ``labels`` ``[B,T]`` or ``[B,T_dec]``
+        (-100 on padding), media and Q-Former ids as in the module docstring. Raises ``ValueError`` on no items."""
+        return self._batch(items, left=False)
+
+    # -- inference ---------------------------------------------------------------------------------
+    def prompt(self, turns: Sequence[Turn], images: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
+        """The instruction of ``turns`` with ``images`` (PIL) in front; no template (InstructBLIP)."""
+        return self.encode(sample_id, instruction_text(turns), None, [("image", [im]) for im in images])
+
+    def collate_prompts(self, items: Sequence[Dict[str, Any]]) -> Batch:
+        return self._batch([{k: v for k, v in it.items() if k != "labels"} for it in items], left=True)
+
+    def candidate_ids(self, turns: Sequence[Turn], candidate: str, score_end_of_turn: bool,
+                      item: Optional[Dict[str, Any]] = None, sample_id: str = "prompt") -> List[int]:
+        """The answer's tokens as training supervises them (eos only with ``score_end_of_turn``).
+        Raises ``ValueError`` for a candidate without tokens."""
+        ids = list(self.tokenizer(candidate, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise ValueError(f"sample {sample_id!r}: candidate {candidate!r} has no tokens")
+        return ids + [self.tokenizer.eos_token_id] if score_end_of_turn else ids

@@ -1,0 +1,115 @@
+"""LLaVA samples and prompts -> typed batches (:class:`~mmit.data.processor.Processor`).
+
+The conversation template renders the turns with per-turn labels (:mod:`mmit.templates.labels`),
+and every ``<image>`` token is expanded into the vision tower's ``num_image_tokens`` copies. Image
+tokens are budgeted before truncating: text after the last image may be cut to ``max_length``, but
+an image span is never cut and never dropped (LLaVA truncates after splicing and can cut an image in
+half); a sample whose images cannot all fit is an error or a counted skip.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from mmit.constants import IGNORE_INDEX
+from mmit.data.batch import Batch, media_tensors, pad_rows, span_starts
+from mmit.data.collate import expand_image_tokens
+from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
+from mmit.data.processor import Processor
+from mmit.data.sample import Sample, SampleError, Turn
+from mmit.templates import stop_token_ids
+from mmit.templates.labels import answer_ids_in_context, encode_conversation, encode_prompt
+
+
+class LlavaProcessor(Processor):
+    """Sample -> ``{"id", "input_ids" [T], "labels" [T], "pixel_values" [n_img,3,H,W] or None}``;
+    items -> :class:`~mmit.data.batch.Batch` with ``media["image"]`` ``[I,3,H,W]`` and no extras.
+
+    Args:
+        tokenizer: fast tokenizer with ``<image>`` as one token.
+        template: conversation template name.
+        image_transform: ``list[PIL.Image] -> FloatTensor [n,3,H,W]`` (the tower's ``image_processor``).
+        num_image_tokens: N, tokens per image in the LLM sequence.
+        image_token_id: id of ``<image>``.
+        max_length: token budget per sample, image tokens included.
+        overflow: ``skip`` (``try_call`` counts and returns None) or ``error`` (``try_call`` raises).
+    Picklable (used in DataLoader workers); holds nothing but these arguments.
+    """
+
+    def __init__(self, tokenizer, template: str, image_transform: Callable, num_image_tokens: int,
+                 image_token_id: int, max_length: int, overflow: str = "skip", max_pixels: int = MAX_PIXELS):
+        self.tokenizer, self.template, self.image_transform = tokenizer, template, image_transform
+        self.num_image_tokens, self.image_token_id = int(num_image_tokens), int(image_token_id)
+        self.max_length, self.overflow, self.max_pixels = int(max_length), overflow, max_pixels
+
+    def _images(self, sample: Sample):
+        images = []
+        for m in sample.media:
+            if m.kind != "image":
+                raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by the llava family",
+                                  "unsupported-media")
+            data = m.data if m.data is not None else read_media_bytes(m.path)
+            images.append(decode_image(data, f"sample {sample.id!r} ({m.path})", self.max_pixels))
+        return images
+
+    def __call__(self, sample: Sample) -> Dict[str, Any]:
+        """Raises SampleError (reasons: ``undecodable-image``, ``image-count-mismatch``,
+        ``too-long-for-images``, ``no-supervised-tokens``, ``label-misaligned``, ...) naming the id."""
+        sample.validate()
+        ids, labels = encode_conversation(self.tokenizer, sample.turns, self.template, sample.id)
+        ids, labels, last_end = expand_image_tokens(ids, labels, self.image_token_id, self.num_image_tokens)
+        if len(ids) > self.max_length:
+            if last_end > self.max_length:
+                n_img = sum(1 for m in sample.media if m.kind == "image")
+                raise SampleError(
+                    f"sample {sample.id!r}: {n_img} image(s) x {self.num_image_tokens} tokens end at token "
+                    f"{last_end}, beyond max_length {self.max_length} (full length {len(ids)}); images are never cut",
+                    "too-long-for-images")
+            ids, labels = ids[:self.max_length], labels[:self.max_length]
+        if all(l == IGNORE_INDEX for l in labels):
+            raise SampleError(f"sample {sample.id!r}: no supervised token left after truncation to "
+                              f"{self.max_length} tokens", "no-supervised-tokens")
+        images = self._images(sample)
+        pixel_values = self.image_transform(images) if images else None
+        return {"id": sample.id, "input_ids": torch.tensor(ids, dtype=torch.long),
+                "labels": torch.tensor(labels, dtype=torch.long), "pixel_values": pixel_values}
+
+    def _batch(self, items: Sequence[Dict[str, Any]], left: bool) -> Batch:
+        input_ids, mask = pad_rows([it["input_ids"] for it in items], self.tokenizer.pad_token_id, left)
+        labels = None
+        if all("labels" in it for it in items):
+            labels, _ = pad_rows([it["labels"] for it in items], IGNORE_INDEX, left)
+        pixels = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
+        values = torch.cat(pixels) if pixels else None
+        media = {}
+        if values is not None:
+            media["image"] = media_tensors(values, span_starts(input_ids, self.image_token_id, self.num_image_tokens))
+        return Batch(ids=[str(it["id"]) for it in items], input_ids=input_ids, attention_mask=mask,
+                     labels=labels, media=media)
+
+    def collate(self, items: Sequence[Dict[str, Any]]) -> Batch:
+        """Right-pad items: ``input_ids``/``attention_mask``/``labels`` ``[B,T]`` (-100 on padding),
+        ``media["image"]`` ``[I,3,H,W]`` in sample order. Raises ``ValueError`` on no items."""
+        return self._batch(items, left=False)
+
+    # -- inference ---------------------------------------------------------------------------------
+    def prompt(self, turns: Sequence[Turn], images: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
+        """The prompt's ids (template + generation prompt, ``<image>`` expanded) and its images."""
+        ids = encode_prompt(self.tokenizer, turns, self.template)
+        expanded, _, _ = expand_image_tokens(ids, None, self.image_token_id, self.num_image_tokens)
+        return {"id": sample_id, "input_ids": torch.tensor(expanded, dtype=torch.long), "raw_ids": ids,
+                "pixel_values": self.image_transform(list(images)) if images else None}
+
+    def collate_prompts(self, items: Sequence[Dict[str, Any]]) -> Batch:
+        return self._batch([{k: v for k, v in it.items() if k != "labels"} for it in items], left=True)
+
+    def candidate_ids(self, turns: Sequence[Turn], candidate: str, score_end_of_turn: bool,
+                      item: Optional[Dict[str, Any]] = None, sample_id: str = "prompt") -> List[int]:
+        """In-context answer tokens (:func:`mmit.templates.labels.answer_ids_in_context`)."""
+        return answer_ids_in_context(self.tokenizer, turns, self.template, candidate, score_end_of_turn,
+                                     None if item is None else item["raw_ids"], sample_id)
+
+    def stop_token_ids(self) -> List[int]:
+        return stop_token_ids(self.tokenizer, self.template)
