@@ -19,19 +19,24 @@ PROMPT = "make the square red"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A checkpoint written by the trainer's save_checkpoint: UNet weights moved off their init, and an
-    EMA that differs from them (so the test can tell which weights were exported)."""
-    from mmit.families.instructpix2pix.family import InstructPix2PixFamily
+    """A checkpoint written by the trainer's save_checkpoint, through the hooks the trainer calls:
+    UNet weights moved off their init, and an EMA that differs from them (so the test can tell which
+    weights were exported)."""
+    from mmit.families import get_family
     from mmit.training.checkpoint import save_checkpoint
+    from mmit.training.params import apply_trainable
 
     tmp = tmp_path_factory.mktemp("ip2p_export")
-    cfg = RunConfig(family="instructpix2pix")
-    cfg.diffusion.pretrained_model_name_or_path = "tiny-sd"
-    cfg.diffusion.resolution = 32
-    cfg.diffusion.ema_decay = 0.5
-    fam = InstructPix2PixFamily()
+    cfg = RunConfig.for_family("instructpix2pix")
+    cfg.model.pretrained_model_name_or_path = "tiny-sd"
+    cfg.model.resolution = 32
+    cfg.model.ema_decay = 0.5
+    fam = get_family(cfg.family)
     model, tok = fam.build(cfg)
-    fam.apply_stage(model, cfg)
+    assert model.ema is None  # build is pure: the EMA is training-only state
+    fam.prepare_for_training(model, cfg)
+    assert model.ema is not None and model.ema.decay == 0.5
+    apply_trainable(model, fam.trainable_modules(cfg))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.unet.parameters():
@@ -40,8 +45,8 @@ def ckpt(tmp_path_factory):
     with torch.no_grad():
         for p in model.unet.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    path = save_checkpoint(tmp / "ckpt", model=model, cfg=cfg, tokenizer=tok, trainer_state={"step": 1},
-                           extra=fam.save_extra)
+    path = save_checkpoint(tmp / "ckpt", model=model, cfg=fam.checkpoint_config(cfg), tokenizer=tok,
+                           trainer_state={"step": 1}, extra=fam.save_extra, state_dict=model.state_dict())
     sample = next(iter(procedural_samples(1, size=64, seed=1)))
     (tmp / "in.png").write_bytes(sample.media[0].data)
     return path, tmp

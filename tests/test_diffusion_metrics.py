@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmit.config.schema import DiffusionConfig
 from mmit.data.stats import SkipCounter
+from mmit.families.instructpix2pix.config import InstructPix2PixConfig
 from mmit.families.instructpix2pix.metrics import ClipSimilarity, load_eval_items, sweep, to_unit_tensor, write_report
 from mmit.families.instructpix2pix.triples import edit_sample, procedural_samples
 
@@ -53,7 +53,7 @@ def test_sweep_rows_are_means_over_items_and_the_report_is_written(clip, tmp_pat
     from mmit.families.instructpix2pix.model import build_model
     from mmit.families.instructpix2pix.pipeline import edit_image
 
-    model, tok = build_model(DiffusionConfig(pretrained_model_name_or_path="tiny-sd", resolution=32))
+    model, tok = build_model(InstructPix2PixConfig(pretrained_model_name_or_path="tiny-sd", resolution=32))
     model.eval()
     stats = SkipCounter()
     samples = list(procedural_samples(2, size=32, seed=0))

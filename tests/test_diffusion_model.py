@@ -11,12 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from mmit.config.schema import DiffusionConfig
+from mmit.config.schema import RunConfig
+from mmit.data.batch import Batch
+from mmit.data.processor import Processor
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
-from mmit.families.instructpix2pix.data import EditPreprocessor, collate_edits, edit_parts
-from mmit.families.instructpix2pix.model import (InstructPix2PixModel, build_model, conditioning_dropout_masks, dropout_rates,
-                                  widen_conv_in)
+from mmit.families.instructpix2pix.config import InstructPix2PixConfig
+from mmit.families.instructpix2pix.data import EditProcessor, collate_edits, edit_parts
+from mmit.families.instructpix2pix.family import InstructPix2PixFamily
+from mmit.families.instructpix2pix.model import (InstructPix2PixModel, build_model, conditioning_dropout_masks,
+                                                 dropout_rates, widen_conv_in)
 from mmit.families.instructpix2pix.tiny import ensure_tiny_sd
 from mmit.families.instructpix2pix.triples import COLOURS, edit_sample, make_triple, procedural_samples
 
@@ -30,7 +34,7 @@ def tiny_unet():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    model, tok = build_model(DiffusionConfig(pretrained_model_name_or_path="tiny-sd", resolution=32))
+    model, tok = build_model(InstructPix2PixConfig(pretrained_model_name_or_path="tiny-sd", resolution=32))
     return model, tok
 
 
@@ -100,10 +104,18 @@ def test_dropout_matches_the_diffusers_example_layout():
 
 
 def test_dropout_rates_from_config():
-    assert dropout_rates(DiffusionConfig()) == (0.05, 0.05, 0.05)
-    assert dropout_rates(DiffusionConfig(conditioning_dropout_prob=0.1, image_dropout_prob=0.0)) == (0.1, 0.1, 0.0)
+    assert dropout_rates(InstructPix2PixConfig()) == (0.05, 0.05, 0.05)
+    rates = dropout_rates(InstructPix2PixConfig(conditioning_dropout_prob=0.1, image_dropout_prob=0.0))
+    assert rates == (0.1, 0.1, 0.0)
     with pytest.raises(ValueError, match="sum"):
-        dropout_rates(DiffusionConfig(conditioning_dropout_prob=0.5))
+        dropout_rates(InstructPix2PixConfig(conditioning_dropout_prob=0.5))
+    # the run config's model section is this dataclass, and build() takes its rates from it
+    cfg = RunConfig.for_family("instructpix2pix")
+    assert isinstance(cfg.model, InstructPix2PixConfig)
+    cfg.model.pretrained_model_name_or_path, cfg.model.resolution = "tiny-sd", 32
+    cfg.model.conditioning_dropout_prob, cfg.model.both_dropout_prob = 0.1, 0.2
+    model, _ = InstructPix2PixFamily().build(cfg)
+    assert model.dropout == (0.1, 0.2, 0.1)
 
 
 def _capture_unet_inputs(model):
@@ -158,6 +170,62 @@ def test_frozen_parts_and_train_mode(tiny_model):
                              model.null_input_ids)
 
 
+def test_trainable_modules_are_applied_by_the_trainer_helper(tiny_model):
+    """The family names what trains; ``apply_trainable`` (what the trainer calls) sets requires_grad."""
+    from mmit.training.params import apply_trainable, parameter_table
+
+    model, _ = tiny_model
+    fam = InstructPix2PixFamily()
+    cfg = RunConfig.for_family("instructpix2pix")
+    trains = fam.trainable_modules(cfg)
+    assert trains == {"unet": True, "vae": False, "text_encoder": False}
+    try:
+        model.requires_grad_(True)  # a state apply_trainable must undo for the frozen parts
+        model.unet.requires_grad_(False)
+        assert apply_trainable(model, trains) == trains
+        assert all(p.requires_grad for p in model.unet.parameters())
+        assert not any(p.requires_grad for p in model.vae.parameters())
+        assert not any(p.requires_grad for p in model.text_encoder.parameters())
+        # every parameter belongs to one of the named modules, so the table covers the whole model
+        _, rows = parameter_table(model, list(trains))
+        assert sum(r["total"] for r in rows) == sum(p.numel() for p in model.parameters())
+        assert sum(r["trainable"] for r in rows) == sum(p.numel() for p in model.unet.parameters())
+    finally:
+        model.unet.requires_grad_(True)
+        model.vae.requires_grad_(False)
+        model.text_encoder.requires_grad_(False)
+
+
+def test_family_loss_reads_the_batch_fields(tiny_model):
+    """``family.loss(model, batch)``: media["image"] is the input image, extra["edited_pixel_values"] the
+    target; the same RNG state gives exactly the model's own loss, and swapping the two images changes it."""
+    model, tok = tiny_model
+    fam = InstructPix2PixFamily()
+    g = torch.Generator().manual_seed(3)
+    items = [{"id": f"s{i}", "input_pixel_values": torch.rand(3, 32, 32, generator=g) * 2 - 1,
+              "edited_pixel_values": torch.rand(3, 32, 32, generator=g) * 2 - 1,
+              "input_ids": tok("make the square red", padding="max_length", max_length=tok.model_max_length,
+                               return_tensors="pt").input_ids[0]} for i in range(2)]
+    batch = collate_edits(items)
+    src, dst, ids = (torch.stack([it[k] for it in items]) for k in ("input_pixel_values", "edited_pixel_values",
+                                                                     "input_ids"))
+    model.eval()
+    try:
+        model.dropout = (0.0, 0.0, 0.0)
+        with torch.no_grad():
+            torch.manual_seed(11)
+            got = fam.loss(model, batch)
+            torch.manual_seed(11)
+            ref = model(src, dst, ids)["loss"]
+            torch.manual_seed(11)
+            swapped = model(dst, src, ids)["loss"]
+        assert got.ndim == 0 and torch.equal(got, ref)
+        assert not torch.equal(got, swapped)
+        assert fam.count(batch) == 2
+    finally:
+        model.dropout = (0.05, 0.05, 0.05)
+
+
 def _original_unet():
     from diffusers import UNet2DConditionModel
 
@@ -174,7 +242,8 @@ def test_preprocessor_gives_both_images_the_same_crop_and_flip(tiny_model):
     _, tok = tiny_model
     arr = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)  # not symmetric
     s = edit_sample("s1", _png(arr), "make the square red", _png(arr))
-    pre = EditPreprocessor(tok, 32, center_crop=False, random_flip=True)
+    pre = EditProcessor(tok, 32, center_crop=False, random_flip=True)
+    assert isinstance(pre, Processor)
     flipped = set()
     for seed in range(12):
         torch.manual_seed(seed)
@@ -185,8 +254,23 @@ def test_preprocessor_gives_both_images_the_same_crop_and_flip(tiny_model):
         flipped.add(item["input_pixel_values"][0, 0, 0].item())
     assert len(flipped) > 1  # crops / flips vary between draws
     assert tok.decode(item["input_ids"], skip_special_tokens=True).strip() == "make the square red"
-    batch = collate_edits([item, item])
-    assert batch["input_pixel_values"].shape == (2, 3, 32, 32) and batch["ids"] == ["s1", "s1"]
+    other = pre(edit_sample("s2", _png(arr[::-1].copy()), "move the circle left", _png(255 - arr)))
+    batch = pre.collate([item, other])
+    assert isinstance(batch, Batch) and batch.ids == ["s1", "s2"] and batch.size == 2
+    L = tok.model_max_length
+    assert batch.input_ids.shape == (2, L) and torch.equal(batch.attention_mask, torch.ones(2, L, dtype=torch.long))
+    assert torch.equal(batch.input_ids, torch.stack([item["input_ids"], other["input_ids"]]))
+    images = batch.media["image"]
+    assert set(batch.media) == {"image"} and images.values.shape == (2, 3, 32, 32)
+    assert torch.equal(images.values, torch.stack([item["input_pixel_values"], other["input_pixel_values"]]))
+    assert images.sample_index.tolist() == [0, 1] and images.position.tolist() == [-1, -1]  # no span in the text
+    assert set(batch.extra) == {"edited_pixel_values"}
+    assert torch.equal(batch.extra["edited_pixel_values"],
+                       torch.stack([item["edited_pixel_values"], other["edited_pixel_values"]]))
+    assert not torch.equal(batch.extra["edited_pixel_values"][1], images.values[1])
+    assert batch.labels is None and batch.describe() == collate_edits([item, other]).describe()
+    with pytest.raises(ValueError, match="no items"):
+        pre.collate([])
 
 
 def test_bad_edit_samples_are_counted_or_raised(tiny_model):
@@ -195,11 +279,31 @@ def test_bad_edit_samples_are_counted_or_raised(tiny_model):
                  [Media("image", data=_png(np.zeros((8, 8, 3), np.uint8)))])
     empty = edit_sample("empty", _png(np.zeros((8, 8, 3), np.uint8)), "  ", _png(np.zeros((8, 8, 3), np.uint8)))
     stats = SkipCounter()
-    pre = EditPreprocessor(tok, 32)
+    pre = EditProcessor(tok, 32)
     assert pre.try_call(one, stats) is None and pre.try_call(empty, stats) is None
     assert stats.as_dict() == {"not-an-edit-pair": 1, "no-edit-prompt": 1}
     with pytest.raises(SampleError, match="'one'"):
-        EditPreprocessor(tok, 32, overflow="error").try_call(one, SkipCounter())
+        EditProcessor(tok, 32, overflow="error").try_call(one, SkipCounter())
+    with pytest.raises(ValueError, match="resolution"):
+        EditProcessor(tok, 0)
+
+
+def test_family_processor_takes_its_settings_from_the_config(tiny_model):
+    import pickle
+
+    _, tok = tiny_model
+    cfg = RunConfig.for_family("instructpix2pix")
+    cfg.model.resolution, cfg.model.center_crop, cfg.model.random_flip = 24, True, False
+    cfg.data.overflow = "error"
+    proc = InstructPix2PixFamily().processor(cfg, None, tok)
+    assert isinstance(proc, EditProcessor)
+    assert (proc.resolution, proc.center_crop, proc.random_flip, proc.overflow) == (24, True, False, "error")
+    arr = (np.arange(40 * 56 * 3) % 251).astype(np.uint8).reshape(40, 56, 3)
+    s = edit_sample("p", _png(arr), "make the square red", _png(arr))
+    back = pickle.loads(pickle.dumps(proc))  # DataLoader workers get a copy
+    a, b = proc(s), back(s)  # centre crop, no flip: deterministic
+    assert a["input_pixel_values"].shape == (3, 24, 24)
+    assert torch.equal(a["input_pixel_values"], b["input_pixel_values"]) and torch.equal(a["input_ids"], b["input_ids"])
 
 
 def test_procedural_triples_follow_the_convention_and_are_checkable():

@@ -14,14 +14,22 @@ from mmit.evaluation.scorers import best_index, candidate_ids, generate_batch, r
 
 @pytest.fixture(scope="module")
 def tiny():
-    from mmit.config.schema import ModelConfig
-    from mmit.models.builder import build_model
+    from mmit.families.llava.config import LlavaConfig
+    from mmit.families.llava.model import build_llava
 
     torch.manual_seed(0)
-    mc = ModelConfig()
+    mc = LlavaConfig()
     mc.vision_tower.name, mc.llm.name_or_path, mc.template = "tiny-clip-vit", "tiny-llama", "vicuna-v1"
-    model, tok = build_model(mc)
+    model, tok = build_llava(mc)
     return model.eval(), tok
+
+
+def proc(model, tok, template="vicuna-v1"):
+    """The LLaVA processor of ``model`` with ``template``."""
+    from mmit.families.llava.processor import LlavaProcessor
+
+    return LlavaProcessor(tok, template, model.vision_tower.image_processor, model.num_image_tokens,
+                          model.image_token_id, 2048)
 
 
 def _items():
@@ -43,17 +51,18 @@ def test_rank_matches_one_full_forward_per_candidate(tiny, template, reduction, 
     model, tok = tiny
     cfg = RankConfig(reduction=reduction, score_end_of_turn=eot)
     items = _items()
-    got = rank_batch(model, tok, template, items, cfg)
+    p = proc(model, tok, template)
+    got = rank_batch(model, p, items, cfg)
     for it, scores in zip(items, got):
-        want = rank_full_forward(model, tok, template, it, cfg)
+        want = rank_full_forward(model, p, it, cfg)
         assert len(scores) == len(it.candidates)
         assert scores == pytest.approx(want, abs=1e-4)
     # chunked candidate rows (a private copy of the prefix cache per chunk) give the same scores
-    chunked = rank_batch(model, tok, template, items, RankConfig(reduction=reduction, score_end_of_turn=eot,
+    chunked = rank_batch(model, p, items, RankConfig(reduction=reduction, score_end_of_turn=eot,
                                                                  max_rows=2))
     assert [s for ss in chunked for s in ss] == pytest.approx([s for ss in got for s in ss], abs=1e-5)
     # the batch result does not depend on the batch's other members (padding is masked)
-    alone = rank_batch(model, tok, template, items[1:2], cfg)[0]
+    alone = rank_batch(model, p, items[1:2], cfg)[0]
     assert alone == pytest.approx(got[1], abs=1e-4)
 
 
@@ -73,20 +82,20 @@ def test_rank_encodes_media_and_prompt_once_per_batch(tiny, monkeypatch):
     monkeypatch.setattr(model, "embed", embed)
     monkeypatch.setattr(model.llm, "forward", llm_forward)
     items = _items()
-    rank_batch(model, tok, "vicuna-v1", items, RankConfig())
+    rank_batch(model, proc(model, tok), items, RankConfig())
     # one prefix pass (media + prompts of all 3 samples) + one pass for all 9 candidates
     assert calls == {"embed": 1, "llm": 2}
     calls.update(embed=0, llm=0)
     one_token = [EvalItem("t", "x", 0, items[0].turns, items[0].images, "red", ["red", "green"])]
-    rank_batch(model, tok, "vicuna-v1", one_token, RankConfig())
+    rank_batch(model, proc(model, tok), one_token, RankConfig())
     assert calls == {"embed": 1, "llm": 1}  # single-token candidates need no second pass
 
 
 def test_candidate_ids_in_context(tiny):
-    _, tok = tiny
+    model, tok = tiny
     it = _items()[0]
-    with_eot = candidate_ids(tok, "vicuna-v1", it, "dark blue", True)
-    without = candidate_ids(tok, "vicuna-v1", it, "dark blue", False)
+    with_eot = candidate_ids(proc(model, tok), it, "dark blue", True)
+    without = candidate_ids(proc(model, tok), it, "dark blue", False)
     assert with_eot[:-1] == without and with_eot[-1] == tok.eos_token_id
     assert tok.decode(without).strip() == "dark blue"
 
@@ -103,9 +112,10 @@ def test_generate_matches_inference_generate(tiny, num_beams):
 
     model, tok = tiny
     items = _items()
-    got = generate_batch(model, tok, "vicuna-v1", items, GenerateConfig(max_new_tokens=6, num_beams=num_beams))
+    p = proc(model, tok)
+    got = generate_batch(model, p, items, GenerateConfig(max_new_tokens=6, num_beams=num_beams))
     for it, (text, ids) in zip(items, got):
         img = it.images[0] if it.images else None
-        want = generate(model, tok, "vicuna-v1", it.turns[0].content, img, 6, num_beams=num_beams)
+        want = generate(model, p, it.turns[0].content, img, 6, num_beams=num_beams)
         assert ids == want.token_ids
         assert text == want.text

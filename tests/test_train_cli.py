@@ -54,11 +54,11 @@ def test_shard_epoch_is_sized_from_stats(shards, tmp_path):
 
 
 def test_align_stage_leaves_frozen_weights_bit_identical(tmp_path):
-    from mmit.models.builder import build_model
+    from mmit.families.llava.model import build_llava
     from mmit.training.checkpoint import load_model_from_checkpoint
 
     cfg = tiny_run_config(tmp_path, stage="align", max_steps=3, lr=1e-2)
-    before, _ = build_model(cfg.model)
+    before, _ = build_llava(cfg.model)
     run = train(cfg)
     after, _, _ = load_model_from_checkpoint(run)
     b, a = dict(before.named_parameters()), dict(after.named_parameters())

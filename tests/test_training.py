@@ -55,11 +55,11 @@ def test_resume_changes_the_outcome_if_data_position_were_ignored(tmp_path):
 @pytest.mark.parametrize("stage,trained", [("align", {"projector"}), ("finetune", {"projector", "llm"}),
                                            ("full", {"projector", "llm", "vision_tower"})])
 def test_stage_freezes_exactly_the_frozen_modules(tmp_path, stage, trained):
-    from mmit.models.builder import build_model
+    from mmit.families.llava.model import build_llava
 
     cfg = tiny_run_config(tmp_path, stage=stage, max_steps=2)
     torch.manual_seed(cfg.train.seed)
-    before, _ = build_model(cfg.model)
+    before, _ = build_llava(cfg.model)
     run = train(cfg)
     saved = _final_weights(run)
     assert {k.split(".")[0] for k in saved} == trained
@@ -72,15 +72,18 @@ def test_stage_freezes_exactly_the_frozen_modules(tmp_path, stage, trained):
 
 def test_projector_lr_and_no_decay_groups():
     from mmit.config.schema import TrainConfig
-    from mmit.models.builder import build_model
+    from mmit.families import get_family
+    from mmit.families.llava.model import build_llava
     from mmit.training.optim import param_groups
-    from mmit.training.stages import apply_stage
+    from mmit.training.params import apply_trainable
     from conftest import tiny_run_config as _cfg
 
     cfg = _cfg(__import__("pathlib").Path("/tmp"))
-    model, _ = build_model(cfg.model)
-    apply_stage(model, "finetune")
-    groups = param_groups(model, TrainConfig(lr=2e-5, projector_lr=1e-3, weight_decay=0.1))
+    model, _ = build_llava(cfg.model)
+    fam = get_family("llava")
+    apply_trainable(model, fam.trainable_modules(cfg))
+    cfg.train = TrainConfig(lr=2e-5, projector_lr=1e-3, weight_decay=0.1)
+    groups = param_groups(fam.param_groups(model, cfg), cfg.train)
     by = {g["name"]: g for g in groups}
     assert by["projector"]["lr"] == 1e-3 and by["model"]["lr"] == 2e-5
     assert by["model-no-decay"]["weight_decay"] == 0.0 and by["model"]["weight_decay"] == 0.1

@@ -15,6 +15,7 @@ under ``model``) still load: :func:`migrate_legacy` moves ``diffusion`` into ``m
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -217,7 +218,7 @@ def load_config(config_path: Optional[str] = None, args: Sequence[str] = ()) -> 
     try:
         cfg = draccus.parse(run_config_class(family), config_path=tmp or config_path, args=list(args),
                             exit_on_error=False)
-    except (draccus.utils.DecodingError, draccus.utils.DraccusException) as e:
+    except (draccus.utils.DecodingError, draccus.utils.DraccusException, argparse.ArgumentError) as e:
         raise ValueError(f"{where}{e}") from None
     finally:
         if tmp:

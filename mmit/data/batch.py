@@ -121,7 +121,7 @@ def pad_rows(rows: Sequence[torch.Tensor], value: int, left: bool = False):
     """Pad 1-D LongTensors to ``[len(rows), T_max]``; returns ``(padded, mask)`` (mask 1 = token).
     ``left`` pads on the left (prompts for generation). Raises ``ValueError`` on no rows."""
     if not rows:
-        raise ValueError("pad_rows() got no rows (every sample of the batch was skipped?)")
+        raise ValueError("got no items to batch (every sample of the batch was skipped?)")
     T = max(int(r.shape[0]) for r in rows)
     out = torch.full((len(rows), T), int(value), dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)

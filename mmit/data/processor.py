@@ -37,6 +37,8 @@ class Processor:
     def try_call(self, sample: Sample, stats) -> Optional[Item]:
         """``self(sample)``; under ``overflow='skip'`` a SampleError is counted in ``stats`` (by its
         reason) and None returned, under ``'error'`` it propagates."""
+        if self.overflow not in ("skip", "error"):
+            raise ValueError(f"data.overflow must be skip or error, not {self.overflow!r}")
         try:
             return self(sample)
         except SampleError as e:

@@ -40,6 +40,8 @@ def resolve_precision(precision: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"
     table = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+    if precision not in table:  # the config's Literal refuses it at parse time; this guards direct calls
+        raise ValueError(f"unknown train.precision {precision!r} (expected auto, fp32, bf16 or fp16)")
     return table[precision]
 
 

@@ -1,18 +1,18 @@
-"""MultimodalLM: splicing at <image> positions, mixed batches, errors, generation with a KV cache."""
+"""LlavaLM: splicing at <image> positions, mixed batches, errors, generation with a KV cache."""
 
 import pytest
 import torch
 
-from mmit.config.schema import ModelConfig
-from mmit.models.builder import build_model
+from mmit.families.llava.config import LlavaConfig
+from mmit.families.llava.model import build_llava
 
 
 @pytest.fixture(scope="module")
 def model_tok():
-    cfg = ModelConfig()
+    cfg = LlavaConfig()
     cfg.vision_tower.name, cfg.llm.name_or_path, cfg.template = "tiny-clip-vit", "tiny-llama", "vicuna-v1"
     torch.manual_seed(0)
-    model, tok = build_model(cfg)
+    model, tok = build_llava(cfg)
     return model.eval(), tok
 
 
@@ -83,9 +83,9 @@ def test_generate_with_kv_cache_matches_recomputing_everything(model_tok):
 
 
 def test_gradient_checkpointing_flag_reaches_llm_and_tower():
-    cfg = ModelConfig()
+    cfg = LlavaConfig()
     cfg.vision_tower.name, cfg.llm.name_or_path = "tiny-clip-vit", "tiny-llama"
-    model, _ = build_model(cfg)
+    model, _ = build_llava(cfg)
     assert not model.llm.is_activation_checkpointing
     model.gradient_checkpointing_enable()
     assert model.llm.is_activation_checkpointing

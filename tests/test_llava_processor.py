@@ -1,4 +1,4 @@
-"""SamplePreprocessor and collate: image-token expansion, budgeting before truncation, skips, padding."""
+"""LlavaProcessor: image-token expansion, budgeting before truncation, skips, padding, the typed batch."""
 
 import io
 
@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from mmit.constants import IGNORE_INDEX
-from mmit.data.collate import SamplePreprocessor, collate
+from mmit.families.llava.processor import LlavaProcessor
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
 from mmit.models.llm import resolve_llm_path
@@ -33,7 +33,7 @@ def tok():
 
 
 def _pre(tok, max_length=512, overflow="skip", template="vicuna-v1"):
-    return SamplePreprocessor(tok, template, _transform, N, tok.convert_tokens_to_ids("<image>"), max_length, overflow)
+    return LlavaProcessor(tok, template, _transform, N, tok.convert_tokens_to_ids("<image>"), max_length, overflow)
 
 
 def _sample(n_images=1, answer="The dog is brown.", sid="s"):
@@ -105,16 +105,40 @@ def test_undecodable_image_and_count_mismatch(tok):
 def test_collate_pads_right_and_mixes_text_only(tok):
     pre = _pre(tok)
     items = [pre(_sample(2, sid="a")), pre(_sample(0, sid="b")), pre(_sample(1, sid="c"))]
-    b = collate(items, tok.pad_token_id)
+    b = pre.collate(items)
     T = max(int(i["input_ids"].shape[0]) for i in items)
-    assert b["input_ids"].shape == (3, T) and b["attention_mask"].shape == (3, T)
-    assert b["pixel_values"].shape == (3, 3, 2, 2) and b["num_images"] == [2, 0, 1] and b["ids"] == ["a", "b", "c"]
+    assert b.input_ids.shape == (3, T) and b.attention_mask.shape == (3, T)
+    assert b.values("image").shape == (3, 3, 2, 2) and b.count("image") == [2, 0, 1] and b.ids == ["a", "b", "c"]
     for row, it in enumerate(items):
         n = int(it["input_ids"].shape[0])
-        assert int(b["attention_mask"][row].sum()) == n
-        assert bool((b["labels"][row, n:] == IGNORE_INDEX).all())
-        assert bool((b["input_ids"][row, n:] == tok.pad_token_id).all())
-    assert collate([pre(_sample(0))], tok.pad_token_id)["pixel_values"] is None
+        assert int(b.attention_mask[row].sum()) == n
+        assert bool((b.labels[row, n:] == IGNORE_INDEX).all())
+        assert bool((b.input_ids[row, n:] == tok.pad_token_id).all())
+    # each image's position is the first token of its span, in sample then text order
+    img = tok.convert_tokens_to_ids("<image>")
+    m = b.media["image"]
+    assert m.sample_index.tolist() == [0, 0, 2]
+    for r, p in zip(m.sample_index.tolist(), m.position.tolist()):
+        assert bool((b.input_ids[r, p:p + N] == img).all()) and (p == 0 or int(b.input_ids[r, p - 1]) != img or
+                                                                  bool((b.input_ids[r, p - N:p] == img).all()))
+    assert pre.collate([pre(_sample(0))]).values("image") is None
+
+
+def test_prompt_batches_are_left_padded_with_positions_shifted(tok):
+    from mmit.data.sample import Turn as T_
+
+    pre = _pre(tok)
+    im = Image.new("RGB", (7, 5), (30, 0, 0))
+    long = pre.prompt([T_("user", "<image>\nWhat is in this picture, in many words?")], [im], "long")
+    short = pre.prompt([T_("user", "<image>\nWhat?")], [im], "short")
+    b = pre.collate_prompts([long, short])
+    assert b.labels is None
+    pad = b.input_ids.shape[1] - short["input_ids"].shape[0]
+    assert bool((b.attention_mask[1, :pad] == 0).all()) and bool((b.attention_mask[1, pad:] == 1).all())
+    img = tok.convert_tokens_to_ids("<image>")
+    p_short = int(b.media["image"].position[1])
+    assert p_short == pad + int((short["input_ids"] == img).nonzero().min())
+    assert bool((b.input_ids[1, p_short:p_short + N] == img).all())
 
 
 def test_preprocessor_pickles(tok):
@@ -161,6 +185,6 @@ def test_media_path_is_read_when_data_is_absent(tok, tmp_path):
     assert _pre(tok)(s)["pixel_values"][:, 0, 0, 0].tolist() == [30.0]
 
 
-def test_collate_refuses_an_empty_batch():
+def test_collate_refuses_an_empty_batch(tok):
     with pytest.raises(ValueError, match="no items"):
-        collate([], 0)
+        _pre(tok).collate([])
