@@ -56,27 +56,29 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from mmit.config.schema import ModelConfig
+    from mmit.config.schema import RunConfig
     from mmit.evaluation.config import RankConfig
     from mmit.evaluation.scorers import rank_batch, rank_full_forward
-    from mmit.models.builder import build_model
+    from mmit.families import get_family
 
     torch.manual_seed(0)
-    mc = ModelConfig()
-    mc.vision_tower.name, mc.llm.name_or_path, mc.template = a.tower, a.llm, a.template
-    model, tok = build_model(mc)
+    rc = RunConfig.for_family("llava")
+    rc.model.vision_tower.name, rc.model.llm.name_or_path, rc.model.template = a.tower, a.llm, a.template
+    family = get_family("llava")
+    model, tok = family.build(rc)
     model.eval()
+    proc = family.processor(rc, model, tok)
     cfg = RankConfig(reduction="sum")
     items = make_items(a.samples, a.candidates)
 
     def fast():
         out = []
         for k in range(0, len(items), a.batch):
-            out += rank_batch(model, tok, a.template, items[k:k + a.batch], cfg)
+            out += rank_batch(model, proc, items[k:k + a.batch], cfg)
         return out
 
     def baseline():
-        return [rank_full_forward(model, tok, a.template, it, cfg) for it in items]
+        return [rank_full_forward(model, proc, it, cfg) for it in items]
 
     f, b = fast(), baseline()  # warm-up, and the two must agree
     worst = max(abs(x - y) for fs, bs in zip(f, b) for x, y in zip(fs, bs))

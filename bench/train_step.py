@@ -2,7 +2,7 @@
 PyTorch AdamW loop, on the same tiny config, batch and data, in one process.
 
 Prints tokens/s for each and the ratio mmit / baseline (target >= 0.95). Both models hold the same
-weights (the baseline is built with ``mmit.export.hf_llava.to_hf_llava``) and run in fp32 on the
+weights (the baseline is built with ``mmit.families.llava.export.to_hf_llava``) and run in fp32 on the
 CPU (or in the trainer's ``auto`` precision on a GPU for mmit, fp32 for the baseline unless
 ``--bf16``). Runs are interleaved (mmit, baseline, mmit, ...) so that drift in machine speed hits
 both alike.
@@ -33,6 +33,15 @@ def make_batch(model, batch: int, seq: int, seed: int = 0):
             "pixel_values": torch.randn(batch, 3, size, size, generator=g)}
 
 
+def to_batch(d: dict):
+    """The typed :class:`~mmit.data.batch.Batch` of a dict from :func:`make_batch` (one image per row at 1)."""
+    from mmit.data.batch import Batch, MediaTensors
+
+    B = d["input_ids"].shape[0]
+    media = {"image": MediaTensors(d["pixel_values"], torch.arange(B), torch.ones(B, dtype=torch.long))}
+    return Batch([str(i) for i in range(B)], d["input_ids"], d["attention_mask"], d["labels"], media)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per round")
@@ -44,33 +53,33 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="baseline under bf16 autocast too (GPU)")
     a = ap.parse_args()
 
-    from mmit.families.llava import LlavaFamily
-    from mmit.config.schema import ModelConfig, TrainConfig
-    from mmit.export.hf_llava import to_hf_llava
-    from mmit.models.builder import build_model
+    from mmit.config.schema import RunConfig, TrainConfig
+    from mmit.families import get_family
+    from mmit.families.llava.export import to_hf_llava
     from mmit.training.optim import build_optimizer, build_scheduler
-    from mmit.training.stages import apply_stage
+    from mmit.training.params import apply_trainable
     from mmit.training.trainer import resolve_precision, train_step
 
     torch.manual_seed(0)
-    mcfg = ModelConfig()
-    mcfg.vision_tower.name, mcfg.llm.name_or_path, mcfg.template = a.tower, a.llm, "vicuna-v1"
-    model, _ = build_model(mcfg)
+    cfg = RunConfig.for_family("llava")
+    cfg.model.vision_tower.name, cfg.model.llm.name_or_path, cfg.model.template = a.tower, a.llm, "vicuna-v1"
+    cfg.train = TrainConfig(stage="full", lr=1e-4, warmup_ratio=0.0, max_grad_norm=1.0)
+    family = get_family("llava")
+    model, _ = family.build(cfg)
     hf = to_hf_llava(model).train()
-    apply_stage(model, "full")
-    tc = TrainConfig(lr=1e-4, warmup_ratio=0.0, max_grad_norm=1.0)
+    apply_trainable(model, family.trainable_modules(cfg))
     accelerator = Accelerator(mixed_precision=resolve_precision("auto"), cpu=not torch.cuda.is_available())
-    opt = build_optimizer(model, tc)
-    sched = build_scheduler(opt, tc, 10_000)
-    model, opt = accelerator.prepare(model, opt)
+    model = accelerator.prepare(model)  # as the trainer: the optimizer is built after prepare
+    opt = accelerator.prepare(build_optimizer(family.param_groups(accelerator.unwrap_model(model), cfg), cfg.train))
+    sched = build_scheduler(opt, cfg.train, 10_000)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    family = LlavaFamily()
     device = accelerator.device
     hf.to(device)
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
-    batch = make_batch(accelerator.unwrap_model(model), a.batch, a.seq)
-    tokens = int(batch["attention_mask"].sum())
-    hf_batch = {k: v.to(device) for k, v in batch.items()}
+    raw = make_batch(accelerator.unwrap_model(model), a.batch, a.seq)
+    batch = to_batch(raw)
+    tokens = int(raw["attention_mask"].sum())
+    hf_batch = {k: v.to(device) for k, v in raw.items()}
 
     def run_mmit(n):
         for _ in range(n):

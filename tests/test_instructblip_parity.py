@@ -1,5 +1,5 @@
 """Parity with transformers: a tiny random ``InstructBlipForConditionalGeneration`` (Llama and T5 LLMs)
-imported with ``mmit import --format hf-instructblip`` gives the same logits (within 1e-4) and the same
+imported with ``mmit import --format hf-instructblip`` gives the same logits (bit for bit) and the same
 greedy tokens through ``mmit generate``; ``mmit export`` writes it back unchanged."""
 
 import json
@@ -22,7 +22,7 @@ def _hf_folder(path, llm: str):
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               LlamaConfig, T5Config)
 
-    from mmit.export.hf_instructblip import processor_tokenizer
+    from mmit.families.instructblip.export import processor_tokenizer
     from mmit.models.encoders.eva import blip_image_processor
     from mmit.models.tiny_seq2seq import build_tiny_bert_tokenizer, build_tiny_t5_tokenizer
     from mmit.models.tokenizer import build_tiny_tokenizer
@@ -83,11 +83,11 @@ def _mmit_greedy(ckpt, capsys, n=10):
 
 
 def _logits(model, batch, dec):
+    pixels, q_ids, q_mask = model.visual_inputs(batch)
     kw = {"decoder_input_ids": dec} if dec is not None else {}
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     pixel_values=batch["pixel_values"], qformer_input_ids=batch["qformer_input_ids"],
-                     qformer_attention_mask=batch["qformer_attention_mask"], **kw).logits
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=pixels,
+                     qformer_input_ids=q_ids, qformer_attention_mask=q_mask, **kw).logits
 
 
 @pytest.fixture(scope="module", params=["llama", "t5"])
@@ -99,20 +99,23 @@ def imported(request, tmp_path_factory):
 
 
 def test_import_gives_transformers_logits_and_greedy_tokens(imported, capsys):
-    from mmit.families.instructblip import InstructBlipPreprocessor, collate_instructblip
-    from mmit.training.checkpoint import load_model_from_checkpoint
+    from mmit.data.sample import Turn
+    from mmit.inference import load_for_inference
 
     kind, src, ckpt = imported
     hf, processor, inputs = _hf_inputs(src)
-    model, tok, cfg = load_model_from_checkpoint(ckpt)
+    model, pre, cfg = load_for_inference(ckpt)
     assert cfg.family == "instructblip" and model.is_encoder_decoder == (kind == "t5")
-    pre = InstructBlipPreprocessor.for_model(model, tok)
-    item = pre.encode("p", PROMPT, None, [Image.open(IMAGE).convert("RGB")])
-    batch = collate_instructblip([item], tok.pad_token_id, pre.qformer_pad_id)
+    image = Image.open(IMAGE).convert("RGB")
+    item = pre.prompt([Turn("user", f"<image>\n{PROMPT}")], [image])
+    assert item["input_ids"].tolist() == pre.encode("p", PROMPT, None, [("image", [image])])["input_ids"].tolist()
+    batch = pre.collate_prompts([item])
     # Same token ids for the LLM and the Q-Former, same pixels as InstructBlipProcessor.
-    assert batch["input_ids"].tolist() == inputs["input_ids"].tolist()
-    assert batch["qformer_input_ids"].tolist() == inputs["qformer_input_ids"].tolist()
-    assert torch.allclose(batch["pixel_values"], inputs["pixel_values"], atol=1e-6)
+    assert batch.input_ids.tolist() == inputs["input_ids"].tolist()
+    assert batch.attention_mask.tolist() == inputs["attention_mask"].tolist()
+    assert batch.extra["qformer_input_ids"].tolist() == inputs["qformer_input_ids"].tolist()
+    assert batch.extra["qformer_attention_mask"].tolist() == inputs["qformer_attention_mask"].tolist()
+    assert torch.allclose(batch.media["image"].values, inputs["pixel_values"], atol=1e-6)
     dec = torch.tensor([[hf.config.text_config.decoder_start_token_id, 5, 9, 11]]) if kind == "t5" else None
     ours = _logits(model, batch, dec)
     with torch.no_grad():
@@ -121,13 +124,28 @@ def test_import_gives_transformers_logits_and_greedy_tokens(imported, capsys):
     diff = float((ours - ref).abs().max())
     with capsys.disabled():
         print(f"\n[parity {kind}] max |logits - transformers| = {diff:.3e}")
-    assert diff < 1e-4
+    assert diff == 0.0
     assert float(ref.std()) > 1e-2  # the comparison is not between two near-constant tensors
+
+    # The inference contract gives transformers' logits too. Over the whole sequence (decoder-only:
+    # prefill(all_logits=True); seq2seq: extend over the cached encoder states) bit for bit; the
+    # next-token logits of a plain prefill (the last position only / a one-token decoder: other matmul
+    # shapes) to float rounding.
+    with torch.no_grad():
+        prefix = model.prefill(batch)
+        assert torch.allclose(prefix.logits[0], ref[0, 0 if kind == "t5" else -1], rtol=0, atol=1e-5)
+        if kind == "t5":
+            cont = dec[:, 1:]
+            assert torch.equal(model.extend(prefix, torch.tensor([0]), cont, torch.ones_like(cont))[0], ref[0, 1:])
+            with pytest.raises(ValueError, match="decoder-only"):
+                model.prefill(batch, all_logits=True)
+        else:
+            assert torch.equal(model.prefill(batch, all_logits=True).logits, ref)
 
     want = _hf_greedy(hf, processor, inputs)
     got = _mmit_greedy(ckpt, capsys)
     assert len(want) > 0 and got["token_ids"] == want
-    assert got["text"] == tok.decode(want, skip_special_tokens=True).strip()
+    assert got["text"] == pre.decode(want) == processor.tokenizer.decode(want, skip_special_tokens=True).strip()
 
 
 def test_export_round_trips(imported, tmp_path, capsys):
