@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ from mmit.data.processor import Processor
 from mmit.data.sample import Sample, SampleError, Turn
 from mmit.families import FAMILIES
 from mmit.families.base import ModelFamily
-from mmit.models.interface import MultimodalModel, Prefix, cache_kw, output_cache
+from mmit.models.interface import MultimodalModel, Prefix, extend_cached, output_cache
 
 TOY = "toy-xattn"
 
@@ -124,16 +124,9 @@ class ToyXAttnLM(MultimodalModel):
 
     @torch.no_grad()
     def extend(self, prefix, rows, input_ids, attention_mask, consume=False):
-        import copy
-
         feats, mask = prefix.state["media"]
-        self.condition((feats[rows], mask[rows]))
-        cache = prefix.cache if consume else copy.deepcopy(prefix.cache)
-        cache.batch_select_indices(rows)
-        am = torch.cat([prefix.attention_mask[rows], attention_mask], dim=1)
-        pos = prefix.lengths[rows].unsqueeze(1) + torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.llm(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True,
-                        **{cache_kw(self.llm): cache}).logits
+        self.condition((feats[rows], mask[rows]))  # each continuation row reads its own prompt's media
+        return extend_cached(self.llm, prefix, rows, input_ids, attention_mask, consume)
 
     @torch.no_grad()
     def generate_tokens(self, batch: Batch, **kw):

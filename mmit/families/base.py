@@ -72,6 +72,15 @@ class ModelFamily:
         """Group name -> (named trainable parameters, lr or None for ``train.lr``). Default: one group."""
         return {"model": ([(n, p) for n, p in model.named_parameters() if p.requires_grad], None)}
 
+    @staticmethod
+    def connector_groups(model: nn.Module, cfg, connector: str):
+        """:meth:`param_groups` with the trainable parameters of top-level module ``connector`` in their own
+        group at ``train.projector_lr`` (LLaVA's ``mm_projector_lr``) and the rest in ``model``."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        own = [(n, p) for n, p in named if n.startswith(connector + ".")]
+        return {connector: (own, cfg.train.projector_lr),
+                "model": ([(n, p) for n, p in named if not n.startswith(connector + ".")], None)}
+
     # -- data ----------------------------------------------------------------------------------------------
     def processor(self, cfg, model: nn.Module, tokenizer):
         """The :class:`~mmit.data.processor.Processor` for this model (picklable, stateless)."""

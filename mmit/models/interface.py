@@ -91,6 +91,20 @@ def output_cache(out) -> Any:
     return c if c is not None else getattr(out, "past_key_values", None)
 
 
+@torch.no_grad()
+def extend_cached(llm, prefix: Prefix, rows: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  consume: bool = False) -> torch.Tensor:
+    """Logits ``[R,L,V]`` of a decoder-only HF ``llm`` over ``input_ids [R,L]`` after prompt rows ``rows``
+    of ``prefix`` (its KV cache gathered to one row per continuation; copied unless ``consume``).
+    Positions continue each prompt's real length (left padding is masked)."""
+    cache = prefix.cache if consume else copy.deepcopy(prefix.cache)
+    cache.batch_select_indices(rows)
+    am = torch.cat([prefix.attention_mask[rows], attention_mask], dim=1)
+    pos = prefix.lengths[rows].unsqueeze(1) + torch.arange(input_ids.shape[1], device=input_ids.device)
+    return llm(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True,
+               **{cache_kw(llm): cache}).logits
+
+
 class SpliceDecoderMixin:
     """:class:`MultimodalModel` methods for media spliced into a decoder-only HF LLM's embeddings.
 
@@ -113,15 +127,9 @@ class SpliceDecoderMixin:
         logits = out.logits if all_logits else out.logits[:, -1]
         return Prefix(logits=logits, cache=output_cache(out), attention_mask=mask)
 
-    @torch.no_grad()
     def extend(self, prefix: Prefix, rows: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                consume: bool = False) -> torch.Tensor:
-        cache = prefix.cache if consume else copy.deepcopy(prefix.cache)
-        cache.batch_select_indices(rows)
-        am = torch.cat([prefix.attention_mask[rows], attention_mask], dim=1)
-        pos = prefix.lengths[rows].unsqueeze(1) + torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.llm(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True,
-                        **{cache_kw(self.llm): cache}).logits
+        return extend_cached(self.llm, prefix, rows, input_ids, attention_mask, consume)
 
     @torch.no_grad()
     def generate_tokens(self, batch: Batch, **generate_kwargs) -> torch.Tensor:

@@ -46,9 +46,7 @@ class InstructBlipFamily(ModelFamily):
                 "qformer": True, "llm": stage in ("finetune", "full")}
 
     def param_groups(self, model, cfg):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        return {"qformer": ([(n, p) for n, p in named if n.startswith("qformer.")], cfg.train.projector_lr),
-                "model": ([(n, p) for n, p in named if not n.startswith("qformer.")], None)}
+        return self.connector_groups(model, cfg, "qformer")
 
     def processor(self, cfg, model, tokenizer):
         from mmit.families.instructblip.processor import InstructBlipProcessor

@@ -33,9 +33,7 @@ class LlavaFamily(ModelFamily):
                 "projector": True, "llm": stage in ("finetune", "full")}
 
     def param_groups(self, model, cfg):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        return {"projector": ([(n, p) for n, p in named if n.startswith("projector.")], cfg.train.projector_lr),
-                "model": ([(n, p) for n, p in named if not n.startswith("projector.")], None)}
+        return self.connector_groups(model, cfg, "projector")
 
     def processor(self, cfg, model, tokenizer):
         from mmit.families.llava.processor import LlavaProcessor
