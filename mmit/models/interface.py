@@ -75,6 +75,19 @@ class MultimodalModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement generate_tokens()")
 
 
+def enable_activation_checkpointing(*modules) -> None:
+    """Non-reentrant activation checkpointing (transformers) in each module that supports it; None
+    entries and modules without support are skipped."""
+    kw = {"use_reentrant": False}
+    for m in modules:
+        if m is None or not getattr(m, "supports_gradient_checkpointing", False):
+            continue
+        if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+
 def forward_params(llm) -> set:
     """Names of the arguments of ``type(llm).forward``."""
     return set(inspect.signature(type(llm).forward).parameters)

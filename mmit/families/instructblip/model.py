@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mmit.data.batch import Batch
-from mmit.models.interface import MultimodalModel, Prefix, SpliceDecoderMixin
+from mmit.models.interface import MultimodalModel, Prefix, SpliceDecoderMixin, enable_activation_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,7 @@ class InstructBlipLM(SpliceDecoderMixin, MultimodalModel):
 
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing in the LLM and the Q-Former (transformers, non-reentrant)."""
-        kw = {"use_reentrant": False}
-        for m in (self.llm, self.qformer.qformer):
-            if not getattr(m, "supports_gradient_checkpointing", False):
-                continue
-            if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x
-                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-            else:
-                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        enable_activation_checkpointing(self.llm, self.qformer.qformer)
 
 
 # ----------------------------------------------------------------------------------------------

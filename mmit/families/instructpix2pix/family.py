@@ -42,7 +42,7 @@ def save_ema(ema, unet, ckpt_dir: Path) -> None:
     (Path(ckpt_dir) / EMA_STATE).write_text(json.dumps(state, indent=1))
 
 
-def load_ema(model, ckpt_dir: Path, decay: float = 0.9999):
+def load_ema(model, ckpt_dir: Path, decay: float):
     """The EMA saved by :func:`save_ema` in ``ckpt_dir``, or None if there is none. Raises ``KeyError``
     naming the file when a UNet parameter is missing from it."""
     path = Path(ckpt_dir) / EMA_WEIGHTS

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmit.data.batch import Batch
-from mmit.models.interface import MultimodalModel, SpliceDecoderMixin
+from mmit.models.interface import MultimodalModel, SpliceDecoderMixin, enable_activation_checkpointing
 
 
 class LlavaLM(SpliceDecoderMixin, MultimodalModel):
@@ -102,14 +102,7 @@ class LlavaLM(SpliceDecoderMixin, MultimodalModel):
     def gradient_checkpointing_enable(self) -> None:
         """Recompute the LLM's (and, if it supports it, the tower's) activations in the backward pass
         (transformers' activation checkpointing, non-reentrant)."""
-        kw = {"use_reentrant": False}
-        for m in (self.llm, getattr(self.vision_tower, "vision_model", None)):
-            if m is None or not getattr(m, "supports_gradient_checkpointing", False):
-                continue
-            if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x
-                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-            else:
-                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        enable_activation_checkpointing(self.llm, getattr(self.vision_tower, "vision_model", None))
 
 
 def build_llava(cfg, dtype: torch.dtype = torch.float32) -> Tuple[LlavaLM, PreTrainedTokenizerBase]:
