@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first, pinned to the releases our machines keep on local disk.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
+	# OpenFlamingo's reference code for the flamingo parity tests (MIT). It pins an old torch, so it is
+	# installed without its dependencies; its model code runs on the torch/transformers above.
+	$(BIN)/pip install -q --no-deps open-flamingo==2.0.1
 	touch $(STAMP)
 
 venv: $(STAMP)

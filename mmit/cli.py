@@ -19,7 +19,7 @@ commands:
   train     train from a config:   mmit train --config_path configs/llava/tiny_demo.yaml [--train.max_steps=4 ...] [--resume]
   convert   source files -> webdataset shards:   mmit convert --format llava --input FILE --media-root DIR --output DIR
   inspect   look at converted shards:   mmit inspect OUT_DIR
-  generate  answer a prompt:       mmit generate --checkpoint DIR --image PATH --prompt TEXT [--json]
+  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] --prompt TEXT [--json]
   eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR
   edit      edit an image (instructpix2pix family):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
   export    to another toolkit's folder:   mmit export --checkpoint DIR --format FORMAT --output DIR
@@ -29,7 +29,13 @@ commands:
 
 
 def _quiet_libraries() -> None:
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Libraries that log through the root logger's module functions (open_clip's logging.info) would
+    # otherwise install a root stderr handler (logging.basicConfig) and print every mmit line twice.
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -69,25 +75,26 @@ def cmd_train(argv: List[str]) -> int:
 
 
 def cmd_generate(argv: List[str]) -> int:
-    from PIL import Image
-
     from mmit.inference import generate, load_for_inference
 
     p = argparse.ArgumentParser(prog="mmit generate", description="Answer a prompt about an image with a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
-    p.add_argument("--image", help="image file (omit for a text-only prompt)")
+    p.add_argument("--image", action="append", default=[],
+                   help="image file; repeat for several images, placed at the prompt's <image> markers in order "
+                        "(omit for a text-only prompt)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]} (new ids only)')
     a = p.parse_args(argv)
-    image = None
-    if a.image:
-        from mmit.data.media import decode_image
+    from mmit.data.media import decode_image
 
-        if not os.path.isfile(a.image):
-            raise FileNotFoundError(f"image not found: {a.image}")
-        with open(a.image, "rb") as f:
-            image = decode_image(f.read(), a.image)
+    images = []
+    for path in a.image:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+        with open(path, "rb") as f:
+            images.append(decode_image(f.read(), path))
+    image = images if len(images) > 1 else (images[0] if images else None)
     model, processor, _ = load_for_inference(a.checkpoint)
     ans = generate(model, processor, a.prompt, image, a.max_new_tokens)
     print(json.dumps({"text": ans.text, "token_ids": ans.token_ids}) if a.json else ans.text)

@@ -25,12 +25,16 @@ class Answer:
     token_ids: List[int]
 
 
-def prompt_turns(prompt: str, with_image: bool) -> List[Turn]:
-    """One user turn; ``<image>\\n`` is put first when an image is given and the prompt has no placeholder."""
-    if with_image and IMAGE_PLACEHOLDER not in prompt:
-        prompt = f"{IMAGE_PLACEHOLDER}\n{prompt}"
-    if not with_image and IMAGE_PLACEHOLDER in prompt:
-        raise ValueError(f"the prompt contains {IMAGE_PLACEHOLDER} but no image was given")
+def prompt_turns(prompt: str, with_image: bool | int) -> List[Turn]:
+    """One user turn for ``with_image`` images (a bool counts as 0 or 1). A prompt without ``<image>``
+    gets one ``<image>\\n`` per image in front; a prompt with markers must have one per image.
+    Raises ``ValueError`` when the markers and the images disagree."""
+    n = int(with_image)
+    have = prompt.count(IMAGE_PLACEHOLDER)
+    if have == 0 and n:
+        prompt = f"{IMAGE_PLACEHOLDER}\n" * n + prompt
+    elif have != n:
+        raise ValueError(f"the prompt has {have} {IMAGE_PLACEHOLDER} marker(s) but {n} image(s) were given")
     return [Turn("user", prompt)]
 
 
@@ -52,12 +56,14 @@ def load_for_inference(checkpoint, dtype: torch.dtype = torch.float32):
 
 @torch.no_grad()
 def generate(model, processor, prompt: str, image=None, max_new_tokens: int = 64, **generate_kwargs) -> Answer:
-    """Answer ``prompt`` about ``image`` (a PIL image or None).
+    """Answer ``prompt`` about ``image``: a PIL image, a list of them (interleaved at the prompt's
+    ``<image>`` markers, in order, for families that read several), or None.
 
     Returns :class:`Answer` with the decoded text (special tokens removed) and the newly generated ids
     (the stop token included when the model emitted one).
     """
-    item = processor.prompt(prompt_turns(prompt, image is not None), [] if image is None else [image])
+    images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
+    item = processor.prompt(prompt_turns(prompt, len(images)), images)
     batch = processor.collate_prompts([item]).to(model_device(model))
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": processor.stop_token_ids(),
               "pad_token_id": processor.pad_id, **generate_kwargs}

@@ -40,6 +40,10 @@ def family_config(family: str, tmp: Path):
         # directory must not write procedural triples there
         cfg = load_config(str(ROOT / "configs" / "instructpix2pix" / "tiny.yaml"),
                           ["--data.path=triples", "--model.procedural_triples=16"])
+    elif family == "flamingo":
+        cfg = load_config(str(ROOT / "configs" / "otter" / "tiny.yaml"),
+                          ["--data.format=llava", f"--data.path={ROOT / 'demo_data' / 'llava_demo.json'}",
+                           f"--data.media_root={ROOT / 'demo_data' / 'images'}", "--train.stage=align"])
     else:  # a family added later must add its tiny config here
         pytest.fail(f"no tiny config for family {family!r} in tests/test_families.py")
     t = cfg.train

@@ -21,6 +21,7 @@ FAMILIES: Dict[str, str] = {
     "llava": "mmit.families.llava.family:LlavaFamily",
     "instructblip": "mmit.families.instructblip.family:InstructBlipFamily",
     "instructpix2pix": "mmit.families.instructpix2pix.family:InstructPix2PixFamily",
+    "flamingo": "mmit.families.flamingo.family:FlamingoFamily",
 }
 
 

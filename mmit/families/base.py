@@ -6,11 +6,11 @@ Life-cycle, in the order the trainer calls the hooks:
 1. :meth:`ModelFamily.build` constructs the architecture and its tokenizer from the config: pure (no
    file written, no training-only state, no pretrained weights that a checkpoint would replace).
    Loading a checkpoint is ``build`` + load weights + :meth:`~ModelFamily.load_extra`.
-2. :meth:`~ModelFamily.prepare_data` (main process only, before any data is read) and
-   :meth:`~ModelFamily.prepare_for_training` (pretrained initialisation, EMA, later LoRA).
+2. :meth:`~ModelFamily.prepare_data` (main process only, before any data is read).
 3. :meth:`~ModelFamily.trainable_modules` names what trains in the stage; the trainer sets
-   ``requires_grad`` (:func:`mmit.training.params.apply_trainable`) and builds the optimizer from
-   :meth:`~ModelFamily.param_groups` after ``accelerator.prepare``.
+   ``requires_grad`` (:func:`mmit.training.params.apply_trainable`), then calls
+   :meth:`~ModelFamily.prepare_for_training` (pretrained initialisation, EMA, new token rows, later
+   LoRA), and builds the optimizer from :meth:`~ModelFamily.param_groups` after ``accelerator.prepare``.
 4. :meth:`~ModelFamily.processor` (a stateless :class:`~mmit.data.processor.Processor`: samples and
    prompts -> typed :class:`~mmit.data.batch.Batch`), then per micro-batch :meth:`~ModelFamily.loss`
    and :meth:`~ModelFamily.count`, per optimizer step :meth:`~ModelFamily.on_step_end`.
@@ -60,16 +60,18 @@ class ModelFamily:
         """Write data the run needs before it reads any (e.g. procedural samples). Main process only."""
 
     def prepare_for_training(self, model: nn.Module, cfg) -> None:
-        """Training-only initialisation after ``model.init_from`` is loaded and before a resume loads
-        its checkpoint: pretrained connector weights, EMA, adapters."""
+        """Training-only initialisation after ``model.init_from`` is loaded and the stage's modules are
+        (un)frozen, before a resume loads its checkpoint: pretrained connector weights, EMA, adapters,
+        trainable parts inside a frozen module."""
 
     # -- what trains -----------------------------------------------------------------------------------
     def trainable_modules(self, cfg) -> Dict[str, bool]:
         """Top-level module name -> trains in ``cfg.train.stage`` (all modules, for the parameter table)."""
         raise NotImplementedError
 
-    def param_groups(self, model: nn.Module, cfg) -> Dict[str, Tuple[List[Tuple[str, nn.Parameter]], Optional[float]]]:
-        """Group name -> (named trainable parameters, lr or None for ``train.lr``). Default: one group."""
+    def param_groups(self, model: nn.Module, cfg) -> Dict[str, tuple]:
+        """Group name -> (named trainable parameters, lr or None for ``train.lr``[, weight decay or None
+        for ``train.weight_decay``]). Default: one group."""
         return {"model": ([(n, p) for n, p in model.named_parameters() if p.requires_grad], None)}
 
     @staticmethod

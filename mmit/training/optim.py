@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -10,21 +10,23 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from mmit.config.schema import TrainConfig
 
-NamedGroups = Dict[str, Tuple[List[Tuple[str, nn.Parameter]], Optional[float]]]
+NamedGroups = Dict[str, tuple]
 
 
 def param_groups(groups: NamedGroups, cfg: TrainConfig) -> List[dict]:
-    """Optimizer groups from the family's ``name -> (named parameters, lr or None)``: each split by
-    decay; 1-D tensors (biases, norm weights) get no weight decay, as in LLaVA's / HF Trainer's
-    ``get_decay_parameter_names``. Raises ``ValueError`` when nothing trains."""
+    """Optimizer groups from the family's ``name -> (named parameters, lr or None[, weight decay or None])``:
+    each split by decay; 1-D tensors (biases, norm weights) get no weight decay, as in LLaVA's / HF
+    Trainer's ``get_decay_parameter_names``; a group's own weight decay (e.g. 0 for embeddings) replaces
+    ``train.weight_decay``. Raises ``ValueError`` when nothing trains."""
     out = []
     for name in sorted(groups):
-        named, lr = groups[name]
+        named, lr, *rest = groups[name]
+        wd = cfg.weight_decay if not rest or rest[0] is None else rest[0]
         for decay in (True, False):
             params = [p for _, p in named if p.requires_grad and (p.ndim >= 2) == decay]
             if params:
                 out.append({"params": params, "lr": cfg.lr if lr is None else lr,
-                            "weight_decay": cfg.weight_decay if decay else 0.0,
+                            "weight_decay": wd if decay else 0.0,
                             "name": name + ("" if decay else "-no-decay")})
     if not out:
         raise ValueError("no trainable parameters: check train.stage")

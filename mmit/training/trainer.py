@@ -108,8 +108,8 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         src = resolve_checkpoint_dir(cfg.model.init_from)
         n = load_weights(model, src / "model.safetensors")
         log.info("initialised %d tensors from %s", n, src)
-    family.prepare_for_training(model, cfg)
     trains = apply_trainable(model, family.trainable_modules(cfg))
+    family.prepare_for_training(model, cfg)  # after freezing: it may unfreeze parts (adapters, new token rows)
     table, _ = parameter_table(model, list(trains))
     log.info("stage %s, parameters:\n%s", tc.stage, table)
     if tc.gradient_checkpointing:
