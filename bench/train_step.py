@@ -7,7 +7,9 @@ CPU (or in the trainer's ``auto`` precision on a GPU for mmit, fp32 for the base
 ``--bf16``). Runs are interleaved (mmit, baseline, mmit, ...) so that drift in machine speed hits
 both alike.
 
-    python bench/train_step.py [--steps 20] [--batch 8] [--seq 192] [--llm tiny-llama-4l]
+    python bench/train_step.py [--steps 20] [--batch 8] [--seq 192] [--llm tiny-llama-4l] [--no-flamingo]
+
+Then the Flamingo row (``bench/flamingo_step.py``): mmit's Flamingo step against open_flamingo's model.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--llm", default="tiny-llama-4l")
     ap.add_argument("--tower", default="tiny-clip-vit")
     ap.add_argument("--bf16", action="store_true", help="baseline under bf16 autocast too (GPU)")
+    ap.add_argument("--no-flamingo", action="store_true", help="skip the Flamingo row (bench/flamingo_step.py)")
     a = ap.parse_args()
 
     from mmit.config.schema import RunConfig, TrainConfig
@@ -118,6 +121,10 @@ def main() -> None:
     print(f"transformers Llava + AdamW:  {h:10.0f} tokens/s")
     print(f"ratio mmit/baseline: {statistics.median(ratios):.3f}  (median of {a.rounds} paired rounds; "
           f"min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 0.95)")
+    if not a.no_flamingo:
+        from flamingo_step import run as flamingo_row  # bench/ is on sys.path when run as a script
+
+        flamingo_row()
 
 
 if __name__ == "__main__":

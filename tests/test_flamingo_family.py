@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -33,29 +32,14 @@ def _cfg(*overrides):
 @pytest.fixture(scope="module")
 def pair():
     """Our model and open_flamingo's Flamingo holding the same weights, gates non-zero."""
-    from open_flamingo.src.flamingo import Flamingo
-    from open_flamingo.src.flamingo_lm import FlamingoLMMixin
-    from open_flamingo.src.utils import extend_instance
-    from transformers import AutoModelForCausalLM
-
     from mmit.families import get_family
-    from mmit.families.flamingo.export import from_openflamingo
+    from mmit.families.flamingo.reference import build_reference, tie_to_reference
     from mmit.models.llm import resolve_llm_path
 
     torch.manual_seed(0)
-    cfg = _cfg(*OF_SIZES)
-    model, tok = get_family("flamingo").build(cfg)
-    lang = AutoModelForCausalLM.from_pretrained(resolve_llm_path("tiny-llama"), dtype=torch.float32)
-    lang.resize_token_embeddings(len(tok))
-    extend_instance(lang, FlamingoLMMixin)
-    lang.set_decoder_layers_attr_name("model.layers")
-    ref = Flamingo(SimpleNamespace(visual=copy.deepcopy(model.vision_tower.visual)), lang, model.endofchunk_token_id,
-                   model.media_token_id, vis_dim=model.vision_tower.hidden_size, cross_attn_every_n_layers=1)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.endswith("_gate"):
-                p.copy_(torch.randn(1))
-    from_openflamingo(model, ref.state_dict(), "open_flamingo")
+    model, tok = get_family("flamingo").build(_cfg(*OF_SIZES))
+    ref = build_reference(model, resolve_llm_path("tiny-llama"), every_n=1)
+    tie_to_reference(model, ref)
     return model.eval(), ref.eval(), tok
 
 
