@@ -12,6 +12,21 @@ their ``<|endofchunk|>``; everything else (BOS, ``<image>``, ``User:``/``GPT:`` 
 -100. With ``supervise_in_context`` false only the last (query) answer is learned. Text between special
 tokens is tokenized piece by piece, which is what a fast tokenizer does with the whole string.
 
+Document mode (a sample with ``meta["document"]``, e.g. from the ``mmc4`` reader; MMC4 arXiv 2304.06939):
+rendered as OpenFlamingo renders MMC4 (arXiv 2308.01390, ``open_flamingo/train/data.py``
+``preprocess_interleaved``): the document text (the non-system turns joined) with each ``<image>`` kept as
+the ``<image>`` token, ``<|endofchunk|>`` before every ``<image>`` after the first and at the end, then
+EOS, whitespace next to a placeholder dropped::
+
+    <s>{text before the first image}<image>{chunk 1}<|endofchunk|><image>{chunk 2}<|endofchunk|></s>
+
+Labels, as OpenFlamingo's MMC4 loss (``train_utils.py``): ``<image>`` and padding -100, every token before
+the first ``<image>`` -100, every token after an ``<|endofchunk|>`` up to the next ``<image>`` -100 (here
+only the final EOS); the chunk text and its ``<|endofchunk|>`` are learned. ``max_length``: a document
+that does not fit is cut after its last whole chunk that fits (the images of the dropped chunks are
+dropped too, no EOS); one whose first chunk does not fit is a ``too-long`` skip. OpenFlamingo instead
+cuts at ``max_tokens`` anywhere, leaving images without their text.
+
 Batch: ``input_ids`` ``[B,T]`` with one ``<image>`` token per image (its position is the image's
 ``position``), ``media["image"]`` ``[I,3,H,W]``; no extras. Prompts for inference end with
 ``User:{question} GPT:<answer>``.
@@ -64,8 +79,9 @@ class OtterProcessor(Processor):
     Args:
         tokenizer: the LLM tokenizer with ``<image>``, ``<|endofchunk|>`` and ``<answer>`` as single tokens.
         image_transform: ``list[PIL.Image] -> FloatTensor [n,3,H,W]``.
-        max_length: token budget; a sample longer than it is a ``too-long`` skip (never cut: cutting would
-            drop the query or leave an image without its text).
+        max_length: token budget; a chat sample longer than it is a ``too-long`` skip (never cut: cutting
+            would drop the query or leave an image without its text); a document is cut after its last
+            whole chunk that fits (module docstring).
         supervise_in_context: learn every answer (True, Otter's masking) or only the query's.
     """
 
@@ -104,9 +120,46 @@ class OtterProcessor(Processor):
         prompt = bool(chunks) and chunks[-1][2] is None
         return ids, (None if prompt else labels)
 
-    def _images(self, sample: Sample):
+    def encode_document(self, text: str, sample_id: str):
+        """``(input_ids, labels, n_images)`` of a document (module docstring, document mode): lists of
+        token ids and labels, and how many of its images (the first ones) survive the ``max_length`` cut.
+
+        Raises SampleError: ``no-supervised-tokens`` (no ``<image>``: OpenFlamingo learns nothing before
+        the first image), ``too-long`` (the text before the first image plus the first chunk exceed
+        ``max_length``)."""
+        prefix, *chunks = text.split(IMAGE_PLACEHOLDER)
+        if not chunks:
+            raise SampleError(f"sample {sample_id!r}: document without an <image>: nothing is supervised "
+                              "before the first image", "no-supervised-tokens")
+        ids: List[int] = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        ids += self._tok(prefix.rstrip())
+        labels: List[int] = [IGNORE_INDEX] * len(ids)
+        kept = 0
+        for chunk in chunks:
+            body = self._tok(chunk.strip()) + [self.endofchunk_token_id]
+            if len(ids) + 1 + len(body) > self.max_length:
+                break
+            ids += [self.media_token_id] + body
+            labels += [IGNORE_INDEX] + body
+            kept += 1
+        if kept == 0:
+            raise SampleError(f"sample {sample_id!r}: the text before the first image and the first chunk "
+                              f"exceed max_length {self.max_length}", "too-long")
+        if kept == len(chunks) and self.tokenizer.eos_token_id is not None and len(ids) < self.max_length:
+            ids.append(self.tokenizer.eos_token_id)
+            labels.append(IGNORE_INDEX)
+        return ids, labels, kept
+
+    def _document(self, sample: Sample) -> Dict[str, Any]:
+        text = " ".join(t.content for t in sample.turns if t.role != "system" and t.content)
+        ids, labels, kept = self.encode_document(text, sample.id)
+        images = self._images(sample, kept)
+        return {"id": sample.id, "input_ids": torch.tensor(ids, dtype=torch.long),
+                "labels": torch.tensor(labels, dtype=torch.long), "pixel_values": self.image_transform(images)}
+
+    def _images(self, sample: Sample, limit: Optional[int] = None):
         out = []
-        for m in sample.media:
+        for m in sample.media[:limit]:
             if m.kind != "image":
                 raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by the flamingo "
                                   "family yet", "unsupported-media")
@@ -116,8 +169,11 @@ class OtterProcessor(Processor):
 
     def __call__(self, sample: Sample) -> Dict[str, Any]:
         """Raises SampleError (``no-answer``, ``too-long``, ``no-supervised-tokens``, ``undecodable-image``,
-        ``image-count-mismatch``, ...) naming the sample id."""
+        ``image-count-mismatch``, ...) naming the sample id. A ``meta["document"]`` sample is rendered in
+        document mode (module docstring)."""
         sample.validate()
+        if sample.meta.get("document"):
+            return self._document(sample)
         if sample.turns[-1].role != "assistant":
             raise SampleError(f"sample {sample.id!r}: the last turn must be an assistant answer", "no-answer")
         ids, labels = self.encode(sample.turns, sample.id)
