@@ -13,11 +13,17 @@ answers are post-processed and scored, and whether the task is ``held-in`` or ``
     rank: {reduction: sum, candidates: ["yes", "no"]}
     metrics: [mc-accuracy]
 
+k-shot in-context evaluation (OpenFlamingo, arXiv 2308.01390): ``shots: [0, 4, 8]`` scores every
+sample once per k with k demonstrations (seeded by ``shot_seed``) from ``demonstrations`` (a data
+section; default: the task's own data, the evaluated sample excluded); see
+:mod:`mmit.evaluation.incontext`.
+
 A *suite* file lists task files (paths relative to the suite file) and run-wide settings::
 
     name: procedural
     tasks: [procedural/object_color.yaml, procedural/count_color.yaml]
     batch_size: 16
+    shots: [0, 4, 8]          # optional: replaces every task's own shots
 
 Data paths inside a task are relative to the working directory (as in training configs).
 """
@@ -39,6 +45,8 @@ OUTPUTS = ("generate", "rank")
 REDUCTIONS = ("sum", "mean")
 #: Readers that can re-render a sample with each of its task's own instruction templates.
 SOURCE_TEMPLATE_FORMATS = ("multiinstruct",)
+#: ``TaskConfig.shots`` default: zero-shot only (results as before in-context evaluation existed).
+DEFAULT_SHOTS = (0,)
 
 
 @dataclass
@@ -112,6 +120,23 @@ class TaskConfig:
     chance: Optional[float] = None
     #: Score at most this many samples (the first ones in stored order); None: all.
     max_samples: Optional[int] = None
+    #: In-context demonstrations per prompt, one evaluation per entry (OpenFlamingo reports 0, 4, 8,
+    #: ..., arXiv 2308.01390). The first entry is the task's headline figure; ``[0]``: zero-shot.
+    shots: List[int] = field(default_factory=lambda: list(DEFAULT_SHOTS))
+    #: Where demonstrations are drawn from (a data section like ``data``); None: the task's own
+    #: ``data``, read in full (not capped by ``max_samples``), the evaluated sample excluded.
+    demonstrations: Optional[EvalDataConfig] = None
+    #: Seed of the demonstration draw; each (task, sample id, k, seed) draws the same demonstrations.
+    shot_seed: int = 0
+
+
+#: In-context fields and their defaults: left out of :func:`config_hash` at these values.
+_INCONTEXT_DEFAULTS = {"shots": list(DEFAULT_SHOTS), "demonstrations": None, "shot_seed": 0}
+
+
+def is_incontext(task: TaskConfig) -> bool:
+    """True when ``task`` asks for anything but zero-shot only (``shots != [0]``)."""
+    return list(task.shots) != list(DEFAULT_SHOTS)
 
 
 @dataclass
@@ -126,6 +151,10 @@ class SuiteConfig:
     max_samples: Optional[int] = None
     #: Bar chart file name in the output folder ('' for none).
     plot: str = "heldin_vs_heldout.png"
+    #: Replaces every task's ``shots`` (e.g. ``--shots=[0,4,8]`` on the command line); None: keep them.
+    shots: Optional[List[int]] = None
+    #: Replaces every task's ``shot_seed``; None: keep them.
+    shot_seed: Optional[int] = None
 
 
 def _parse(cls, path: Optional[str], args: Sequence[str] = ()):
@@ -167,6 +196,16 @@ def validate_task(task: TaskConfig, path: str) -> TaskConfig:
         bad("generate.max_new_tokens and generate.num_beams must be >= 1")
     if task.max_samples is not None and task.max_samples < 1:
         bad(f"max_samples must be >= 1, got {task.max_samples}")
+    validate_shots(task.shots, path)
+    if isinstance(task.shot_seed, bool) or not isinstance(task.shot_seed, int):
+        bad(f"shot_seed must be an integer, not {task.shot_seed!r}")
+    d = task.demonstrations
+    if d is not None:
+        if not d.path:
+            bad("demonstrations.path is required when demonstrations is given (leave demonstrations out "
+                "to draw them from the task's own data)")
+        if d.missing_media not in ("skip", "error"):
+            bad(f"demonstrations.missing_media must be skip or error, not {d.missing_media!r}")
     for i, t in enumerate(task.templates):
         try:
             t.format_map(_AnyFields())
@@ -187,6 +226,17 @@ def validate_task(task: TaskConfig, path: str) -> TaskConfig:
     return task
 
 
+def validate_shots(shots, path: str, key: str = "shots") -> None:
+    """``shots``: a non-empty list of distinct integers >= 0. Raises ``ValueError`` naming ``path``."""
+    if not shots:
+        raise ValueError(f"{path}: {key} must list at least one k (e.g. [0] or [0, 4, 8])")
+    for i, k in enumerate(shots):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"{path}: {key}[{i}] must be an integer >= 0, got {k!r}")
+    if len(set(shots)) != len(shots):
+        raise ValueError(f"{path}: {key} lists a k twice: {list(shots)}")
+
+
 class _AnyFields(dict):
     def __missing__(self, key):
         return ""
@@ -198,12 +248,14 @@ def _check_yaml_booleans(path: str) -> None:
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f) or {}
     lists = {"rank.candidates": (doc.get("rank") or {}).get("candidates") if isinstance(doc.get("rank"), dict) else None,
-             "templates": doc.get("templates"), "metrics": doc.get("metrics")}
+             "templates": doc.get("templates"), "metrics": doc.get("metrics"),
+             "shots": doc.get("shots") if isinstance(doc.get("shots"), list) else None}
     for key, vals in lists.items():
         for i, v in enumerate(vals or []):
             if isinstance(v, bool):
+                hint = "k must be an integer >= 0" if key == "shots" else "quote it, e.g. \"yes\""
                 raise ValueError(f"{path}: {key}[{i}] reads as the boolean {v} (YAML turns unquoted yes/no/on/off "
-                                 f"into booleans); quote it, e.g. \"yes\"")
+                                 f"into booleans); {hint}")
 
 
 def load_task(path: str, args: Sequence[str] = ()) -> TaskConfig:
@@ -251,6 +303,15 @@ def load_suite(path: str, args: Sequence[str] = ()) -> Tuple[SuiteConfig, List[T
             tasks.append((p, load_task(p)))
     if suite.batch_size < 1:
         raise ValueError(f"{path}: batch_size must be >= 1, got {suite.batch_size}")
+    if suite.shots is not None:
+        validate_shots(suite.shots, path)
+        for _, t in tasks:
+            t.shots = list(suite.shots)
+    if suite.shot_seed is not None:
+        if isinstance(suite.shot_seed, bool) or not isinstance(suite.shot_seed, int):
+            raise ValueError(f"{path}: shot_seed must be an integer, not {suite.shot_seed!r}")
+        for _, t in tasks:
+            t.shot_seed = suite.shot_seed
     seen = {}
     for p, t in tasks:
         if t.name in seen:
@@ -259,11 +320,21 @@ def load_suite(path: str, args: Sequence[str] = ()) -> Tuple[SuiteConfig, List[T
     return suite, tasks
 
 
+def _hashed_task(task: TaskConfig) -> dict:
+    d = asdict(task)
+    for k, default in _INCONTEXT_DEFAULTS.items():
+        if d.get(k) == default:
+            del d[k]
+    return d
+
+
 def config_hash(suite: SuiteConfig, tasks: Sequence[Tuple[str, TaskConfig]]) -> str:
     """sha256 (hex, first 16 chars) of the resolved suite and task configs: two runs with the same
-    hash scored the same tasks the same way (file locations do not enter it)."""
-    blob = json.dumps({"suite": {k: v for k, v in asdict(suite).items() if k != "tasks"},
-                       "tasks": [asdict(t) for _, t in tasks]}, sort_keys=True)
+    hash scored the same tasks the same way (file locations do not enter it). In-context fields at
+    their defaults (zero-shot) are left out, so zero-shot configs hash as before they existed; the
+    suite's ``shots`` / ``shot_seed`` enter through the tasks they were copied into."""
+    blob = json.dumps({"suite": {k: v for k, v in asdict(suite).items() if k not in ("tasks", "shots", "shot_seed")},
+                       "tasks": [_hashed_task(t) for _, t in tasks]}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

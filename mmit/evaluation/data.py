@@ -22,7 +22,7 @@ from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.media import decode_image, read_media_bytes
 from mmit.data.sample import Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
-from mmit.evaluation.config import TaskConfig
+from mmit.evaluation.config import EvalDataConfig, TaskConfig
 
 
 @dataclass
@@ -32,6 +32,9 @@ class EvalItem:
     ``turns`` ends with the user turn (the prompt); ``template`` is the template index (0 when the
     task has none and the stored user turn is used); ``images`` are decoded RGB PIL images in
     placeholder order; ``reference`` str or list[str]; ``candidates`` list[str] for ``rank``.
+    ``shots``: in-context demonstrations in ``turns`` (user/assistant exchanges before the query,
+    their images first in ``images``); ``demonstrations`` their sample ids, in prompt order
+    (:mod:`mmit.evaluation.incontext`).
     """
 
     task: str
@@ -42,6 +45,8 @@ class EvalItem:
     reference: Any = ""
     candidates: Optional[List[str]] = None
     label: Any = None
+    shots: int = 0
+    demonstrations: List[str] = field(default_factory=list)
 
     @property
     def prompt(self) -> str:
@@ -49,9 +54,9 @@ class EvalItem:
         return self.turns[-1].content
 
 
-def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> Iterator[Sample]:
-    """The task's samples in stored order (shards unshuffled, or a registered source reader)."""
-    d = task.data
+def iter_data_samples(d: EvalDataConfig, stats: SkipCounter, where: str, key: str = "data") -> Iterator[Sample]:
+    """The samples of data section ``d`` in stored order (shards unshuffled, or a registered source
+    reader). Raises ``FileNotFoundError`` naming ``where`` and ``key`` for a missing annotation file."""
     if d.format == "shards":
         from mmit.data.shards import iter_shards
 
@@ -59,9 +64,14 @@ def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> I
     from mmit.data.sources import get_reader
 
     if not os.path.exists(d.path):
-        raise FileNotFoundError(f"{path or task.name}: data.path not found: {d.path}")
+        raise FileNotFoundError(f"{where}: {key}.path not found: {d.path}")
     reader = get_reader(d.format)
     return reader(d.path, media_root=d.media_root, missing=d.missing_media, stats=stats)
+
+
+def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> Iterator[Sample]:
+    """The task's samples in stored order (shards unshuffled, or a registered source reader)."""
+    return iter_data_samples(task.data, stats, path or task.name)
 
 
 def prompt_fields(sample: Sample, user: str) -> Dict[str, Any]:
@@ -103,7 +113,9 @@ def source_template_prompts(sample: Sample) -> List[str]:
                           "template-error") from None
 
 
-def _decode_images(sample: Sample) -> List[Any]:
+def decode_images(sample: Sample) -> List[Any]:
+    """The sample's images, decoded to RGB PIL images in media order. Raises :class:`SampleError`
+    (``unsupported-media``, ``missing-media``, or the decoder's reason) naming the sample."""
     images = []
     for j, m in enumerate(sample.media):
         if m.kind != "image":
@@ -117,9 +129,9 @@ def _decode_images(sample: Sample) -> List[Any]:
     return images
 
 
-def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]:
-    """All :class:`EvalItem` of one sample (one per template). Raises :class:`SampleError`."""
-    sample.validate()
+def split_answer(sample: Sample) -> Tuple[List[Turn], Any]:
+    """``(turns up to the final user turn, reference)``: a final assistant turn is the reference
+    unless ``meta["answers"]`` gives them (a list). Raises :class:`SampleError` (``no-prompt``)."""
     turns = list(sample.turns)
     answers = sample.meta.get("answers")
     if turns[-1].role == "assistant":
@@ -129,6 +141,27 @@ def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]
         reference = answers if answers else ""
     if not turns or turns[-1].role != "user":
         raise SampleError(f"sample {sample.id!r}: no user turn to prompt with", "no-prompt")
+    if isinstance(reference, (list, tuple)):
+        reference = [str(r) for r in reference]
+    return turns, reference
+
+
+def prompt_texts(task: TaskConfig, sample: Sample, turns: List[Turn], where: str) -> List[str]:
+    """The final user turn of ``turns`` rendered with each of the task's templates (the stored turn
+    when there are none; the reader's own with ``source_templates``), template order."""
+    user = turns[-1].content
+    if task.source_templates:
+        return source_template_prompts(sample)
+    fields = prompt_fields(sample, user) if task.templates else {}
+    n_img = user.count(IMAGE_PLACEHOLDER)
+    return [user if tpl is None else render_template(tpl, fields, n_img, f"{where} sample {sample.id!r}")
+            for tpl in (task.templates or [None])]
+
+
+def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]:
+    """All :class:`EvalItem` of one sample (one per template). Raises :class:`SampleError`."""
+    sample.validate()
+    turns, reference = split_answer(sample)
     if task.output == "rank":
         candidates = list(task.rank.candidates) or [str(o) for o in sample.meta.get("options") or []]
         if not candidates:
@@ -136,23 +169,11 @@ def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]
                               "rank.candidates nor meta['options'] gives any", "no-candidates")
     else:
         candidates = None
-    if isinstance(reference, (list, tuple)):
-        reference = [str(r) for r in reference]
-    images = _decode_images(sample)
-    user = turns[-1].content
-    n_img = user.count(IMAGE_PLACEHOLDER)
-    items = []
-    if task.source_templates:
-        texts = source_template_prompts(sample)
-    else:
-        fields = prompt_fields(sample, user) if task.templates else {}
-        texts = [user if tpl is None else render_template(tpl, fields, n_img, f"{where} sample {sample.id!r}")
-                 for tpl in (task.templates or [None])]
-    for t, text in enumerate(texts):
-        items.append(EvalItem(task=task.name, sample_id=str(sample.id), template=t,
-                              turns=turns[:-1] + [Turn("user", text)], images=images,
-                              reference=reference, candidates=candidates, label=sample.meta.get("label")))
-    return items
+    images = decode_images(sample)
+    texts = prompt_texts(task, sample, turns, where)
+    return [EvalItem(task=task.name, sample_id=str(sample.id), template=t, turns=turns[:-1] + [Turn("user", text)],
+                     images=images, reference=reference, candidates=candidates, label=sample.meta.get("label"))
+            for t, text in enumerate(texts)]
 
 
 def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str = ""
@@ -185,4 +206,5 @@ def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str =
     return items, n, stats
 
 
-__all__ = ["EvalItem", "load_items", "sample_items", "prompt_fields", "render_template"]
+__all__ = ["EvalItem", "load_items", "sample_items", "prompt_fields", "render_template", "split_answer",
+           "prompt_texts", "decode_images", "iter_data_samples"]

@@ -12,33 +12,51 @@ def _fmt(x: Optional[float], pct: bool) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.4f}"
 
 
+def _spread(r: Dict[str, Any]) -> str:
+    m = r["metric"]
+    vals = [v[m] for v in (r.get("per_template") or {}).values() if v.get(m) is not None]
+    return f"{_fmt(min(vals), True)}-{_fmt(max(vals), True)}" if vals else "-"
+
+
 def format_table(results: Dict[str, Any]) -> str:
     """A plain-text table: one row per task (held-in first) with the split, samples, headline metric,
     its value, the chance level beside it and, with several templates, the spread across them;
     then one row per split with the means (and instruction sensitivity when defined).
-    Accuracies and other [0, 1] figures are shown in percent."""
-    rows: List[List[str]] = [["task", "split", "n", "metric", "score", "chance", "templates (min-max)"]]
+    Accuracies and other [0, 1] figures are shown in percent.
+
+    When a task reports k-shot results (``tasks[name]["shots"]``), a ``shots`` column is added and
+    every task and split gets one row per k, in the task's ``shots`` order (zero-shot-only tasks:
+    one row, k = 0); without any, the table is the zero-shot one."""
     tasks = results["tasks"]
+    by_k = any("shots" in r for r in tasks.values())
+    rows: List[List[str]] = [["task", "split"] + (["shots"] if by_k else []) +
+                             ["n", "metric", "score", "chance", "templates (min-max)"]]
     order = sorted(tasks, key=lambda n: (tasks[n]["split"] != "held-in", list(tasks).index(n)))
     for name in order:
         r = tasks[name]
-        m = r["metric"]
-        pt = r.get("per_template") or {}
-        spread = "-"
-        if pt:
-            vals = [v[m] for v in pt.values() if v.get(m) is not None]
-            spread = f"{_fmt(min(vals), True)}-{_fmt(max(vals), True)}" if vals else "-"
-        rows.append([name, r["split"], str(r["n"]), m, _fmt(r.get(m), True), _fmt(r.get("chance"), True), spread])
+        for k, rk in (r.get("shots") or {"0": r}).items():
+            m = rk["metric"]
+            rows.append([name, r["split"]] + ([k] if by_k else []) +
+                        [str(rk["n"]), m, _fmt(rk.get(m), True), _fmt(rk.get("chance"), True), _spread(rk)])
+    n_task_rows = len(rows) - 1
     for split, s in results.get("splits", {}).items():
         sens = s.get("instruction-sensitivity")
-        rows.append([f"MEAN {split}", split, str(sum(tasks[n]["n"] for n in s["tasks"])), "mean",
-                     _fmt(s["mean"], True), _fmt(s.get("chance"), True),
-                     "-" if sens is None else f"sensitivity {sens:.3f}"])
+        sens = "-" if sens is None else f"sensitivity {sens:.3f}"
+        if by_k and s.get("shots"):
+            for j, (k, sk) in enumerate(s["shots"].items()):
+                n = sum((tasks[t].get("shots") or {"0": tasks[t]})[k]["n"] for t in s["tasks"])
+                rows.append([f"MEAN {split}", split, k, str(n), "mean", _fmt(sk["mean"], True),
+                             _fmt(sk.get("chance"), True), sens if j == 0 else "-"])
+            continue
+        rows.append([f"MEAN {split}", split] + (["-"] if by_k else []) +
+                    [str(sum(tasks[n]["n"] for n in s["tasks"])), "mean", _fmt(s["mean"], True),
+                     _fmt(s.get("chance"), True), sens])
+    right = {2, 4, 5} if not by_k else {2, 3, 5, 6}
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for j, r in enumerate(rows):
-        lines.append("  ".join(c.rjust(w) if i in (2, 4, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        if j == 0 or (j == len(tasks)):
+        lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0 or j == n_task_rows:
             lines.append("  ".join("-" * w for w in widths))
     head = (f"suite {results.get('suite')}  checkpoint {results.get('checkpoint')}  "
             f"config {results.get('config_hash')}  (scores and chance in %)")

@@ -14,6 +14,15 @@ metric's name), ``chance``, every metric's values (``compute``'s keys), and ``pe
 (``{"0": {metric: value}, ...}``) when the task has several templates.
 ``results.json["splits"][split]``: ``tasks``, ``mean`` (mean of the tasks' headline figures) and,
 where every task has >= 2 templates, ``instruction-sensitivity`` (MultiInstruct, arXiv 2212.10773).
+
+k-shot tasks (``shots`` other than ``[0]``; :mod:`mmit.evaluation.incontext`, OpenFlamingo arXiv
+2308.01390): the task is scored once per k; ``tasks[name]["shots"][str(k)]`` holds that k's ``n``,
+``n_prompts``, ``skipped``, ``chance``, metrics, ``per_template`` and ``seconds``; the task's own keys
+above are those of the FIRST entry of ``shots`` (the headline); ``tasks[name]["demonstrations"]``
+describes the pool (``source``, ``path``, ``size``, ``skipped``, ``seed``). A split whose tasks all
+report a k gets ``splits[split]["shots"][str(k)] = {"mean", "chance"}``. Their prediction lines add
+``shots`` (k) and ``demonstrations`` (the demonstrations' sample ids, in prompt order); zero-shot-only
+tasks write exactly what they wrote before.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
-from mmit.evaluation.config import TaskConfig, config_hash, load_suite, task_to_dict
+from mmit.evaluation.config import TaskConfig, config_hash, is_incontext, load_suite, task_to_dict
 from mmit.evaluation.data import EvalItem, load_items
 from mmit.evaluation.scorers import best_index, generate_batch, rank_batch
 
@@ -38,13 +47,16 @@ log = logging.getLogger("mmit.eval")
 def score_items(model, processor, task: TaskConfig, items: Sequence[EvalItem], batch_size: int,
                 progress: bool = False) -> List[Dict[str, Any]]:
     """Score ``items`` of one task in batches; returns one prediction record per item (the dict
-    format :mod:`mmit.evaluation.metrics.base` documents, plus ``prompt``)."""
+    format :mod:`mmit.evaluation.metrics.base` documents, plus ``prompt``, the query's text, and for
+    a k-shot task ``shots`` and ``demonstrations``)."""
     from mmit.evaluation.postprocess import get_postprocess
 
     post = get_postprocess(task.postprocess)
     records = []
     memo: dict = {}  # candidate tokenization, shared by the task's batches
-    bar = tqdm(total=len(items), desc=task.name, disable=not progress, leave=False)
+    incontext = is_incontext(task)
+    desc = f"{task.name} ({items[0].shots}-shot)" if incontext and items else task.name
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
     for k in range(0, len(items), batch_size):
         batch = items[k:k + batch_size]
         if task.output == "rank":
@@ -54,6 +66,8 @@ def score_items(model, processor, task: TaskConfig, items: Sequence[EvalItem], b
         for it, o in zip(batch, outs):
             rec: Dict[str, Any] = {"task": task.name, "id": it.sample_id, "template": it.template,
                                    "prompt": it.prompt}
+            if incontext:
+                rec["shots"], rec["demonstrations"] = it.shots, list(it.demonstrations)
             if task.output == "rank":
                 rec["prediction"] = it.candidates[best_index(o)]
                 rec["candidates"], rec["scores"] = list(it.candidates), [float(s) for s in o]
@@ -104,7 +118,8 @@ def chance_level(task: TaskConfig, items: Sequence[EvalItem]) -> Optional[float]
 
 def split_summary(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]],
                   task_cfgs: Dict[str, TaskConfig]) -> Dict[str, Dict[str, Any]]:
-    """Per split: task names, mean headline figure and chance, instruction sensitivity."""
+    """Per split: task names, mean headline figure and chance, instruction sensitivity (from
+    ``records``: the headline k's records only), and per-k means (module docstring)."""
     from mmit.evaluation.metrics import get_metric
 
     out: Dict[str, Dict[str, Any]] = {}
@@ -122,8 +137,40 @@ def split_summary(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]
             sens = get_metric("instruction-sensitivity").compute(
                 recs, metric={n: task_cfgs[n].metrics[0] for n in names})
             s["instruction-sensitivity"] = sens["instruction-sensitivity"]
+        per_k = [tasks[n].get("shots") or {"0": tasks[n]} for n in names]
+        if any("shots" in tasks[n] for n in names):
+            s["shots"] = {}
+            for k in per_k[0]:
+                if all(k in pk for pk in per_k):
+                    ch = [pk[k]["chance"] for pk in per_k]
+                    s["shots"][k] = {"mean": sum(pk[k][pk[k]["metric"]] for pk in per_k) / len(per_k)}
+                    if all(c is not None for c in ch):
+                        s["shots"][k]["chance"] = sum(ch) / len(ch)
         out[split] = s
     return out
+
+
+def score_task_k(model, processor, task: TaskConfig, items: Sequence[EvalItem], n: int, skips, pool, k: int,
+                 batch_size: int, progress: bool, where: str) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """Score one task with k demonstrations per prompt (``items``, ``n``, ``skips``: the zero-shot
+    items from :func:`load_items`; ``pool``: a :class:`~mmit.evaluation.incontext.DemonstrationPool`
+    when k > 0). Returns ``(result entry without split, prediction records)``; samples read = the
+    entry's ``n`` + its ``skipped`` counts. Raises ``ValueError`` naming ``where`` when no sample is
+    left or the pool is too small for k."""
+    if k > 0:
+        from mmit.evaluation.incontext import incontext_items
+
+        items, n, skips = incontext_items(items, skips, pool, k)
+        if not items:
+            raise ValueError(f"{where}: task {task.name!r} has no usable sample with {k} demonstrations "
+                             f"(skipped: {skips.as_dict()})")
+    ts = time.perf_counter()
+    records = score_items(model, processor, task, items, batch_size, progress)
+    res: Dict[str, Any] = {"n": n, "n_prompts": len(records), "skipped": skips.as_dict(),
+                           "chance": chance_level(task, items)}
+    res.update(task_metrics(task, records))
+    res["seconds"] = round(time.perf_counter() - ts, 3)
+    return res, records
 
 
 def _json_safe(x):
@@ -167,18 +214,29 @@ def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequenc
             if not items:
                 raise ValueError(f"{path}: task {task.name!r} has no usable sample in {task.data.path} "
                                  f"(skipped: {skips.as_dict()})")
-            ts = time.perf_counter()
-            records = score_items(model, processor, task, items, suite.batch_size, progress)
-            res: Dict[str, Any] = {"split": task.split, "n": n, "n_prompts": len(records),
-                                   "skipped": skips.as_dict(), "chance": chance_level(task, items)}
-            res.update(task_metrics(task, records))
-            res["seconds"] = round(time.perf_counter() - ts, 3)
+            pool = None
+            if any(k > 0 for k in task.shots):
+                from mmit.evaluation.incontext import DemonstrationPool
+
+                pool = DemonstrationPool.load(task, path)
+            per_k: Dict[int, Dict[str, Any]] = {}
+            for k in task.shots:
+                res, records = score_task_k(model, processor, task, items, n, skips, pool, k, suite.batch_size,
+                                            progress, path)
+                per_k[k] = res
+                for r in records:
+                    pf.write(json.dumps(_json_safe(r), ensure_ascii=False) + "\n")
+                if k == task.shots[0]:
+                    head_records = records
+                log.info("%s (%s%s): %s = %.4f on %d samples", task.name, task.split,
+                         f", {k}-shot" if is_incontext(task) else "", res["metric"], res[res["metric"]], res["n"])
+            res = {"split": task.split, **per_k[task.shots[0]]}
+            if is_incontext(task):
+                res["shots"] = {str(k): v for k, v in per_k.items()}
+                if pool is not None:
+                    res["demonstrations"] = pool.summary()
             results["tasks"][task.name] = res
-            for r in records:
-                pf.write(json.dumps(_json_safe(r), ensure_ascii=False) + "\n")
-            all_records.extend(records)
-            log.info("%s (%s): %s = %.4f on %d samples", task.name, task.split, res["metric"],
-                     res[res["metric"]], n)
+            all_records.extend(head_records)
     results["splits"] = split_summary(results["tasks"], all_records, task_cfgs)
     results["seconds"] = round(time.perf_counter() - t0, 3)
     (out_dir / "eval_config.json").write_text(json.dumps(
