@@ -178,3 +178,41 @@ def test_decoder_layers_attr_table_override_and_errors():
     assert decoder_layers_attr(Mystery(), override="stack") == "stack"
     with pytest.raises(ValueError, match="every_n"):
         add_cross_attention(llm, 24, every_n=0)
+
+
+def _tiny(kind):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if kind == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               vocab_size=100, max_position_embeddings=64)
+        return tf.GPTNeoXForCausalLM(cfg).eval()
+    if kind == "opt":
+        cfg = tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+                           max_position_embeddings=64, word_embed_proj_dim=64)
+        return tf.OPTForCausalLM(cfg).eval()
+    return _tiny_llama()
+
+
+@pytest.mark.parametrize("kind,attr", [("gpt_neox", "gpt_neox.layers"), ("opt", "model.decoder.layers"),
+                                       ("llama", "model.layers")])
+def test_other_decoders_are_found_wrapped_and_read_the_media(kind, attr):
+    """Any HF causal LM: layers found by attribute, identity at zero gates, media read when gates open."""
+    from mmit.models.cross_attention import add_cross_attention, condition, decoder_layers_attr
+
+    llm = _tiny(kind)
+    ids = torch.tensor([[5, 1, 7, 8, 1, 9, 10]])
+    with torch.no_grad():
+        bare = llm(ids).logits
+    assert decoder_layers_attr(llm) == attr
+    blocks = add_cross_attention(llm, dim_visual=32, every_n=1, dim_head=8, heads=2)
+    media = torch.randn(1, 2, 3, 32)
+    condition(llm, media, ids == 1)
+    with torch.no_grad():
+        assert torch.equal(llm(ids).logits, bare)
+        for b in blocks:
+            b.attn_gate.fill_(0.5)
+        opened = llm(ids).logits
+    assert float((opened[:, 2:] - bare[:, 2:]).abs().max()) > 1e-4  # after the first <image>
+    assert torch.allclose(opened[:, :1], bare[:, :1], atol=1e-6)     # before it: no media to read
