@@ -188,23 +188,28 @@ def test_prompt_batch_is_left_padded_with_the_instruction_for_the_qformer(llama_
             assert torch.allclose(got[row], alone, atol=1e-4), row
 
 
-def test_mp4_without_pyav_is_a_counted_skip(llama_model, tmp_path):
-    from conftest import SHARED_SAMPLES
+def test_mp4_frames_reach_the_batch_and_a_broken_mp4_is_a_counted_skip(llama_model, tmp_path):
+    """mp4 decodes with PyAV (a dependency now): num_frames frames per video; a truncated file is a
+    counted ``undecodable-video`` skip, not a crash."""
+    import av
 
-    try:
-        import av  # noqa: F401
-        pytest.skip("PyAV is installed: mp4 decodes")
-    except ImportError:
-        pass
     model, tok = llama_model
-    video = SHARED_SAMPLES / "videochat" / "example" / "yoga.mp4"
-    if not video.is_file():
-        video = tmp_path / "clip.mp4"
-        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for k in range(12):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (32, 32), (20 * k, 0, 0)))
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    pre = _processor(model, tok, num_frames=3)
+    batch = pre.collate([pre(_sample(media=[Media("video", path=str(path))]))])
+    assert tuple(batch.media["video"].values.shape[:2]) == (1, 3)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(path.read_bytes()[:200])
     stats = SkipCounter()
-    pre = _processor(model, tok)
-    assert pre.try_call(_sample(media=[Media("video", path=str(video))]), stats) is None
-    assert stats.as_dict() == {"no-video-decoder": 1}
+    assert pre.try_call(_sample(media=[Media("video", path=str(broken))]), stats) is None
+    assert stats.as_dict() == {"undecodable-video": 1}
 
 
 def test_sample_without_final_answer_is_rejected(llama_model):
