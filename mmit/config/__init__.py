@@ -5,8 +5,9 @@
 lives in its package (``mmit/families/<name>/config.py``).
 """
 
+from mmit.config.audio import AudioEncoderConfig
 from mmit.config.components import LLMConfig, ProjectorConfig, QFormerConfig, VisionTowerConfig
 from mmit.config.schema import DataConfig, FamilyConfig, RunConfig, TrainConfig, load_config, save_config
 
-__all__ = ["DataConfig", "FamilyConfig", "LLMConfig", "ProjectorConfig", "QFormerConfig", "RunConfig",
+__all__ = ["AudioEncoderConfig", "DataConfig", "FamilyConfig", "LLMConfig", "ProjectorConfig", "QFormerConfig", "RunConfig",
            "TrainConfig", "VisionTowerConfig", "load_config", "save_config"]
