@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/rank.py
+	$(BIN)/python bench/video_decode.py
 
 clean:
 	rm -rf $(DEMO_OUT) runs .pytest_cache
