@@ -24,9 +24,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from mmit.config.audio import AudioEncoderConfig
+from mmit.models.frozen import MediaEncoder
 from mmit.registry import Registry
 
 #: ``name -> factory(cfg: AudioEncoderConfig) -> AudioEncoder``. Members: see ``mmit.models.audio``.
@@ -143,7 +143,7 @@ class AudioFeatureExtractor:
                 f"num_clips={self.num_clips})")
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(MediaEncoder):
     """Base class of every audio encoder.
 
     Attributes (set by subclasses):
@@ -187,23 +187,6 @@ class AudioEncoder(nn.Module):
     def num_tokens(self) -> int:
         return self.num_clips * self.tokens_per_clip
 
-    @property
-    def frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.parameters())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def feature_shape(self) -> Tuple[int, int]:
-        """``(num_tokens, hidden_size)``: the output shape per waveform."""
-        return self.num_tokens, self.hidden_size
-
     def train(self, mode: bool = True) -> "AudioEncoder":
         return super().train(bool(mode) and not self.frozen)
 
@@ -225,9 +208,7 @@ class AudioEncoder(nn.Module):
         if inputs.ndim != len(want) + 1 or tuple(inputs.shape[1:]) != want:
             raise ValueError(f"{type(self).__name__} expects inputs [B, {', '.join(map(str, want))}], got {list(inputs.shape)}")
         b = inputs.shape[0]
-        x = inputs.to(device=self.device, dtype=self.dtype).flatten(0, 1)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            feats = self._clip_features(x)
+        feats = self.encode_with(self._clip_features, inputs.flatten(0, 1))
         return feats.reshape(b, self.num_tokens, self.hidden_size)
 
     def save_pretrained(self, save_directory: str) -> None:

@@ -12,13 +12,13 @@ block's output and ``-2`` the penultimate. Python-style negative indices are all
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable
 
 import torch
-from torch import nn
 
 from mmit.config.components import VisionTowerConfig
 from mmit.models.encoders.preprocess import ASPECT_RATIOS
+from mmit.models.frozen import MediaEncoder
 from mmit.registry import Registry
 
 #: ``name -> factory(cfg: VisionTowerConfig) -> VisionTower``. Members: see ``mmit.models.encoders``.
@@ -54,7 +54,7 @@ def resolve_layer(select_layer: int, num_layers: int, *, allow_embeddings: bool 
     return idx
 
 
-class VisionTower(nn.Module):
+class VisionTower(MediaEncoder):
     """Base class of every vision tower.
 
     Attributes (set by subclasses):
@@ -94,24 +94,7 @@ class VisionTower(nn.Module):
         """``FloatTensor [B, 3, S, S]`` (already on the tower's device/dtype) -> ``[B, N, D_enc]``."""
         raise NotImplementedError
 
-    # -- shared -------------------------------------------------------------------------------
-    @property
-    def frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.parameters())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def feature_shape(self) -> Tuple[int, int]:
-        """``(num_tokens, hidden_size)``: the output shape per image."""
-        return self.num_tokens, self.hidden_size
-
+    # -- shared (frozen, dtype, device, feature_shape: MediaEncoder) ---------------------------
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Encode images.
 
@@ -134,9 +117,7 @@ class VisionTower(nn.Module):
                 f"{type(self).__name__} expects pixel_values [B, 3, {self.image_size}, {self.image_size}], "
                 f"got {list(pixel_values.shape)}"
             )
-        x = pixel_values.to(device=self.device, dtype=self.dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self._features(x)
+        return self.encode_with(self._features, pixel_values)
 
     def _select(self, prefix: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """Apply ``select_feature``: ``patch`` -> ``patches``; ``cls_patch`` -> ``cat([prefix, patches], 1)``."""
