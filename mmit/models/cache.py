@@ -91,3 +91,15 @@ def build_dir_once(final_dir: str | os.PathLike, build: Callable[[Path], None], 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final_dir
+
+
+def ensure_tiny(what: str, name: str, builders: Dict[str, Callable[[Path], None]], specs: Dict[str, Dict[str, Any]],
+                fmt: int) -> Path:
+    """``<mmit cache>/tiny/<name>`` for a tiny registry member, built with ``builders[name]`` first if
+    absent or stale (:func:`build_dir_once`, spec ``{"format": fmt, "member": name, **specs[name]}``).
+    ``what`` names the registry in errors. Raises ``KeyError`` for an unknown name (listing the known
+    ones), ``OSError`` if the cache is not writable."""
+    if name not in builders:
+        raise KeyError(f"no tiny {what} {name!r}; known: {', '.join(sorted(builders))}")
+    spec = {"format": fmt, "member": name, **specs[name]}
+    return build_dir_once(mmit_cache_dir() / "tiny" / name, builders[name], spec)

@@ -36,7 +36,7 @@ from mmit.models.audio.base import AUDIO_ENCODERS, AudioEncoder
 from mmit.models.audio.clap_audio import ClapAudioEncoder
 from mmit.models.audio.imagebind_audio import ImageBindAudioEncoder, ImageBindAudioModel, import_imagebind_model
 from mmit.models.audio.whisper_encoder import WhisperAudioEncoder
-from mmit.models.cache import build_dir_once, mmit_cache_dir
+from mmit.models.cache import ensure_tiny
 from mmit.models.encoders.tiny import deterministic_init_
 
 #: Bump when a builder changes; cached folders with another version are rebuilt.
@@ -138,10 +138,7 @@ def ensure_tiny_audio(name: str) -> Path:
     Raises ``KeyError`` for a name that is not a tiny member, ``ImportError`` for
     ``tiny-imagebind-audio`` without ImageBind, ``OSError`` if the cache is not writable.
     """
-    if name not in _TINY_BUILDERS:
-        raise KeyError(f"no tiny audio encoder {name!r}; known: {', '.join(tiny_audio_names())}")
-    spec = {"format": TINY_AUDIO_FORMAT, "member": name, **_TINY_SPECS[name]}
-    return build_dir_once(mmit_cache_dir() / "tiny" / name, _TINY_BUILDERS[name], spec)
+    return ensure_tiny("audio encoder", name, _TINY_BUILDERS, _TINY_SPECS, TINY_AUDIO_FORMAT)
 
 
 def _tiny_path(cfg: AudioEncoderConfig, name: str) -> str:

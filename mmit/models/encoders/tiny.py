@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mmit.config.components import VisionTowerConfig
-from mmit.models.cache import build_dir_once, mmit_cache_dir
+from mmit.models.cache import ensure_tiny
 from mmit.models.encoders.base import VISION_TOWERS, VisionTower
 from mmit.models.encoders.hf_clip import HFCLIPVisionTower, default_clip_image_processor
 from mmit.models.encoders.open_clip_tower import OpenCLIPVisionTower, parse_open_clip_source
@@ -146,10 +146,7 @@ def ensure_tiny_tower(name: str) -> Path:
 
     Raises ``KeyError`` for a name that is not a tiny member, ``OSError`` if the cache is not writable.
     """
-    if name not in _TINY_BUILDERS:
-        raise KeyError(f"no tiny vision tower {name!r}; known: {', '.join(tiny_tower_names())}")
-    spec = {"format": TINY_FORMAT, "member": name, **_TINY_SPECS[name]}
-    return build_dir_once(mmit_cache_dir() / "tiny" / name, _TINY_BUILDERS[name], spec)
+    return ensure_tiny("vision tower", name, _TINY_BUILDERS, _TINY_SPECS, TINY_FORMAT)
 
 
 def _tiny_path(cfg: VisionTowerConfig, name: str) -> str:
