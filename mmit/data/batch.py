@@ -136,24 +136,23 @@ def pad_rows(rows: Sequence[torch.Tensor], value: int, left: bool = False):
 
 def span_starts(input_ids: torch.Tensor, token_id: int, span: int) -> List[tuple]:
     """``(row, start)`` of every run of ``span`` copies of ``token_id`` in ``input_ids [B,T]``, in row
-    then position order (a run of k x span tokens counts as k spans). Raises ``ValueError`` for a run
-    whose length is not a multiple of ``span``."""
-    out = []
-    is_tok = (input_ids == token_id).tolist()
-    for b, row in enumerate(is_tok):
-        t = 0
-        while t < len(row):
-            if row[t]:
-                e = t
-                while e < len(row) and row[e]:
-                    e += 1
-                if (e - t) % span:
-                    raise ValueError(f"row {b}: a run of {e - t} media tokens at {t} is not a multiple of {span}")
-                out.extend((b, s) for s in range(t, e, span))
-                t = e
-            else:
-                t += 1
-    return out
+    then position order (a run of k x span tokens counts as k spans). Vectorised (it runs in every
+    collate). Raises ``ValueError`` for a run whose length is not a multiple of ``span``."""
+    is_tok = input_ids == token_id
+    if not bool(is_tok.any()):
+        return []
+    T = input_ids.shape[1]
+    pos = torch.arange(T, device=input_ids.device).expand_as(input_ids)
+    prev = torch.cat([torch.zeros_like(is_tok[:, :1]), is_tok[:, :-1]], dim=1)
+    nxt = torch.cat([is_tok[:, 1:], torch.zeros_like(is_tok[:, :1])], dim=1)
+    run_start = torch.where(is_tok & ~prev, pos, torch.zeros_like(pos)).cummax(dim=1).values
+    offset = pos - run_start
+    bad = (is_tok & ~nxt & ((offset + 1) % span != 0)).nonzero()
+    if bad.shape[0]:
+        b, t = (int(v) for v in bad[0])
+        start = int(run_start[b, t])
+        raise ValueError(f"row {b}: a run of {t + 1 - start} media tokens at {start} is not a multiple of {span}")
+    return [tuple(x) for x in (is_tok & (offset % span == 0)).nonzero().tolist()]
 
 
 def media_tensors(values: Optional[torch.Tensor], spans: Sequence[tuple]) -> Optional[MediaTensors]:
