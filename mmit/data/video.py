@@ -5,7 +5,7 @@ PyAV (``av``, FFmpeg bindings). Errors are :class:`~mmit.data.sample.SampleError
 so a reader or processor counts an unreadable video instead of crashing.
 
 Sampling (:func:`decode_video`): ``N`` frame indices spread evenly over the whole clip, first and last
-frame included (:func:`uniform_indices`), as Video-LLaMA (arXiv 2306.02858) samples 8 frames per
+frame included (:func:`uniform_indices`; Video-LLaMA's segment starts with ``sampling="segment-start"``), 8 per
 video. PyAV decodes sequentially, without seeking (every frame has to be decoded anyway for a short
 inter-coded clip), and keeps only the sampled frames in memory, converted to RGB as they pass; the
 others are dropped as soon as they are decoded. The frame count comes from the container header
@@ -43,6 +43,19 @@ def uniform_indices(n_total: int, k: int) -> List[int]:
     return torch.linspace(0, n_total - 1, k).round().long().tolist()
 
 
+def segment_start_indices(n_total: int, k: int) -> List[int]:
+    """The first frame of each of ``k`` equal segments: ``floor(i * n_total / k)``, i < k.
+
+    Video-LLaMA's ``load_video(sampling="uniform")`` (``np.arange(0, n, n / k).astype(int)``, arXiv
+    2306.02858); the last frame is not included. Repeats when k > n (Video-LLaMA returns fewer frames).
+    """
+    return [int(np.floor(i * n_total / k)) for i in range(k)]
+
+
+#: ``sampling`` name -> ``(n_total, k) -> indices``, for :func:`decode_video`.
+SAMPLINGS = {"uniform": uniform_indices, "segment-start": segment_start_indices}
+
+
 @dataclass
 class DecodedVideo:
     """Frames sampled from one video, with what was learnt about the clip.
@@ -69,7 +82,7 @@ class DecodedVideo:
 
 def decode_video(data: bytes, where: str, num_frames: int = DEFAULT_NUM_FRAMES,
                  max_pixels: int = MAX_PIXELS, *, as_tensor: bool = False,
-                 threads: Optional[int] = None) -> DecodedVideo:
+                 threads: Optional[int] = None, sampling: str = "uniform") -> DecodedVideo:
     """Decode ``num_frames`` uniformly spaced RGB frames of a video held in memory.
 
     Args:
@@ -80,6 +93,8 @@ def decode_video(data: bytes, where: str, num_frames: int = DEFAULT_NUM_FRAMES,
             and last frame included (:func:`uniform_indices`).
         max_pixels: reject videos whose ``width * height`` exceeds this (checked before decoding).
         as_tensor: return ``frames`` as a ``torch.uint8`` tensor ``[N, H, W, 3]`` instead of PIL images.
+        sampling: ``"uniform"`` (:func:`uniform_indices`, first and last frame included) or
+            ``"segment-start"`` (:func:`segment_start_indices`, Video-LLaMA's indices).
         threads: PyAV decoder threads. ``None`` keeps FFmpeg's default (slice threads); ``1``
             decodes on one core (what a DataLoader worker should use); ``0`` lets FFmpeg pick with
             frame threading. Ignored for PIL formats.
@@ -93,11 +108,14 @@ def decode_video(data: bytes, where: str, num_frames: int = DEFAULT_NUM_FRAMES,
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {sorted(SAMPLINGS)}, got {sampling!r}")
+    pick = SAMPLINGS[sampling]
     out = None
     if sniff_ext(data) not in VIDEO_EXTS:  # PIL cannot read containers; skip the attempt for them
-        out = _decode_pil(data, where, num_frames, max_pixels)
+        out = _decode_pil(data, where, num_frames, max_pixels, pick)
     if out is None:
-        out = _decode_pyav(data, where, num_frames, max_pixels, threads)
+        out = _decode_pyav(data, where, num_frames, max_pixels, threads, pick)
     arrays, indices, times, fps, duration, n = out
     t0 = times[0] if times else 0.0
     if as_tensor:
@@ -124,7 +142,8 @@ def decode_video_frames(data: bytes, where: str, num_frames: int, max_pixels: in
 _Result = Tuple[List[np.ndarray], List[int], List[float], float, float, int]
 
 
-def _decode_pil(data: bytes, where: str, num_frames: int, max_pixels: int) -> Optional[_Result]:
+def _decode_pil(data: bytes, where: str, num_frames: int, max_pixels: int, pick=uniform_indices
+                ) -> Optional[_Result]:
     """PIL path (GIF / WebP / APNG / still images); None when PIL does not recognise the bytes."""
     from PIL import Image, UnidentifiedImageError
 
@@ -141,7 +160,7 @@ def _decode_pil(data: bytes, where: str, num_frames: int, max_pixels: int) -> Op
                           "image-too-large")
     try:
         n = getattr(im, "n_frames", 1)
-        indices = uniform_indices(n, num_frames)
+        indices = pick(n, num_frames)
         wanted = set(indices)
         kept, start, duration = {}, {}, 0.0
         for j in range(n):  # one forward walk: keep the sampled frames, add up the delays
@@ -170,7 +189,7 @@ def _same_size(arrays: List[np.ndarray]) -> List[np.ndarray]:
 
 
 def _decode_pyav(data: bytes, where: str, num_frames: int, max_pixels: int,
-                 threads: Optional[int]) -> _Result:
+                 threads: Optional[int], pick=uniform_indices) -> _Result:
     try:
         import av  # noqa: F401
     except ImportError:
@@ -179,11 +198,11 @@ def _decode_pyav(data: bytes, where: str, num_frames: int, max_pixels: int,
     if not data:
         raise SampleError(f"{where}: cannot decode video: empty file (0 bytes)", "undecodable-video")
     n_est, fps, duration = _probe(data, where, max_pixels)
-    wanted = uniform_indices(n_est, num_frames) if n_est > 0 else []
+    wanted = pick(n_est, num_frames) if n_est > 0 else []
     kept, n, times_by_index = _pass(data, where, set(wanted), threads)
     if n == 0:
         raise SampleError(f"{where}: video has no frames", "undecodable-video")
-    indices = uniform_indices(n, num_frames)
+    indices = pick(n, num_frames)
     if n != n_est:  # header count was wrong or missing: decode again with the true count
         kept, n2, times_by_index = _pass(data, where, set(indices), threads)
         if n2 != n:
