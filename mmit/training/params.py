@@ -31,7 +31,8 @@ def parameter_table(model: nn.Module, modules: Sequence[str]) -> Tuple[str, List
         total = sum(p.numel() for p in mod.parameters())
         rows.append({"module": name, "trainable": trainable, "frozen": total - trainable, "total": total})
     tot = {k: sum(r[k] for r in rows) for k in ("trainable", "frozen", "total")}
-    lines = [f"{'module':<14}{'trainable':>14}{'frozen':>14}{'total':>14}"]
+    w = max([14] + [len(r["module"]) + 2 for r in rows])
+    lines = [f"{'module':<{w}}{'trainable':>14}{'frozen':>14}{'total':>14}"]
     for r in rows + [{"module": "all", **tot}]:
-        lines.append(f"{r['module']:<14}{r['trainable']:>14,}{r['frozen']:>14,}{r['total']:>14,}")
+        lines.append(f"{r['module']:<{w}}{r['trainable']:>14,}{r['frozen']:>14,}{r['total']:>14,}")
     return "\n".join(lines), rows

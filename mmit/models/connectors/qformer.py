@@ -47,7 +47,8 @@ class QFormerConnector(nn.Module):
         cfg: :class:`~mmit.config.schema.QFormerConfig` (M, width, depth, cross-attention frequency,
             whether the instruction is read).
         encoder_hidden_size: D_enc, the vision tower's width.
-        llm_hidden_size: D, the LLM's embedding width.
+        llm_hidden_size: D, the LLM's embedding width; None: no projection (``language_projection`` is
+            ``nn.Identity``, outputs ``[I,M,H]``: BLIP-2's image Q-Former inside Video-LLaMA).
 
     Attributes: ``query_tokens`` (Parameter ``[1,M,H]``, init N(0, 0.02) as LAVIS), ``qformer``
     (transformers ``InstructBlipQFormerModel``), ``language_projection`` (``nn.Linear(H, D)``; the name
@@ -55,7 +56,7 @@ class QFormerConnector(nn.Module):
     embeddings are unused (LAVIS deletes them for BLIP-2; they are kept here so weights load either way).
     """
 
-    def __init__(self, cfg: QFormerConfig, encoder_hidden_size: int, llm_hidden_size: int):
+    def __init__(self, cfg: QFormerConfig, encoder_hidden_size: int, llm_hidden_size: Optional[int]):
         super().__init__()
         from transformers import InstructBlipQFormerModel
 
@@ -65,7 +66,8 @@ class QFormerConnector(nn.Module):
         self.qformer = InstructBlipQFormerModel(hf_qformer_config(cfg, encoder_hidden_size))
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_query_tokens, cfg.hidden_size))
         nn.init.normal_(self.query_tokens, std=0.02)
-        self.language_projection = nn.Linear(cfg.hidden_size, llm_hidden_size)
+        self.language_projection = (nn.Identity() if llm_hidden_size is None
+                                    else nn.Linear(cfg.hidden_size, llm_hidden_size))
 
     def forward(self, image_embeds: torch.Tensor, qformer_input_ids: Optional[torch.Tensor] = None,
                 qformer_attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -78,7 +80,7 @@ class QFormerConnector(nn.Module):
             qformer_attention_mask: ``[I,L]`` 1 = token, 0 = padding (default all ones).
 
         Returns:
-            ``FloatTensor [I,M,D]`` in the projection's dtype.
+            ``FloatTensor [I,M,D]`` in the projection's dtype (``[I,M,H]`` without a projection).
 
         Raises:
             ValueError: ``text_input`` is on and no instruction ids were given, or the row counts differ.
@@ -156,8 +158,7 @@ class QFormerConnector(nn.Module):
         for k, v in src.items():
             dst[k].copy_(v)
         self.query_tokens.copy_(hf_model.query_tokens)
-        if hf_model.language_projection.weight.shape == self.language_projection.weight.shape:
-            self.language_projection.load_state_dict(hf_model.language_projection.state_dict())
+        self._copy_projection(hf_model)
         return len(src)
 
     @torch.no_grad()
@@ -169,7 +170,14 @@ class QFormerConnector(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"the InstructBLIP Q-Former does not fit qformer settings: {e}") from None
         self.query_tokens.copy_(hf_model.query_tokens)
-        if hf_model.language_projection.weight.shape == self.language_projection.weight.shape:
+        self._copy_projection(hf_model)
+
+    def _copy_projection(self, hf_model) -> None:
+        """Copy ``hf_model.language_projection`` when this connector has one of the same shape."""
+        own = getattr(self.language_projection, "weight", None)
+        if own is None:
+            return
+        if hf_model.language_projection.weight.shape == own.shape:
             self.language_projection.load_state_dict(hf_model.language_projection.state_dict())
         else:
             log.info("language_projection shape differs (another LLM width): it stays random")
