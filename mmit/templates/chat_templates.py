@@ -69,6 +69,8 @@ class ConversationTemplate:
     source: str = ""
     #: At most this many user/assistant exchanges (``plain``: 1, as LLaVA's ``preprocess_plain`` asserts).
     max_exchanges: Optional[int] = None
+    #: Text that ends an answer when it is not one token (``###`` of Vicuna v0 / Video-LLaMA).
+    stop_strings: Tuple[str, ...] = ()
 
     def learned_text(self, answer: str, eos_token: str) -> str:
         """What the label mask must cover for one assistant turn: answer + end-of-turn text."""
@@ -111,17 +113,43 @@ VICUNA_V1 = TEMPLATES.register("vicuna-v1", ConversationTemplate(
 
 # LLaVA `conv_llava_llama_2` (SeparatorStyle.LLAMA_2): "<s>[INST] <<SYS>>\n{sys}\n<</SYS>>\n\n{q} [/INST] {a} </s>
 # <s>[INST] {q2} [/INST] {a2} </s>"; learned "{a} </s>".
+def _llama_2(system: str) -> str:
+    return (_RENDER + _system_prelude(system) +
+            "{%- for m in msgs -%}"
+            "{%- if m['role'] == 'user' -%}{{ bos_token }}[INST]{{ ' ' }}"
+            "{%- if loop.first and sys -%}{{ '<<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}{%- endif -%}"
+            "{{ render(m['content']) }} [/INST]"
+            "{%- elif m['role'] == 'assistant' -%}{% generation %}{{ ' ' + render(m['content']) }} {{ eos_token }}{% endgeneration %}"
+            "{%- endif -%}{%- endfor -%}")
+
+
 LLAMA_2 = TEMPLATES.register("llama-2", ConversationTemplate(
-    name="llama-2",
-    chat_template=_RENDER + _system_prelude(LLAMA2_SYSTEM) +
-    "{%- for m in msgs -%}"
-    "{%- if m['role'] == 'user' -%}{{ bos_token }}[INST]{{ ' ' }}"
-    "{%- if loop.first and sys -%}{{ '<<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}{%- endif -%}"
-    "{{ render(m['content']) }} [/INST]"
-    "{%- elif m['role'] == 'assistant' -%}{% generation %}{{ ' ' + render(m['content']) }} {{ eos_token }}{% endgeneration %}"
-    "{%- endif -%}{%- endfor -%}",
-    system=LLAMA2_SYSTEM, end_of_turn=" {eos}",
+    name="llama-2", chat_template=_llama_2(LLAMA2_SYSTEM), system=LLAMA2_SYSTEM, end_of_turn=" {eos}",
     source="LLaVA llava/conversation.py conv_llava_llama_2; llava/train/train.py preprocess_llama_2"))
+
+# Video-LLaMA (arXiv 2306.02858) `video_instruct_dataset.py` `video_conversation` (SeparatorStyle.SINGLE,
+# sep "###", system ""): "{sys}\n\n###Human: {q}\n###Assistant: {a}\n###Human: ...". Learned: " {a}\n###"
+# (the answer, its newline and the "###" that ends it; Video-LLaMA's `_mask_targets` also learns the
+# "###Assistant: " role text, which this template does not). Generation stops at the string "###".
+VIDEO_LLAMA = TEMPLATES.register("video-llama", ConversationTemplate(
+    name="video-llama",
+    chat_template=_RENDER + _system_prelude("") + "{{ bos_token }}{{ sys }}{{ '\\n\\n' }}"
+    "{%- set ns = namespace(after_answer=false) -%}"
+    "{%- for m in msgs -%}"
+    "{%- if m['role'] == 'user' -%}{{ '' if ns.after_answer else '###' }}Human: {{ render(m['content']) }}{{ '\\n' }}"
+    "{%- set ns.after_answer = false -%}"
+    "{%- elif m['role'] == 'assistant' -%}###Assistant:{% generation %}{{ ' ' + render(m['content']) + '\\n###' }}{% endgeneration %}"
+    "{%- set ns.after_answer = true -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}###Assistant:{%- endif -%}",
+    system="", end_of_turn="\n###", stop_strings=("###",),
+    source="Video-LLaMA video_llama/datasets/datasets/video_instruct_dataset.py video_conversation, preprocess"))
+
+# Video-LLaMA `llama_v2_video_conversation` (SeparatorStyle.LLAMA_2, system " "): LLaVA's llama-2 layout
+# with a one-space system prompt, "[INST] <<SYS>>\n \n<</SYS>>\n\n{q} [/INST] {a} </s>".
+VIDEO_LLAMA_2 = TEMPLATES.register("video-llama-2", ConversationTemplate(
+    name="video-llama-2", chat_template=_llama_2(" "), system=" ", end_of_turn=" {eos}",
+    source="Video-LLaMA video_instruct_dataset.py llama_v2_video_conversation, preprocess_for_llama_v2"))
 
 # ChatML (Qwen, Yi, OpenHermes): learned "{a}<|im_end|>"; the "\n" after it is not learned, since
 # generation stops at <|im_end|>. No BOS, as ChatML models use none.
