@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	# OpenFlamingo's reference code for the flamingo parity tests (MIT). It pins an old torch, so it is
 	# installed without its dependencies; its model code runs on the torch/transformers above.
 	$(BIN)/pip install -q --no-deps open-flamingo==2.0.1
+	# ImageBind's model code for the imagebind-audio tests: CC BY-NC-SA 4.0 (non-commercial), an optional extra
+	# that mmit never imports unless that encoder is built; its torchaudio/pytorchvideo deps are not needed.
+	$(BIN)/pip install -q ftfy regex 'iopath>=0.1.10' portalocker 'einops>=0.6'
+	$(BIN)/pip install -q --no-deps imagebind-unofficial==0.1.1
 	touch $(STAMP)
 
 venv: $(STAMP)

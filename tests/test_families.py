@@ -44,6 +44,10 @@ def family_config(family: str, tmp: Path):
         cfg = load_config(str(ROOT / "configs" / "otter" / "tiny.yaml"),
                           ["--data.format=llava", f"--data.path={ROOT / 'demo_data' / 'llava_demo.json'}",
                            f"--data.media_root={ROOT / 'demo_data' / 'images'}", "--train.stage=align"])
+    elif family == "video-llama":
+        cfg = load_config(str(ROOT / "configs" / "video_llama" / "tiny.yaml"),
+                          [f"--data.path={ROOT / 'demo_data' / 'video_llama_demo.json'}",
+                           f"--data.media_root={ROOT / 'demo_data'}", "--train.stage=align"])
     else:  # a family added later must add its tiny config here
         pytest.fail(f"no tiny config for family {family!r} in tests/test_families.py")
     t = cfg.train

@@ -22,6 +22,7 @@ FAMILIES: Dict[str, str] = {
     "instructblip": "mmit.families.instructblip.family:InstructBlipFamily",
     "instructpix2pix": "mmit.families.instructpix2pix.family:InstructPix2PixFamily",
     "flamingo": "mmit.families.flamingo.family:FlamingoFamily",
+    "video-llama": "mmit.families.video_llama.family:VideoLlamaFamily",
 }
 
 
