@@ -36,7 +36,7 @@ class InstructBlipFamily(ModelFamily):
     def prepare_for_training(self, model, cfg):
         """Initialise the Q-Former from ``qformer.init_from`` unless ``model.init_from`` gave it weights."""
         if cfg.model.qformer.init_from and not cfg.model.init_from:
-            from mmit.families.instructblip.model import init_qformer
+            from mmit.models.connectors.qformer import init_qformer
 
             init_qformer(model.qformer, cfg.model.qformer.init_from)
 

@@ -204,29 +204,6 @@ def load_qformer_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_bert_path(name))
 
 
-def init_qformer(connector, init_from: str) -> None:
-    """Initialise from each comma-separated source in order: a BERT, ``instructblip`` or ``blip-2``
-    checkpoint (hub id or folder; the kind is read from its config) or ``tiny-bert``."""
-    from transformers import AutoConfig
-
-    from mmit.models.tiny_seq2seq import resolve_bert_path
-
-    for source in [s.strip() for s in init_from.split(",") if s.strip()]:
-        path = resolve_bert_path(source)
-        model_type = AutoConfig.from_pretrained(path).model_type
-        if model_type == "instructblip":
-            from transformers import InstructBlipForConditionalGeneration
-
-            connector.init_from_instructblip(InstructBlipForConditionalGeneration.from_pretrained(path))
-        elif model_type == "blip-2":
-            from transformers import Blip2ForConditionalGeneration
-
-            connector.init_from_blip2(Blip2ForConditionalGeneration.from_pretrained(path))
-        else:
-            connector.init_from_bert(path)
-        log.info("Q-Former initialised from %s (%s)", source, model_type)
-
-
 def build_instructblip(cfg, dtype: torch.dtype = torch.float32, init_qformer_weights: bool = False
                        ) -> Tuple[InstructBlipLM, object]:
     """Build the tower, LLM (causal or seq2seq, by its config) and Q-Former connector; returns
@@ -238,7 +215,7 @@ def build_instructblip(cfg, dtype: torch.dtype = torch.float32, init_qformer_wei
     Raises :class:`~mmit.registry.UnknownNameError` for unknown tower / tiny names, ``OSError`` for
     missing weights, ``ValueError`` for a Q-Former init source that does not fit.
     """
-    from mmit.models.connectors.qformer import QFormerConnector
+    from mmit.models.connectors.qformer import QFormerConnector, init_qformer
     from mmit.models.encoders import VISION_TOWERS, build_vision_tower
     from mmit.models.llm import load_any_llm
 

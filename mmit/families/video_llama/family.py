@@ -51,9 +51,13 @@ class VideoLlamaFamily(ModelFamily):
     def prepare_for_training(self, model, cfg):
         """Initialise the image Q-Former from ``image_qformer.init_from`` unless ``model.init_from`` gave it weights."""
         if cfg.model.image_qformer.init_from and not cfg.model.init_from:
-            from mmit.families.instructblip.model import init_qformer
+            from mmit.models.connectors.qformer import init_qformer
 
             init_qformer(model.image_qformer, cfg.model.image_qformer.init_from)
+
+    def persistent_modules(self, cfg):
+        """The image Q-Former: frozen, its BLIP-2 weights come from ``image_qformer.init_from``."""
+        return ("image_qformer",)
 
     def param_groups(self, model, cfg):
         """Branch modules at ``train.projector_lr`` (None: ``train.lr``), the rest (the LLM, the towers) in ``model``."""

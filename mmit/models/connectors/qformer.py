@@ -181,3 +181,28 @@ class QFormerConnector(nn.Module):
             self.language_projection.load_state_dict(hf_model.language_projection.state_dict())
         else:
             log.info("language_projection shape differs (another LLM width): it stays random")
+
+
+def init_qformer(connector, init_from: str) -> None:
+    """Initialise a :class:`QFormerConnector` from each comma-separated source in order: a BERT,
+    ``instructblip`` or ``blip-2`` checkpoint (hub id or folder; the kind is read from its config) or
+    ``tiny-bert``. Raises ``OSError`` for a source that cannot be found, ``ValueError`` for one that
+    does not fit."""
+    from transformers import AutoConfig
+
+    from mmit.models.tiny_seq2seq import resolve_bert_path
+
+    for source in [s.strip() for s in init_from.split(",") if s.strip()]:
+        path = resolve_bert_path(source)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        if model_type == "instructblip":
+            from transformers import InstructBlipForConditionalGeneration
+
+            connector.init_from_instructblip(InstructBlipForConditionalGeneration.from_pretrained(path))
+        elif model_type == "blip-2":
+            from transformers import Blip2ForConditionalGeneration
+
+            connector.init_from_blip2(Blip2ForConditionalGeneration.from_pretrained(path))
+        else:
+            connector.init_from_bert(path)
+        log.info("Q-Former initialised from %s (%s)", source, model_type)
