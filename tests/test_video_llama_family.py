@@ -231,3 +231,41 @@ def test_imagebind_audio_branch_one_embedding_per_clip():
     batch = proc.collate([item])
     assert model.audio_encoder(batch.media["audio"].values).shape[1] == 3  # one token per clip
     assert torch.isfinite(fam.loss(model, batch))
+
+
+def _keys(ckpt):
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
+def test_checkpoint_holds_the_frozen_image_qformer(trained_run):
+    """Its weights come from image_qformer.init_from at training time, which loading does not redo."""
+    from mmit.training.checkpoint import load_model_from_checkpoint
+
+    keys = _keys(trained_run / "final")
+    assert any(k.startswith("image_qformer.") for k in keys)
+    assert not any(k.startswith(("vision_tower.", "audio_encoder.")) for k in keys)  # rebuilt from their source
+    a, _, _ = load_model_from_checkpoint(trained_run)
+    b, _, _ = load_model_from_checkpoint(trained_run)
+    for (n, p), (_, q) in zip(a.image_qformer.named_parameters(), b.image_qformer.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_audio_stage_from_a_video_run_keeps_the_video_branch(tmp_path):
+    """AL stage: model.init_from gives the (frozen) video branch; its checkpoint must still hold it."""
+    from mmit.training.checkpoint import load_model_from_checkpoint
+    from mmit.training.trainer import train
+
+    common = ["--train.max_steps=2", "--train.batch_size=4", "--train.progress_bar=false", "--train.stage=align"]
+    train(tiny_cfg(*common, f"--train.output_dir={tmp_path / 'vl'}", "--model.train_branch=video"))
+    train(tiny_cfg(*common, f"--train.output_dir={tmp_path / 'al'}", "--model.train_branch=audio",
+                   f"--model.init_from={tmp_path / 'vl'}"))
+    vl, al = _keys(tmp_path / "vl" / "final"), _keys(tmp_path / "al" / "final")
+    assert any(k.startswith("audio_qformer.") for k in al) and not any(k.startswith("audio_qformer.") for k in vl)
+    assert {k for k in vl if k.startswith("video_qformer.")} <= al
+    m_vl, _, _ = load_model_from_checkpoint(tmp_path / "vl")
+    m_al, _, _ = load_model_from_checkpoint(tmp_path / "al")
+    for (n, p), (_, q) in zip(m_vl.video_qformer.named_parameters(), m_al.video_qformer.named_parameters()):
+        assert torch.equal(p, q), n

@@ -64,6 +64,13 @@ class ModelFamily:
         (un)frozen, before a resume loads its checkpoint: pretrained connector weights, EMA, adapters,
         trainable parts inside a frozen module."""
 
+    def persistent_modules(self, cfg) -> Tuple[str, ...]:
+        """Top-level modules written into every checkpoint even when frozen: their weights come from
+        :meth:`prepare_for_training` (a pretrained initialisation), which loading a checkpoint does not
+        run, so ``build`` alone cannot give them back. (Tensors loaded from ``model.init_from`` are kept
+        the same way by the trainer.)"""
+        return ()
+
     # -- what trains -----------------------------------------------------------------------------------
     def trainable_modules(self, cfg) -> Dict[str, bool]:
         """Top-level module name -> trains in ``cfg.train.stage`` (all modules, for the parameter table)."""

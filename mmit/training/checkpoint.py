@@ -27,7 +27,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Collection, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,18 +41,23 @@ STATE_FILE = "trainer_state.json"
 _STEP_RX = re.compile(r"^step-(\d+)$")
 
 
-def trainable_state_dict(model: nn.Module, only_trainable: bool = True) -> Dict[str, torch.Tensor]:
-    """Parameters (deduplicated when tied) that require grad, or all of them; contiguous CPU copies."""
+def trainable_state_dict(model: nn.Module, only_trainable: bool = True, keep: Collection[str] = ()
+                         ) -> Dict[str, torch.Tensor]:
+    """Parameters (deduplicated when tied) that require grad or are named in ``keep`` (frozen weights a
+    rebuilt model would not have: loaded from ``model.init_from`` or set in ``prepare_for_training``),
+    or all of them; contiguous CPU copies."""
+    keep = set(keep)
     return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters()
-            if p.requires_grad or not only_trainable}
+            if p.requires_grad or n in keep or not only_trainable}
 
 
-def select_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module, only_trainable: bool = True
-                   ) -> Dict[str, torch.Tensor]:
+def select_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module, only_trainable: bool = True,
+                   keep: Collection[str] = ()) -> Dict[str, torch.Tensor]:
     """The entries of a full ``state_dict`` (e.g. ``accelerator.get_state_dict(model)``) that are
-    parameters of ``model`` requiring grad (or all its parameters), as contiguous CPU copies.
-    Raises ``KeyError`` naming a parameter missing from ``state_dict``."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad or not only_trainable]
+    parameters of ``model`` requiring grad or named in ``keep`` (or all its parameters), as contiguous
+    CPU copies. Raises ``KeyError`` naming a parameter missing from ``state_dict``."""
+    keep = set(keep)
+    names = [n for n, p in model.named_parameters() if p.requires_grad or n in keep or not only_trainable]
     missing = [n for n in names if n not in state_dict]
     if missing:
         raise KeyError(f"state dict lacks {len(missing)} parameter(s), e.g. {missing[:3]}")
@@ -60,11 +65,12 @@ def select_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module, only_t
 
 
 def save_weights(model: nn.Module, path: str | Path, only_trainable: bool = True,
-                 state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
-    """Write the trainable (or all) parameters to a safetensors file, keyed by parameter name; taken
-    from ``state_dict`` when given (a gathered full state dict), else from the model."""
-    weights = (trainable_state_dict(model, only_trainable) if state_dict is None
-               else select_weights(state_dict, model, only_trainable))
+                 state_dict: Optional[Dict[str, torch.Tensor]] = None, keep: Collection[str] = ()) -> None:
+    """Write the trainable parameters and those named in ``keep`` (or all parameters) to a safetensors
+    file, keyed by parameter name; taken from ``state_dict`` when given (a gathered full state dict),
+    else from the model."""
+    weights = (trainable_state_dict(model, only_trainable, keep) if state_dict is None
+               else select_weights(state_dict, model, only_trainable, keep))
     save_file(weights, str(path), metadata={"format": "pt"})
 
 
@@ -113,18 +119,19 @@ def _set_rng_state(meta: dict, tensors: Dict[str, torch.Tensor]) -> None:
 def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RunConfig, tokenizer, trainer_state: dict,
                     optimizer=None, scheduler=None, only_trainable: bool = True,
                     extra: Optional[Callable[[nn.Module, Path], None]] = None,
-                    state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Path:
+                    state_dict: Optional[Dict[str, torch.Tensor]] = None, keep: Collection[str] = ()) -> Path:
     """Write a checkpoint folder atomically (a temporary folder renamed into place). Main process only.
 
     ``model`` is the unwrapped model (names, ``requires_grad``); ``state_dict`` its gathered full state
-    dict (default: read from ``model``). ``extra(model, folder)`` writes family-specific files (e.g. EMA
-    weights) before the folder is marked complete."""
+    dict (default: read from ``model``). ``keep``: frozen parameters saved too (:func:`save_weights`).
+    ``extra(model, folder)`` writes family-specific files (e.g. EMA weights) before the folder is marked
+    complete."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_config(cfg, tmp / "config.yaml")
-    save_weights(model, tmp / "model.safetensors", only_trainable, state_dict)
+    save_weights(model, tmp / "model.safetensors", only_trainable, state_dict, keep)
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     if extra is not None:
         extra(model, tmp)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from mmit.config.schema import RunConfig, save_config
@@ -104,12 +105,16 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         family.prepare_data(cfg)
     accelerator.wait_for_everyone()
     model, tokenizer = family.build(cfg)
+    keep = set()  # frozen weights that `build` cannot give back: every checkpoint holds them too
     if cfg.model.init_from:
         src = resolve_checkpoint_dir(cfg.model.init_from)
+        with safe_open(str(src / "model.safetensors"), "pt") as f:
+            keep |= set(f.keys())
         n = load_weights(model, src / "model.safetensors")
         log.info("initialised %d tensors from %s", n, src)
     trains = apply_trainable(model, family.trainable_modules(cfg))
     family.prepare_for_training(model, cfg)  # after freezing: it may unfreeze parts (adapters, new token rows)
+    keep |= {n for n, _ in model.named_parameters() if n.split(".")[0] in family.persistent_modules(cfg)}
     table, _ = parameter_table(model, list(trains))
     log.info("stage %s, parameters:\n%s", tc.stage, table)
     if tc.gradient_checkpointing:
@@ -155,7 +160,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                             tokenizer=tokenizer, trainer_state=trainer_state(),
                             optimizer=optimizer if with_optimizer else None,
                             scheduler=scheduler if with_optimizer else None, extra=family.save_extra,
-                            state_dict=state_dict)
+                            state_dict=state_dict, keep=keep)
 
     metrics = MetricsLogger(run_dir, tc.report_to if accelerator.is_main_process else "none",
                             resume_step=step if ckpt is not None else None)
