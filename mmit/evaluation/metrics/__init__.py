@@ -7,8 +7,10 @@
 ==========================  ========================================================  ==============
 name                        definition                                                 source
 ==========================  ========================================================  ==============
-``vqa-accuracy``            min(#matches/3, 1) over leave-one-out subsets, official    arXiv 1505.00468
-                            VQA normalisation
+``vqa-accuracy``            min(#matches/3, 1) over leave-one-out subsets; the        arXiv 1505.00468
+                            official 2016 script / LAVIS (InstructBLIP protocol)
+``vqa-accuracy-2021``       the same under the current official script (2021          arXiv 1505.00468
+                            fix: both sides normalised when the answers differ)
 ``exact-match``             stripped prediction equals a reference                     -
 ``mc-accuracy``             prediction (text or option letter) picks the gold option   -
 ``rouge-l``                 ROUGE-L F-measure, ``rouge-score``                         Lin 2004
@@ -24,8 +26,8 @@ name                        definition                                          
 
 from __future__ import annotations
 
-from mmit.evaluation.metrics.accuracy import (ExactMatch, IVQAAccuracy, MCAccuracy, VQAAccuracy,
-                                              vqa_score)
+from mmit.evaluation.metrics.accuracy import (VQA_VERSIONS, ExactMatch, IVQAAccuracy, MCAccuracy,
+                                              VQAAccuracy, VQAAccuracy2021, vqa_prepare, vqa_score)
 from mmit.evaluation.metrics.base import Metric, MetricError
 from mmit.evaluation.metrics.caption import Bleu, Cider
 from mmit.evaluation.metrics.multiinstruct import InstructionSensitivity, MultiInstructAggregate
@@ -36,7 +38,7 @@ from mmit.registry import Registry
 #: Metric name -> metric object.
 METRICS: Registry[Metric] = Registry("metric")
 
-for _cls in (VQAAccuracy, ExactMatch, MCAccuracy, RougeL, Bleu, Cider, RocAuc, MRR,
+for _cls in (VQAAccuracy, VQAAccuracy2021, ExactMatch, MCAccuracy, RougeL, Bleu, Cider, RocAuc, MRR,
              MultiInstructAggregate, InstructionSensitivity, IVQAAccuracy):
     METRICS.register(_cls.name, _cls())
 
@@ -50,4 +52,5 @@ def get_metric(name: str) -> Metric:
     return METRICS.get(name)
 
 
-__all__ = ["METRICS", "Metric", "MetricError", "get_metric", "vqa_score", "gold_rank"]
+__all__ = ["METRICS", "Metric", "MetricError", "get_metric", "vqa_score", "vqa_prepare",
+           "VQA_VERSIONS", "gold_rank"]
