@@ -2,6 +2,12 @@
 
 import io
 import json
+import os
+import re
+import shutil
+import subprocess
+import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +21,9 @@ from mmit.data.sources.multiinstruct import (instruction_templates, match_templa
 from mmit.data.stats import SkipCounter
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "multiinstruct"
+# a bare git mirror of VT-NLP/MultiInstruct (the `fetch` tool's layout); tests using it skip without
+MIRRORS = Path(os.environ.get("MMIT_MIRROR_ROOT", "/work/.mirror"))
+MI_MIRROR = MIRRORS / "VT-NLP+MultiInstruct" / "repo"
 
 REC = {"unique_id": "VQA_object_presence_10026521", "task_name": "VQA_object_presence",
        "image_path": "./raw_datasets/MSCOCO2014/train2014/COCO_train2014_000000005277.jpg",
@@ -151,6 +160,101 @@ def test_render_each_template_of_an_instance():
         render_instruction(REC, 5)
     with pytest.raises(ValueError, match="question"):
         render_instruction({"task_name": "VQA_color", "options": ["red"]}, 0)
+
+
+# test.jsonl line 5 @ 772af24 (../shared/samples/multiinstruct), verbatim: the prompt is template 0.
+VCR_REC = {
+    "unique_id": "vcr_val-0", "image_source": "vcr", "task_name": "commonsense_VQA",
+    "image_path": "raw_datasets/VCR/vcr1images/lsmdc_1054_Harry_Potter_and_the_prisoner_of_azkaban/"
+                  "1054_Harry_Potter_and_the_prisoner_of_azkaban_00.01.46.736-00.01.50.168@0.jpg",
+    "target_txt": "person 1 is upset and disgusted .", "question": "How is person 1 feeling ?",
+    "options": ["person 1 is feeling uncomfortable with person 3 .",
+                "person 1 is feeling very scared .", "person 1 is upset and disgusted .",
+                "person 1 is feeling amused ."],
+    "meta_data": {"object_regions": {
+        "person 1": ["955.7418212890625 52.329559326171875 1551.5677490234375 789.0325927734375"],
+        "person 3": ["902.0066528320312 111.65625 1035.2879638671875 701.32861328125"]}},
+    "prompt": "How is person 1 feeling ? person 1 is in 955.7418212890625 52.329559326171875 "
+              "1551.5677490234375 789.0325927734375. person 3 is in 902.0066528320312 111.65625 "
+              "1035.2879638671875 701.32861328125.\n\n[Options]: person 1 is feeling uncomfortable "
+              "with person 3 .||||person 1 is feeling very scared .||||person 1 is upset and "
+              "disgusted .||||person 1 is feeling amused .",
+    "target": "person 1 is upset and disgusted ."}
+COORD = re.compile(r"\d+\.\d+")  # VCR boxes are float pixel coordinates
+
+
+def test_commonsense_vqa_templates_match_the_released_prompts(tmp_path):
+    """build_dataset.py calls build_instruction without instruction_id (default -1), so its
+    ``instruction_id >= 2`` branch ("person 1" -> "the person 1 in x1 y1 x2 y2") never runs: the
+    question stays as written under every template, and only templates 0 and 1 name the regions,
+    through region_info = ' '.join(f"{k} is in {v[0]}.")."""
+    if SAMPLES.is_dir():  # the embedded record is the real one
+        assert [r for r in real_records("test.jsonl")
+                if r["task_name"] == "commonsense_VQA"] == [VCR_REC]
+    q = VCR_REC["question"]
+    regs = VCR_REC["meta_data"]["object_regions"]
+    region_info = ("person 1 is in " + regs["person 1"][0] + ". person 3 is in "
+                   + regs["person 3"][0] + ".")
+    opts = "\n\n[Options]: " + "||||".join(VCR_REC["options"])
+    expected = [  # build_instruction's five f-strings with instruction_id = -1
+        f"{q} {region_info}{opts}",
+        f"The region information: {region_info}\nBased on the region information and the image, "
+        f"{q}{opts}",
+        f"{q}{opts}",
+        f"Look at the image and the regions in the question, {q}{opts}",
+        f"Based on the image, answer {q}{opts}",
+    ]
+    got = [render_instruction(VCR_REC, i) for i in range(5)]
+    assert got == expected
+    assert got[0] == VCR_REC["prompt"] and match_template(VCR_REC) == 0
+    for i, text in enumerate(got):
+        assert q in text and "the person 1 in" not in text, i  # the question is never rewritten
+        if i >= 2:  # the original has no region information here: no coordinates at all
+            assert COORD.search(text) is None, i
+        else:  # coordinates only inside region_info
+            assert region_info in text and COORD.search(text.replace(region_info, "")) is None, i
+    # the same through the reader: rerender of the read sample gives these prompts after <image>
+    put(tmp_path, VCR_REC["image_path"], jpeg())
+    (s,) = read_multiinstruct(write_jsonl(tmp_path / "t.jsonl", [VCR_REC]), missing="error")
+    assert s.meta["template_id"] == 0
+    assert [rerender(s, i).turns[0].content for i in range(5)] == ["<image>\n" + e
+                                                                   for e in expected]
+
+
+def test_commonsense_vqa_equals_the_original_build_instruction():
+    """Every template of the real record against VT-NLP/MultiInstruct's own build_instruction,
+    loaded from a fetched mirror (skipped when absent), with its random.shuffle made a no-op and
+    random.choice made to pick template i."""
+    if not MI_MIRROR.is_dir() or shutil.which("git") is None:
+        pytest.skip(f"the MultiInstruct mirror {MI_MIRROR} (or git) is absent")
+    src = subprocess.run(["git", "-C", str(MI_MIRROR), "show", "772af24:instruction_templates.py"],
+                         capture_output=True, text=True)
+    if src.returncode != 0:
+        pytest.skip(f"commit 772af24 not in {MI_MIRROR}: {src.stderr.strip()}")
+    module = types.ModuleType("multiinstruct_instruction_templates")
+    with warnings.catch_warnings():  # the original has an invalid "\A" escape
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        exec(compile(src.stdout, "instruction_templates.py", "exec"), module.__dict__)
+
+    class PickTemplate:
+        def __init__(self, i):
+            self.i = i
+
+        def shuffle(self, items):  # keep the record's option order
+            pass
+
+        def choice(self, items):
+            return items[self.i]
+
+    for i in range(5):
+        module.random = PickTemplate(i)
+        prompt, target = module.build_instruction(
+            "commonsense_VQA", options=list(VCR_REC["options"]), question=VCR_REC["question"],
+            meta_data=VCR_REC["meta_data"], target=VCR_REC["target_txt"])
+        assert render_instruction(VCR_REC, i) == prompt, i
+        assert target == VCR_REC["target"]
+    assert render_instruction(VCR_REC, 0) == VCR_REC["prompt"]
 
 
 def test_malformed_template_inputs_do_not_stop_reading(tmp_path):

@@ -47,6 +47,10 @@ most tasks; ``region_generation`` has 7, ``visual_object_region`` 6), ported as 
 ``multiinstruct_tasks.json`` from ``instruction_templates.py`` (Apache-2.0, the MultiInstruct
 authors); :func:`render_instruction` fills one in from a record. The instruction-sensitivity metric
 (std/mean of a task's score across its templates, arXiv 2212.10773) needs exactly this.
+Rendering follows what ``build_dataset.py`` released, which calls ``build_instruction`` without
+``instruction_id``: for ``commonsense_VQA`` (VCR, an unseen task) the question is never rewritten
+with region coordinates (``build_instruction``'s ``instruction_id >= 2`` branch is dead in the
+released data), so only templates 0 and 1 carry regions, as ``{region_info}``.
 
 Not supported: the ``use_natural`` option styles (``(a) ...``, ``Option 1: ...``) of
 ``build_instruction``; image-generation tasks (``infilling``, ``image_generation``, ... which
@@ -128,7 +132,7 @@ def _join(items: Any) -> str:
     return _SPLIT.join(str(x) for x in items) if isinstance(items, list) else str(items)
 
 
-def _template_fields(task: str, record: Mapping[str, Any], template_id: int) -> Dict[str, Any]:
+def _template_fields(task: str, record: Mapping[str, Any]) -> Dict[str, Any]:
     md = record.get("meta_data") or {}
     if not isinstance(md, dict):
         raise TypeError(f"'meta_data' must be an object, got {type(md).__name__}")
@@ -149,13 +153,11 @@ def _template_fields(task: str, record: Mapping[str, Any], template_id: int) -> 
         ctx = record.get("context") or []
         fields["steps"] = "\n".join(ctx) if len(ctx) > 0 else '"nothing"'
     if task == "commonsense_VQA" and isinstance(regs, dict):
+        # Only templates 0 and 1 name the regions ({region_info}). build_instruction also has an
+        # ``instruction_id >= 2`` branch that rewrites "person 1" in the question as "the person 1
+        # in x1 y1 x2 y2", but build_dataset.py never passes instruction_id (default -1), so no
+        # released prompt has it: the question is used as written for every template.
         fields["region_info"] = " ".join(f"{k} is in {v[0]}." for k, v in regs.items())
-        if template_id >= 2 and isinstance(fields["question"], str):
-            q = fields["question"]
-            for k, v in regs.items():
-                if k in q:
-                    q = q.replace(k, f"the {k} in {' '.join(v)}")
-            fields["question"] = q
     if task == "visual_dialog":
         hist = [f"{t['q']}, {t['a']};" for t in md.get("dialog_hist") or []]
         fields["dialog_history"] = " ".join(hist)
@@ -166,6 +168,10 @@ def _template_fields(task: str, record: Mapping[str, Any], template_id: int) -> 
 def render_instruction(record: Mapping[str, Any], template_id: int,
                        task: Optional[str] = None) -> str:
     """The prompt ``build_instruction`` would write for ``record`` with template ``template_id``.
+
+    Source: VT-NLP/MultiInstruct @ 772af24 ``instruction_templates.py::build_instruction`` as
+    ``build_dataset.py`` calls it (no ``instruction_id``; arXiv 2212.10773), options in the given
+    order. ``commonsense_VQA`` questions are therefore never rewritten with coordinates.
 
     Args:
         record: a MultiInstruct record (or a :class:`Sample`'s ``meta`` plus ``task_name``):
@@ -188,7 +194,7 @@ def render_instruction(record: Mapping[str, Any], template_id: int,
         raise IndexError(f"task {task!r} has {len(templates)} templates; no template_id "
                          f"{template_id}")
     try:
-        fields = _template_fields(task, record, template_id)
+        fields = _template_fields(task, record)
         return templates[template_id].format(**fields)
     except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise ValueError(f"task {task!r} template {template_id} needs a field the record lacks: "
