@@ -19,7 +19,7 @@ commands:
   train     train from a config:   mmit train --config_path configs/llava/tiny_demo.yaml [--train.max_steps=4 ...] [--resume]
   convert   source files -> webdataset shards:   mmit convert --format llava --input FILE --media-root DIR --output DIR
   inspect   look at converted shards:   mmit inspect OUT_DIR
-  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] --prompt TEXT [--json]
+  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] [--video PATH ...] [--audio PATH ...] --prompt TEXT [--json]
   eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR
   edit      edit an image (instructpix2pix family):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
   export    to another toolkit's folder:   mmit export --checkpoint DIR --format FORMAT --output DIR
@@ -77,26 +77,39 @@ def cmd_train(argv: List[str]) -> int:
 def cmd_generate(argv: List[str]) -> int:
     from mmit.inference import generate, load_for_inference
 
-    p = argparse.ArgumentParser(prog="mmit generate", description="Answer a prompt about an image with a trained checkpoint.")
+    p = argparse.ArgumentParser(prog="mmit generate",
+                                description="Answer a prompt about images, videos or audio with a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     p.add_argument("--image", action="append", default=[],
                    help="image file; repeat for several images, placed at the prompt's <image> markers in order "
-                        "(omit for a text-only prompt)")
+                        "(without markers: one <image> per image in front of the prompt)")
+    p.add_argument("--video", action="append", default=[],
+                   help="video file (mp4, webm, gif, ...), decoded as the family reads video in training (e.g. "
+                        "InstructBLIP: qformer.num_frames uniformly spaced frames); repeat for several, placed at "
+                        "the prompt's <video> markers in order (without markers: one <video> per video in front, "
+                        "after the images). A family that does not read video exits with an error")
+    p.add_argument("--audio", action="append", default=[],
+                   help="audio file (wav, flac, mp3, ...; or a video's audio track), for families that read audio; "
+                        "repeat for several, placed at the prompt's <audio> markers (without markers: one <audio> "
+                        "per file in front, after the videos). A family that does not read audio exits with an error")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]} (new ids only)')
     a = p.parse_args(argv)
+    for kind, paths in (("image", a.image), ("video", a.video), ("audio", a.audio)):
+        for path in paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{kind} not found: {path}")
     from mmit.data.media import decode_image
 
-    images = []
+    images = []  # decoded before the model loads: a bad image fails fast
     for path in a.image:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image not found: {path}")
         with open(path, "rb") as f:
             images.append(decode_image(f.read(), path))
-    image = images if len(images) > 1 else (images[0] if images else None)
     model, processor, _ = load_for_inference(a.checkpoint)
-    ans = generate(model, processor, a.prompt, image, a.max_new_tokens)
+    # videos and audio are decoded by the family (processor.decode_media), as in training
+    ans = generate(model, processor, a.prompt, images or None, a.max_new_tokens, video=a.video or None,
+                   audio=a.audio or None)
     print(json.dumps({"text": ans.text, "token_ids": ans.token_ids}) if a.json else ans.text)
     return 0
 

@@ -1,22 +1,33 @@
-"""Inference on a trained checkpoint: a prompt (with an image or none) -> the model's answer.
+"""Inference on a trained checkpoint: a prompt (with images, videos, audio or none) -> the model's answer.
 
-Used by ``mmit generate``. Any family that generates text works the same way: its processor turns
-the prompt into a typed batch (the family's own prompt layout: a conversation template for LLaVA,
-the bare instruction for InstructBLIP) and the model decodes through the inference contract
+Used by ``mmit generate``. Any family that generates text works the same way: the prompt and its
+media become one :class:`~mmit.data.sample.Sample` (one user turn), the family's processor decodes
+the media (:meth:`~mmit.data.processor.Processor.decode_media`: the same decoding as training, e.g.
+``num_frames`` frames per video for InstructBLIP) and turns the prompt into a typed batch (the
+family's own prompt layout: a conversation template for LLaVA, the bare instruction for
+InstructBLIP), and the model decodes through the inference contract
 (:meth:`~mmit.models.interface.MultimodalModel.generate_tokens`, transformers ``generate`` with a KV
-cache; greedy unless told otherwise).
+cache; greedy unless told otherwise). A media kind the family does not read raises
+:class:`~mmit.data.sample.SampleError` (``unsupported-media``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
-from typing import List
+from typing import Any, Dict, List, Sequence
 
 import torch
 
-from mmit.constants import IMAGE_PLACEHOLDER
-from mmit.data.sample import Turn
+from mmit.constants import IMAGE_PLACEHOLDER, MEDIA_PLACEHOLDERS
+from mmit.data.media import read_media_bytes
+from mmit.data.processor import cut_at_stop_strings
+from mmit.data.sample import Media, Sample, Turn
 from mmit.models.interface import model_device
+
+#: Media kinds ``generate`` takes, in the order their placeholders are put in front of a bare prompt.
+PROMPT_KINDS = ("image", "video", "audio")
 
 
 @dataclass
@@ -38,6 +49,78 @@ def prompt_turns(prompt: str, with_image: bool | int) -> List[Turn]:
     return [Turn("user", prompt)]
 
 
+def _as_list(x) -> list:
+    return [] if x is None else (list(x) if isinstance(x, (list, tuple)) else [x])
+
+
+def with_placeholders(prompt: str, counts: Dict[str, int]) -> str:
+    """``prompt`` with each kind's placeholders: a kind with ``counts[kind]`` items and no marker in
+    the prompt gets one ``<kind>\\n`` per item in front (``<image>`` first, then ``<video>``, then
+    ``<audio>``); a kind whose markers are in the prompt must have exactly one per item. Raises
+    ``ValueError`` naming the kind and both counts otherwise (markers of a kind with no items too)."""
+    head = ""
+    for kind in PROMPT_KINDS:
+        ph, n = MEDIA_PLACEHOLDERS[kind], int(counts.get(kind, 0))
+        have = prompt.count(ph)
+        if have == 0:
+            head += f"{ph}\n" * n
+        elif have != n:
+            raise ValueError(f"the prompt has {have} {ph} marker(s) but {n} {kind}(s) were given")
+    return head + prompt
+
+
+def prompt_sample(prompt: str, media: Dict[str, Sequence[Any]], sample_id: str = "prompt"):
+    """``(sample, given)`` for ``prompt`` and ``media`` (kind -> items: file paths, or PIL images for
+    ``image``): a :class:`Sample` with one user turn (:func:`with_placeholders`) whose ``media`` follow
+    the placeholders in text order (each kind's items in the order given), each a
+    ``Media(kind, path=..., data=bytes)`` read from its file (a PIL image: a ``Media`` without bytes);
+    ``given`` holds the PIL image of each media item passed decoded, else None.
+
+    Raises ``ValueError`` (placeholder counts, an unknown kind) and ``OSError`` (an unreadable file,
+    its path in the message)."""
+    from PIL import Image
+
+    unknown = set(media) - set(PROMPT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown media kind(s) {sorted(unknown)}; generate takes {', '.join(PROMPT_KINDS)}")
+    text = with_placeholders(prompt, {k: len(v) for k, v in media.items()})
+    marks = re.compile("|".join(re.escape(MEDIA_PLACEHOLDERS[k]) for k in PROMPT_KINDS))
+    kind_of = {MEDIA_PLACEHOLDERS[k]: k for k in PROMPT_KINDS}
+    queues = {k: list(v) for k, v in media.items()}
+    items, given = [], []
+    for m in marks.finditer(text):
+        kind = kind_of[m.group(0)]
+        x = queues[kind].pop(0)
+        if isinstance(x, Image.Image) and kind == "image":
+            items.append(Media(kind, meta={"decoded": True}))
+            given.append(x)
+        elif isinstance(x, (str, os.PathLike)):
+            path = os.fspath(x)
+            items.append(Media(kind, path=path, data=read_media_bytes(path)))
+            given.append(None)
+        else:
+            raise ValueError(f"{kind} {len([g for g in items if g.kind == kind])}: expected a file path"
+                             f"{' or a PIL image' if kind == 'image' else ''}, got {type(x).__name__}")
+    return Sample(id=sample_id, turns=[Turn("user", text)], media=items).validate(), given
+
+
+def decode_prompt_media(processor, sample: Sample, given: Sequence[Any]) -> List[Any]:
+    """The decoded media of :func:`prompt_sample`'s ``(sample, given)``, in media order: the PIL
+    images given as they are, the files through ``processor.decode_media`` (one call, on the sample
+    restricted to them). Raises :class:`~mmit.data.sample.SampleError` (``unsupported-media``, a
+    decoder's reason) naming the sample."""
+    todo = [m for m, g in zip(sample.media, given) if g is None]
+    if not todo:
+        return list(given)
+    text = "".join(f"{MEDIA_PLACEHOLDERS[m.kind]}\n" for m in todo)
+    bare = sample.turns[-1].content
+    for ph in MEDIA_PLACEHOLDERS.values():
+        bare = bare.replace(ph, "")
+    files = Sample(id=sample.id, turns=[Turn("user", text + bare.strip())], media=todo)
+    decoded = iter(processor.decode_media(files))
+    return [next(decoded) if g is None else g for g in given]
+
+
 def load_for_inference(checkpoint, dtype: torch.dtype = torch.float32):
     """``(model, processor, cfg)`` of a checkpoint or run folder whose family generates text.
 
@@ -55,21 +138,41 @@ def load_for_inference(checkpoint, dtype: torch.dtype = torch.float32):
 
 
 @torch.no_grad()
-def generate(model, processor, prompt: str, image=None, max_new_tokens: int = 64, **generate_kwargs) -> Answer:
-    """Answer ``prompt`` about ``image``: a PIL image, a list of them (interleaved at the prompt's
-    ``<image>`` markers, in order, for families that read several), or None.
+def generate(model, processor, prompt: str, image=None, max_new_tokens: int = 64, *, video=None, audio=None,
+             **generate_kwargs) -> Answer:
+    """Answer ``prompt`` about its media.
 
-    Returns :class:`Answer` with the decoded text (special tokens removed) and the newly generated ids
-    (the stop token included when the model emitted one).
+    Args:
+        image: a PIL image or an image file path (str / PathLike), a list of them, or None.
+        video, audio: a file path or a list of them, or None; decoded by the family
+            (``processor.decode_media``: e.g. InstructBLIP samples ``num_frames`` frames per video).
+        prompt: text; a kind without markers gets ``<image>\\n`` / ``<video>\\n`` / ``<audio>\\n`` per
+            item in front (:func:`with_placeholders`), a kind with markers must have one per item.
+            Media go to the processor in placeholder (text) order; each kind's in the order given.
+        generate_kwargs: transformers ``generate`` keywords (override the greedy defaults).
+
+    Returns :class:`Answer`: the decoded text (special tokens removed; cut before the first of
+    ``processor.stop_strings()``) and the newly generated ids (the stop token, or the tokens of a
+    stop string, included when the model emitted one).
+
+    Raises ``ValueError`` (placeholder counts, a media type the family's prompt cannot take),
+    ``OSError`` (unreadable file), :class:`~mmit.data.sample.SampleError` (``unsupported-media`` for a
+    kind the family does not read, or the decoder's reason, e.g. ``undecodable-video``).
     """
-    images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-    item = processor.prompt(prompt_turns(prompt, len(images)), images)
+    sample, given = prompt_sample(prompt, {"image": _as_list(image), "video": _as_list(video),
+                                           "audio": _as_list(audio)})
+    media = decode_prompt_media(processor, sample, given)
+    item = processor.prompt(sample.turns, media)
     batch = processor.collate_prompts([item]).to(model_device(model))
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": processor.stop_token_ids(),
-              "pad_token_id": processor.pad_id, **generate_kwargs}
+              "pad_token_id": processor.pad_id}
+    stops = list(processor.stop_strings())
+    if stops:
+        kwargs.update(stop_strings=stops, tokenizer=processor.tokenizer)
+    kwargs.update(generate_kwargs)
     new = model.generate_tokens(batch, **kwargs)[0].tolist()
     pad = processor.tokenizer.pad_token_id
     if pad is not None and pad != processor.tokenizer.eos_token_id:
         while new and new[-1] == pad:
             new.pop()
-    return Answer(processor.decode(new), new)
+    return Answer(cut_at_stop_strings(processor.decode(new), stops), new)

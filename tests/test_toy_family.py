@@ -169,11 +169,12 @@ class ToyProcessor(Processor):
     def collate(self, items):
         return self._batch(items, False)
 
-    def prompt(self, turns: Sequence[Turn], images: Sequence[Any] = (), sample_id: str = "prompt"):
+    def prompt(self, turns: Sequence[Turn], media: Sequence[Any] = (), sample_id: str = "prompt"):
         from mmit.templates.labels import encode_prompt
 
+        # media: PIL images (the base class's decode_media reads images only)
         return {"id": sample_id, "input_ids": torch.tensor(encode_prompt(self.tokenizer, turns, self.template)),
-                "pixel_values": self.image_transform(list(images)) if images else None}
+                "pixel_values": self.image_transform(list(media)) if media else None}
 
     def collate_prompts(self, items):
         return self._batch(items, True)

@@ -269,3 +269,23 @@ def test_audio_stage_from_a_video_run_keeps_the_video_branch(tmp_path):
     m_al, _, _ = load_model_from_checkpoint(tmp_path / "al")
     for (n, p), (_, q) in zip(m_vl.video_qformer.named_parameters(), m_al.video_qformer.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_generation_never_emits_patch_tokens(built, monkeypatch):
+    _, _, model, _, proc = built
+    model.eval()
+    seen = []
+    real = model.llm.generate
+
+    def spy(**kw):
+        seen.append(kw.get("suppress_tokens"))
+        return real(**kw)
+
+    monkeypatch.setattr(model.llm, "generate", spy)
+    batch = proc.collate_prompts([proc.prompt([Turn("user", "Hi?")], [])])
+    scores = model.generate_tokens(batch, max_new_tokens=2, do_sample=False, output_scores=True,
+                                   return_dict_in_generate=True).scores
+    assert seen[-1] == [proc.visual_token_id, proc.audio_token_id]
+    assert all(torch.isinf(s[0, [proc.visual_token_id, proc.audio_token_id]]).all() for s in scores)
+    model.generate_tokens(batch, max_new_tokens=1, do_sample=False, suppress_tokens=[])
+    assert seen[-1] == []

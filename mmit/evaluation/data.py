@@ -7,8 +7,14 @@ a ``rank`` task, ``meta["label"]`` the gold option, and ``meta["fields"]`` named
 the task's templates (Python format strings) are rendered with.
 
 Fields available to a template: ``meta["fields"]`` plus, unless the sample defines them,
-``question`` (the stored user turn without its ``<image>`` placeholders), ``options``
+``question`` (the stored user turn without its media placeholders), ``options``
 (``"a, b, c"``) and ``lettered_options`` (``"(a) a (b) b (c) c"``, InstructBLIP's ScienceQA style).
+
+Media: :func:`load_items` decodes each sample's media with ``decode`` (the runner passes the model's
+``processor.decode_media``, so a video is decoded as the family reads video, e.g. InstructBLIP's
+``num_frames`` frames; default :func:`decode_images`, images only). A sample whose media the family
+cannot read is a counted skip by reason (``unsupported-media``, ``undecodable-video``,
+``no-audio-track``, ``missing-media``, ...), never a crash under ``missing_media: skip``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from __future__ import annotations
 import os
 import string
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmit.constants import IMAGE_PLACEHOLDER
+from mmit.constants import MEDIA_PLACEHOLDERS
 from mmit.data.media import decode_image, read_media_bytes
 from mmit.data.sample import Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
@@ -30,8 +36,11 @@ class EvalItem:
     """One prompt to score: a sample rendered with one template.
 
     ``turns`` ends with the user turn (the prompt); ``template`` is the template index (0 when the
-    task has none and the stored user turn is used); ``images`` are decoded RGB PIL images in
-    placeholder order; ``reference`` str or list[str]; ``candidates`` list[str] for ``rank``.
+    task has none and the stored user turn is used); ``images`` holds the sample's decoded media in
+    media (placeholder) order, as ``processor.decode_media`` returns them: RGB PIL images,
+    :class:`~mmit.data.video.DecodedVideo` (videos), 1-D float32 waveform tensors (audio); the name is
+    kept from when eval read images only. ``reference`` str or list[str]; ``candidates`` list[str]
+    for ``rank``.
     ``shots``: in-context demonstrations in ``turns`` (user/assistant exchanges before the query,
     their images first in ``images``); ``demonstrations`` their sample ids, in prompt order
     (:mod:`mmit.evaluation.incontext`).
@@ -76,7 +85,10 @@ def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> I
 
 def prompt_fields(sample: Sample, user: str) -> Dict[str, Any]:
     """The fields a template is rendered with (module docstring)."""
-    fields: Dict[str, Any] = {"question": user.replace(IMAGE_PLACEHOLDER, "").strip()}
+    question = user
+    for ph in MEDIA_PLACEHOLDERS.values():
+        question = question.replace(ph, "")
+    fields: Dict[str, Any] = {"question": question.strip()}
     options = sample.meta.get("options")
     if options:
         fields["options"] = ", ".join(str(o) for o in options)
@@ -86,18 +98,24 @@ def prompt_fields(sample: Sample, user: str) -> Dict[str, Any]:
     return fields
 
 
-def render_template(template: str, fields: Dict[str, Any], n_images: int, where: str) -> str:
+def render_template(template: str, fields: Dict[str, Any], n_images: Union[int, Dict[str, int]], where: str) -> str:
     """``template.format(**fields)``, with ``<image>\\n`` put first for each image it lacks.
+
+    ``n_images``: the number of images, or a dict kind -> count (``{"video": 1}``): each kind's
+    missing placeholders are put first, in :data:`~mmit.constants.MEDIA_PLACEHOLDERS` order.
     Raises ``ValueError`` naming ``where`` and the known fields for a missing field."""
     try:
         text = template.format(**fields)
     except KeyError as e:
         raise ValueError(f"{where}: template {template!r} uses field {e.args[0]!r}, the sample has "
                          f"{sorted(fields)}") from None
-    missing = n_images - text.count(IMAGE_PLACEHOLDER)
-    if missing > 0:
-        text = f"{IMAGE_PLACEHOLDER}\n" * missing + text
-    return text
+    counts = {"image": n_images} if isinstance(n_images, int) else n_images
+    head = ""
+    for kind, ph in MEDIA_PLACEHOLDERS.items():
+        missing = int(counts.get(kind, 0)) - text.count(ph)
+        if missing > 0:
+            head += f"{ph}\n" * missing
+    return head + text
 
 
 def source_template_prompts(sample: Sample) -> List[str]:
@@ -153,13 +171,18 @@ def prompt_texts(task: TaskConfig, sample: Sample, turns: List[Turn], where: str
     if task.source_templates:
         return source_template_prompts(sample)
     fields = prompt_fields(sample, user) if task.templates else {}
-    n_img = user.count(IMAGE_PLACEHOLDER)
-    return [user if tpl is None else render_template(tpl, fields, n_img, f"{where} sample {sample.id!r}")
+    counts = {kind: user.count(ph) for kind, ph in MEDIA_PLACEHOLDERS.items()}
+    return [user if tpl is None else render_template(tpl, fields, counts, f"{where} sample {sample.id!r}")
             for tpl in (task.templates or [None])]
 
 
-def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]:
-    """All :class:`EvalItem` of one sample (one per template). Raises :class:`SampleError`."""
+#: ``sample -> decoded media list`` (a processor's ``decode_media``; :func:`decode_images`).
+Decoder = Callable[[Sample], List[Any]]
+
+
+def sample_items(task: TaskConfig, sample: Sample, where: str, decode: Optional[Decoder] = None) -> List[EvalItem]:
+    """All :class:`EvalItem` of one sample (one per template), its media decoded once by ``decode``
+    (default :func:`decode_images`) and shared by the items. Raises :class:`SampleError`."""
     sample.validate()
     turns, reference = split_answer(sample)
     if task.output == "rank":
@@ -169,20 +192,25 @@ def sample_items(task: TaskConfig, sample: Sample, where: str) -> List[EvalItem]
                               "rank.candidates nor meta['options'] gives any", "no-candidates")
     else:
         candidates = None
-    images = decode_images(sample)
+    images = (decode or decode_images)(sample)
     texts = prompt_texts(task, sample, turns, where)
     return [EvalItem(task=task.name, sample_id=str(sample.id), template=t, turns=turns[:-1] + [Turn("user", text)],
                      images=images, reference=reference, candidates=candidates, label=sample.meta.get("label"))
             for t, text in enumerate(texts)]
 
 
-def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str = ""
-               ) -> Tuple[List[EvalItem], int, SkipCounter]:
+def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str = "",
+               decode: Optional[Decoder] = None) -> Tuple[List[EvalItem], int, SkipCounter]:
     """Read up to ``max_samples`` samples of ``task`` and render them.
 
+    ``decode``: ``sample -> list`` of decoded media (module docstring; the runner passes
+    ``processor.decode_media``); default :func:`decode_images` (images only).
+
     Returns ``(items, samples used, skips)``: items are grouped by sample, templates in order.
-    Unusable samples are counted in ``skips`` by reason under ``data.missing_media: skip`` and raise
-    under ``error``; samples read = samples used + ``skips.total``.
+    Unusable samples (bad records, media the decoder cannot read: ``unsupported-media``,
+    ``undecodable-video``, ``no-audio-track``, ...) are counted in ``skips`` by reason under
+    ``data.missing_media: skip`` and raise under ``error``; samples read = samples used +
+    ``skips.total`` (the reader's own skips included).
     """
     stats = SkipCounter()
     items: List[EvalItem] = []
@@ -196,7 +224,7 @@ def load_items(task: TaskConfig, max_samples: Optional[int] = None, where: str =
         if keep and sample.task not in keep:
             continue
         try:
-            items.extend(sample_items(task, sample, where or task.name))
+            items.extend(sample_items(task, sample, where or task.name, decode))
             n += 1
         except SampleError as e:
             if task.data.missing_media == "error":

@@ -9,7 +9,9 @@ Output folder (``mmit eval --output DIR``)::
     eval_config.json    the resolved suite and task configs
 
 ``results.json["tasks"][name]``: ``split``, ``n`` (samples scored), ``n_prompts`` (samples x
-templates), ``skipped`` (reason -> count; samples read = n + skipped), ``metric`` (the headline
+templates), ``skipped`` (reason -> count; samples read = n + skipped; media the model's family does
+not read, e.g. video for LLaVA, count as ``unsupported-media``: each sample's media are decoded by
+``processor.decode_media``), ``metric`` (the headline
 metric's name), ``chance``, every metric's values (``compute``'s keys), and ``per_template``
 (``{"0": {metric: value}, ...}``) when the task has several templates.
 ``results.json["splits"][split]``: ``tasks``, ``mean`` (mean of the tasks' headline figures) and,
@@ -199,6 +201,7 @@ def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequenc
         checkpoint = str(resolve_checkpoint_dir(checkpoint))
         model, processor, _ = load_for_inference(checkpoint)
     model.eval()
+    decode = getattr(processor, "decode_media", None)  # the family decodes video / audio as it reads them
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Any] = {"suite": suite.name, "checkpoint": str(checkpoint),
@@ -210,7 +213,7 @@ def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequenc
     with open(pred_path, "w", encoding="utf-8") as pf:
         for path, task in tasks:
             limit = min(x for x in (task.max_samples, suite.max_samples, math.inf) if x is not None)
-            items, n, skips = load_items(task, None if limit == math.inf else int(limit), path)
+            items, n, skips = load_items(task, None if limit == math.inf else int(limit), path, decode)
             if not items:
                 raise ValueError(f"{path}: task {task.name!r} has no usable sample in {task.data.path} "
                                  f"(skipped: {skips.as_dict()})")

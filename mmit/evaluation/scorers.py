@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from mmit.data.processor import cut_at_stop_strings
 from mmit.evaluation.config import GenerateConfig, RankConfig
 from mmit.evaluation.data import EvalItem
 from mmit.models.interface import model_device
@@ -37,19 +38,24 @@ def prompt_batch(model, processor, items: Sequence[EvalItem]):
 def generate_batch(model, processor, items: Sequence[EvalItem], cfg: GenerateConfig) -> List[Tuple[str, List[int]]]:
     """Decode an answer for each item in one batched ``generate_tokens`` call (left padding, KV cache,
     greedy or beam search per ``cfg``). Returns ``(text, new ids up to and including the first
-    stop token)`` per item; text is decoded without special tokens and stripped."""
+    stop token)`` per item; text is decoded without special tokens, stripped, and cut before the
+    first of ``processor.stop_strings()`` (which are also passed to ``generate`` as transformers'
+    ``stop_strings`` with the processor's tokenizer, so decoding ends there)."""
     _, batch = prompt_batch(model, processor, items)
     stops = processor.stop_token_ids()
+    stop_strings = list(processor.stop_strings())
     kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "num_beams": cfg.num_beams,
               "eos_token_id": stops, "pad_token_id": processor.pad_id}
     if cfg.num_beams > 1:
         kwargs["length_penalty"] = cfg.length_penalty
+    if stop_strings:
+        kwargs.update(stop_strings=stop_strings, tokenizer=processor.tokenizer)
     out = model.generate_tokens(batch, **kwargs)
     results = []
     for row in out.tolist():
         cut = next((j for j, t in enumerate(row) if t in stops), None)
         row = row if cut is None else row[:cut + 1]
-        results.append((processor.decode(row), row))
+        results.append((cut_at_stop_strings(processor.decode(row), stop_strings), row))
     return results
 
 

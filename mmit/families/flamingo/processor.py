@@ -41,7 +41,7 @@ import torch
 from mmit.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, MEDIA_PLACEHOLDERS
 from mmit.data.batch import Batch, MediaTensors, pad_rows
 from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
-from mmit.data.processor import Processor
+from mmit.data.processor import Processor, require_images
 from mmit.data.sample import Sample, SampleError, Turn
 
 #: Otter's special tokens: the end of a chunk and the start of an answer (``<image>`` is the media token).
@@ -83,7 +83,10 @@ class OtterProcessor(Processor):
             would drop the query or leave an image without its text); a document is cut after its last
             whole chunk that fits (module docstring).
         supervise_in_context: learn every answer (True, Otter's masking) or only the query's.
+    Media: images only (the default :meth:`~mmit.data.processor.Processor.decode_media`).
     """
+
+    family = "the flamingo family"
 
     def __init__(self, tokenizer, image_transform, max_length: int, supervise_in_context: bool = True,
                  overflow: str = "skip", max_pixels: int = MAX_PIXELS):
@@ -207,9 +210,11 @@ class OtterProcessor(Processor):
         return self._batch(items, left=False)
 
     # -- inference ---------------------------------------------------------------------------------
-    def prompt(self, turns: Sequence[Turn], images: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
+    def prompt(self, turns: Sequence[Turn], media: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
         """Earlier exchanges (in-context examples) rendered with their answers, the last user turn
-        ending with ``GPT:<answer>``; ``images`` are the PIL images of every placeholder, in order."""
+        ending with ``GPT:<answer>``; ``media`` are the PIL images of every placeholder, in order
+        (``ValueError`` for video or audio: the family reads images only)."""
+        images = require_images(media, "flamingo")
         ids, _ = self.encode(turns, sample_id)
         return {"id": sample_id, "input_ids": torch.tensor(ids, dtype=torch.long),
                 "pixel_values": self.image_transform(list(images)) if images else None}

@@ -15,16 +15,16 @@ instruction in the Q-Former's tokenizer; the model repeats it per image and fram
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from mmit.constants import IGNORE_INDEX, MEDIA_PLACEHOLDERS
 from mmit.data.batch import Batch, MediaTensors, pad_rows
-from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
-from mmit.data.processor import Processor
+from mmit.data.media import MAX_PIXELS, decode_image
+from mmit.data.processor import Processor, media_bytes, unsupported_media
 from mmit.data.sample import Sample, SampleError, Turn
-from mmit.data.video import decode_video_frames
+from mmit.data.video import DecodedVideo, decode_video
 
 
 def strip_placeholders(text: str) -> str:
@@ -57,7 +57,10 @@ class InstructBlipProcessor(Processor):
     ``truncation_side="left"``) and right-truncated to ``max_text_length`` Q-Former tokens; the answer
     is right-truncated to ``max_output_length`` tokens with eos always kept. Picklable; holds nothing
     but its construction arguments (the Q-Former settings come from the model's ``QFormerConfig``).
+    Media: images and videos (:meth:`decode_media`); audio is an ``unsupported-media`` skip.
     """
+
+    family = "InstructBLIP"
 
     def __init__(self, tokenizer, qformer_tokenizer, image_transform, qformer_cfg, image_token_id: int,
                  is_encoder_decoder: bool, overflow: str = "skip", max_pixels: int = MAX_PIXELS):
@@ -80,23 +83,49 @@ class InstructBlipProcessor(Processor):
         t = self.qformer_tokenizer
         return 0 if t is None or t.pad_token_id is None else int(t.pad_token_id)
 
-    def _media(self, sample: Sample) -> list:
-        """``[(kind, [PIL frames])]`` in media order (one frame for an image)."""
-        out = []
-        for m in sample.media:
-            where = f"sample {sample.id!r} ({m.path})"
-            data = m.data if m.data is not None else read_media_bytes(m.path)
+    def decode_media(self, sample: Sample) -> List[Any]:
+        """The sample's media decoded in media order: an image -> RGB PIL image, a video ->
+        :class:`~mmit.data.video.DecodedVideo` of ``num_frames`` uniformly spaced RGB PIL frames
+        (:func:`~mmit.data.video.decode_video`). Every kind is checked before decoding.
+
+        Raises :class:`SampleError` naming the sample: ``unsupported-media`` (audio, point clouds),
+        ``missing-media``, ``undecodable-image``, ``undecodable-video``, ``no-video-decoder``,
+        ``image-too-large``."""
+        unsupported_media(sample, ("image", "video"), self.family_name)
+        out: List[Any] = []
+        for j, m in enumerate(sample.media):
+            data, where = media_bytes(sample, j)
             if m.kind == "image":
-                out.append(("image", [decode_image(data, where, self.max_pixels)]))
-            elif m.kind == "video":
-                out.append(("video", decode_video_frames(data, where, self.num_frames, self.max_pixels)))
+                out.append(decode_image(data, where, self.max_pixels))
             else:
-                raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by InstructBLIP",
-                                  "unsupported-media")
+                out.append(decode_video(data, where, self.num_frames, self.max_pixels))
+        return out
+
+    def frames(self, media: Sequence[Any]) -> List[Tuple[str, list]]:
+        """``[(kind, [PIL frames])]`` of decoded media (:meth:`decode_media`): ``("image", [im])`` for a
+        PIL image, ``("video", frames)`` for a :class:`~mmit.data.video.DecodedVideo` (PIL frames, or
+        a uint8 ``[N,H,W,3]`` tensor turned into PIL). Raises ``ValueError`` for anything else (audio
+        waveforms) or a video whose frame count is not ``num_frames`` (training's layout)."""
+        from PIL import Image
+
+        out: List[Tuple[str, list]] = []
+        for i, x in enumerate(media):
+            if isinstance(x, Image.Image):
+                out.append(("image", [x]))
+            elif isinstance(x, DecodedVideo):
+                fr = x.frames
+                fr = [Image.fromarray(f.numpy()) for f in fr] if isinstance(fr, torch.Tensor) else list(fr)
+                if len(fr) != self.num_frames:
+                    raise ValueError(f"media {i}: a video of {len(fr)} frames, InstructBLIP reads {self.num_frames} "
+                                     "per video (qformer.num_frames); decode it with processor.decode_media")
+                out.append(("video", fr))
+            else:
+                raise ValueError(f"media {i}: InstructBLIP prompts take PIL images and DecodedVideo, "
+                                 f"not {type(x).__name__}")
         return out
 
     def encode(self, sample_id: str, instruction: str, answer: Optional[str], media: list) -> Dict[str, Any]:
-        """Tokenize one (instruction, answer) pair with ``media`` (``[(kind, [PIL frames])]``).
+        """Tokenize one (instruction, answer) pair with ``media`` (``[(kind, [PIL frames])]``, :meth:`frames`).
         ``answer`` None gives a generation prompt (no labels)."""
         n_frames = sum(len(frames) for _, frames in media)
         instr = self.left_tokenizer(instruction, truncation=True, max_length=self.max_text_length)["input_ids"]
@@ -119,10 +148,10 @@ class InstructBlipProcessor(Processor):
 
     def __call__(self, sample: Sample) -> Dict[str, Any]:
         """Raises SampleError (``no-answer``, ``undecodable-image``, ``no-video-decoder``,
-        ``unsupported-media``, ``no-supervised-tokens``, ...) naming the sample id."""
+        ``unsupported-media``, ``missing-media``, ``no-supervised-tokens``, ...) naming the sample id."""
         sample.validate()
         instruction, answer = instruction_and_answer(sample)
-        return self.encode(sample.id, instruction, answer, self._media(sample))
+        return self.encode(sample.id, instruction, answer, self.frames(self.decode_media(sample)))
 
     def _batch(self, items: Sequence[Dict[str, Any]], left: bool) -> Batch:
         input_ids, mask = pad_rows([it["input_ids"] for it in items], self.tokenizer.pad_token_id, left)
@@ -150,9 +179,11 @@ class InstructBlipProcessor(Processor):
         return self._batch(items, left=False)
 
     # -- inference ---------------------------------------------------------------------------------
-    def prompt(self, turns: Sequence[Turn], images: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
-        """The instruction of ``turns`` with ``images`` (PIL) in front; no template (InstructBLIP)."""
-        return self.encode(sample_id, instruction_text(turns), None, [("image", [im]) for im in images])
+    def prompt(self, turns: Sequence[Turn], media: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
+        """The instruction of ``turns`` with ``media`` in front, in order, as in training: M query
+        tokens per PIL image, ``num_frames`` x M per :class:`~mmit.data.video.DecodedVideo`; no
+        template (InstructBLIP). Raises ``ValueError`` for other media (:meth:`frames`)."""
+        return self.encode(sample_id, instruction_text(turns), None, self.frames(media))
 
     def collate_prompts(self, items: Sequence[Dict[str, Any]]) -> Batch:
         return self._batch([{k: v for k, v in it.items() if k != "labels"} for it in items], left=True)

@@ -16,8 +16,8 @@ import torch
 from mmit.constants import IGNORE_INDEX
 from mmit.data.batch import Batch, media_tensors, pad_rows, span_starts
 from mmit.data.collate import expand_image_tokens
-from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
-from mmit.data.processor import Processor
+from mmit.data.media import MAX_PIXELS
+from mmit.data.processor import Processor, require_images
 from mmit.data.sample import Sample, SampleError, Turn
 from mmit.templates import stop_token_ids
 from mmit.templates.labels import answer_ids_in_context, encode_conversation, encode_prompt
@@ -35,8 +35,10 @@ class LlavaProcessor(Processor):
         image_token_id: id of ``<image>``.
         max_length: token budget per sample, image tokens included.
         overflow: ``skip`` (``try_call`` counts and returns None) or ``error`` (``try_call`` raises).
-    Picklable (used in DataLoader workers); holds nothing but these arguments.
+    Picklable (used in DataLoader workers); holds nothing but these arguments. Media: images only.
     """
+
+    family = "the llava family"
 
     def __init__(self, tokenizer, template: str, image_transform: Callable, num_image_tokens: int,
                  image_token_id: int, max_length: int, overflow: str = "skip", max_pixels: int = MAX_PIXELS):
@@ -45,14 +47,9 @@ class LlavaProcessor(Processor):
         self.max_length, self.overflow, self.max_pixels = int(max_length), overflow, max_pixels
 
     def _images(self, sample: Sample):
-        images = []
-        for m in sample.media:
-            if m.kind != "image":
-                raise SampleError(f"sample {sample.id!r}: media kind {m.kind!r} is not supported by the llava family",
-                                  "unsupported-media")
-            data = m.data if m.data is not None else read_media_bytes(m.path)
-            images.append(decode_image(data, f"sample {sample.id!r} ({m.path})", self.max_pixels))
-        return images
+        """The sample's images (:meth:`~mmit.data.processor.Processor.decode_media`: images only;
+        ``unsupported-media`` for video/audio, ``missing-media`` for an unreadable file)."""
+        return self.decode_media(sample)
 
     def __call__(self, sample: Sample) -> Dict[str, Any]:
         """Raises SampleError (reasons: ``undecodable-image``, ``image-count-mismatch``,
@@ -95,8 +92,10 @@ class LlavaProcessor(Processor):
         return self._batch(items, left=False)
 
     # -- inference ---------------------------------------------------------------------------------
-    def prompt(self, turns: Sequence[Turn], images: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
-        """The prompt's ids (template + generation prompt, ``<image>`` expanded) and its images."""
+    def prompt(self, turns: Sequence[Turn], media: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
+        """The prompt's ids (template + generation prompt, ``<image>`` expanded) and its images:
+        ``media`` are PIL images in placeholder order (``ValueError`` for video or audio)."""
+        images = require_images(media, "llava")
         ids = encode_prompt(self.tokenizer, turns, self.template)
         expanded, _, _ = expand_image_tokens(ids, None, self.image_token_id, self.num_image_tokens)
         return {"id": sample_id, "input_ids": torch.tensor(expanded, dtype=torch.long), "raw_ids": ids,

@@ -171,6 +171,13 @@ class VideoLlamaLM(SpliceDecoderMixin, MultimodalModel):
         return self.embed(batch.input_ids, self.visual_features(batch),
                           None if audio is None else self.encode_audio(audio))
 
+    @torch.no_grad()
+    def generate_tokens(self, batch: Batch, **generate_kwargs) -> torch.Tensor:
+        """New ids only; the patch tokens are never generated (they have LM-head rows only because the
+        vocabulary was resized; Video-LLaMA's LLM has none)."""
+        generate_kwargs.setdefault("suppress_tokens", [self.visual_token_id, self.audio_token_id])
+        return super().generate_tokens(batch, **generate_kwargs)
+
     def forward(self, batch: Batch):
         """Causal-LM forward of a typed batch (labels ``[B,T]``, -100 outside the answers). Returns the
         LLM's output (``loss`` the mean cross-entropy over supervised tokens, ``logits [B,T,V]``)."""
