@@ -289,3 +289,19 @@ def test_generation_never_emits_patch_tokens(built, monkeypatch):
     assert all(torch.isinf(s[0, [proc.visual_token_id, proc.audio_token_id]]).all() for s in scores)
     model.generate_tokens(batch, max_new_tokens=1, do_sample=False, suppress_tokens=[])
     assert seen[-1] == []
+
+
+def test_video_heldout_suite_on_the_trained_model(trained_run, tmp_path, monkeypatch):
+    """configs/eval/video_heldout.yaml (MSVD-QA and MSRVTT-QA ranked, iVQA generated) on the bundled clips."""
+    from mmit.cli import main as cli
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "eval"
+    assert cli(["eval", "--config_path", "configs/eval/video_heldout.yaml", "--checkpoint", str(trained_run),
+                "--output", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["tasks"]) == ["msvd-qa", "msrvtt-qa", "ivqa"]
+    for name, t in res["tasks"].items():
+        assert t["n"] == 5 and t["skipped"] == {} and 0.0 <= t[t["metric"]] <= 1.0, (name, t)
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 15 and not any("###" in p["prediction"] for p in preds)

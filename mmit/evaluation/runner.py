@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -113,7 +112,8 @@ def chance_level(task: TaskConfig, items: Sequence[EvalItem]) -> Optional[float]
     """``task.chance``, else for a ``rank`` task scored by an accuracy the mean of 1/#candidates."""
     if task.chance is not None:
         return float(task.chance)
-    if task.output == "rank" and items and task.metrics[0] in ("mc-accuracy", "exact-match", "vqa-accuracy"):
+    accuracies = ("mc-accuracy", "exact-match", "vqa-accuracy", "vqa-accuracy-2021")
+    if task.output == "rank" and items and task.metrics[0] in accuracies:
         return sum(1.0 / len(it.candidates) for it in items) / len(items)
     return None
 

@@ -33,8 +33,8 @@ import torch
 from mmit.constants import IGNORE_INDEX, MEDIA_PLACEHOLDERS
 from mmit.data.batch import Batch, media_tensors, pad_rows, span_starts
 from mmit.data.collate import expand_image_tokens
-from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
-from mmit.data.processor import Processor
+from mmit.data.media import MAX_PIXELS, decode_image
+from mmit.data.processor import Processor, media_bytes, unsupported_media
 from mmit.data.sample import Sample, SampleError, Turn
 from mmit.data.video import DecodedVideo, decode_video
 from mmit.families.video_llama.model import AUDIO_TOKEN, VISUAL_TOKEN
@@ -104,17 +104,12 @@ class VideoLlamaProcessor(Processor):
         ``unsupported-media``, ``undecodable-video``, ``undecodable-audio``, ``no-audio-track``, ...)."""
         from mmit.data.audio import decode_audio
 
+        kinds = ("image", "video") if self.audio_features is None else ("image", "video", "audio")
+        unsupported_media(sample, kinds, "video-llama" + ("" if self.audio_features is not None else
+                                                          " without an audio branch (model.audio_encoder)"))
         out = []
         for j, m in enumerate(sample.media):
-            where = f"sample {sample.id!r} ({m.path or f'media {j}'})"
-            if m.kind not in ("image", "video", "audio") or (m.kind == "audio" and self.audio_features is None):
-                extra = " (this model has no audio branch: set model.audio_encoder)" if m.kind == "audio" else ""
-                raise SampleError(f"{where}: media kind {m.kind!r} is not supported by video-llama{extra}",
-                                  "unsupported-media")
-            try:
-                data = m.data if m.data is not None else read_media_bytes(m.path)
-            except OSError as e:
-                raise SampleError(f"{where}: cannot read: {e}", "missing-media") from None
+            data, where = media_bytes(sample, j)
             if m.kind == "image":
                 out.append(decode_image(data, where, self.max_pixels))
             elif m.kind == "video":
@@ -245,9 +240,3 @@ class VideoLlamaProcessor(Processor):
         """``###`` for the Vicuna template (not one token in every vocabulary)."""
         return list(get_template(self.template).stop_strings)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Answer text: special tokens removed, cut at the first stop string, stripped."""
-        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        for s in self.stop_strings():
-            text = text.split(s)[0]
-        return text.strip()
