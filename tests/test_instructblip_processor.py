@@ -68,8 +68,24 @@ def test_instruction_left_truncated_answer_right_truncated(llama_model):
     q_ids = tok(long_q)["input_ids"]
     a_ids = tok(long_a, add_special_tokens=False)["input_ids"]
     assert ids[4:9] == q_ids[-5:]  # the end of the instruction is kept
-    assert [t for t in labels if t != IGNORE_INDEX] == a_ids[:3] + [tok.eos_token_id]  # eos kept
-    assert len(item["qformer_input_ids"]) == 5
+    # LAVIS: tokenize answer + eos with BOS to max_output_txt_len, drop BOS: a long answer has no eos
+    assert [t for t in labels if t != IGNORE_INDEX] == a_ids[:3]
+    short = pre(_sample(long_q, "red"))["labels"].tolist()
+    assert [t for t in short if t != IGNORE_INDEX] == tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    qf = model.qformer_tokenizer(long_q)["input_ids"]
+    assert item["qformer_input_ids"].tolist() == qf[:1] + qf[-4:]  # [CLS] + the end (with [SEP]), LAVIS left side
+
+
+def test_an_instruction_over_128_tokens_keeps_its_question_in_both_tokenizers(llama_model):
+    model, tok = llama_model
+    pre = _processor(model, tok)  # InstructBLIP's 128 instruction tokens
+    history = " ".join(f"turn {i} said nothing much." for i in range(60))
+    item = pre(_sample(history + " What color is the dog?", "Brown."))
+    q = model.qformer_tokenizer.decode(item["qformer_input_ids"].tolist(), skip_special_tokens=True)
+    assert len(item["qformer_input_ids"]) == 128 and q.endswith("what color is the dog?")
+    instr = [t for t, l in zip(item["input_ids"].tolist(), item["labels"].tolist())
+             if l == IGNORE_INDEX and t != pre.image_token_id]
+    assert len(instr) == 128 and tok.decode(instr).endswith("What color is the dog?")
 
 
 def test_seq2seq_layout_and_loss():

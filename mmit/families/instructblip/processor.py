@@ -53,9 +53,12 @@ def instruction_and_answer(sample: Sample):
 class InstructBlipProcessor(Processor):
     """Sample -> item; items -> :class:`~mmit.data.batch.Batch` (module docstring for the layout).
 
-    The instruction is left-truncated to ``max_text_length`` LLM tokens (special tokens kept, LAVIS
-    ``truncation_side="left"``) and right-truncated to ``max_text_length`` Q-Former tokens; the answer
-    is right-truncated to ``max_output_length`` tokens with eos always kept. Picklable; holds nothing
+    The instruction is left-truncated to ``max_text_length`` LLM tokens and to ``max_text_length``
+    Q-Former tokens (special tokens kept; LAVIS sets ``truncation_side="left"`` on both tokenizers, so
+    a long instruction keeps its end, the question). The answer follows LAVIS too: decoder-only LLMs
+    learn ``(answer + eos)[:max_output_length - 1]`` (LAVIS tokenizes ``answer + "</s>"`` with BOS to
+    ``max_output_txt_len`` and drops the BOS: a long answer keeps 255 tokens and no eos); Flan-T5
+    learns the answer right-truncated to ``max_output_length`` tokens with its ``</s>`` kept. Picklable; holds nothing
     but its construction arguments (the Q-Former settings come from the model's ``QFormerConfig``).
     Media: images and videos (:meth:`decode_media`); audio is an ``unsupported-media`` skip.
     """
@@ -71,6 +74,10 @@ class InstructBlipProcessor(Processor):
         self.left_tokenizer = copy.deepcopy(tokenizer)
         self.left_tokenizer.truncation_side = "left"
         self.qformer_tokenizer = qformer_tokenizer
+        self.left_qformer_tokenizer = None
+        if qformer_tokenizer is not None:
+            self.left_qformer_tokenizer = copy.deepcopy(qformer_tokenizer)
+            self.left_qformer_tokenizer.truncation_side = "left"
         self.image_transform = image_transform
         self.num_query_tokens, self.image_token_id = int(qformer_cfg.num_query_tokens), int(image_token_id)
         self.is_encoder_decoder, self.text_input = bool(is_encoder_decoder), bool(qformer_cfg.text_input)
@@ -135,14 +142,14 @@ class InstructBlipProcessor(Processor):
             if self.is_encoder_decoder:
                 labels = list(self.tokenizer(answer, truncation=True, max_length=self.max_output_length)["input_ids"])
             else:
-                ans = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_output_length - 1]
-                labels = [IGNORE_INDEX] * len(ids) + list(ans) + [self.tokenizer.eos_token_id]
+                ans = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                labels = [IGNORE_INDEX] * len(ids) + list(ans)[: self.max_output_length - 1]
                 ids = ids + labels[len(ids):]
             item["labels"] = torch.tensor(labels, dtype=torch.long)
         item["input_ids"] = torch.tensor(ids, dtype=torch.long)
         item["media"] = [(kind, self.image_transform(frames)) for kind, frames in media]
         if self.text_input:
-            q = self.qformer_tokenizer(instruction, truncation=True, max_length=self.max_text_length)["input_ids"]
+            q = self.left_qformer_tokenizer(instruction, truncation=True, max_length=self.max_text_length)["input_ids"]
             item["qformer_input_ids"] = torch.tensor(q, dtype=torch.long)
         return item
 
