@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from mmit.config.components import LLMConfig, QFormerConfig, VisionTowerConfig
 from mmit.config.schema import FamilyConfig
@@ -22,3 +23,7 @@ class InstructBlipConfig(FamilyConfig):
     vision_tower: VisionTowerConfig = field(default_factory=_eva_vit_g)
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    #: LAVIS's InstructBLIP-Vicuna tokens (``blip2_vicuna_instruct.py``): bos and unk become ``</s>`` and
+    #: ``[PAD]`` is added, so instructions start with ``</s>`` as in LAVIS training; needed to match
+    #: LAVIS-trained checkpoints. None: on when ``llm.name_or_path`` names a Vicuna.
+    lavis_vicuna_tokens: Optional[bool] = None

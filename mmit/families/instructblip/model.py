@@ -204,6 +204,29 @@ def load_qformer_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_bert_path(name))
 
 
+def uses_lavis_vicuna_tokens(cfg) -> bool:
+    """``cfg.lavis_vicuna_tokens``, or when it is None: whether the LLM is a Vicuna (its name says so)."""
+    if cfg.lavis_vicuna_tokens is not None:
+        return bool(cfg.lavis_vicuna_tokens)
+    return "vicuna" in str(cfg.llm.name_or_path).lower()
+
+
+def apply_lavis_vicuna_tokens(llm, tokenizer) -> None:
+    """LAVIS ``Blip2VicunaInstruct.__init__``: ``pad_token`` ``[PAD]`` (a new token), ``bos_token`` and
+    ``unk_token`` ``</s>`` (eos stays ``</s>``), so every instruction starts with ``</s>`` as in the
+    released InstructBLIP-Vicuna training. Resizes the embeddings when a token was added. Idempotent."""
+    old_bos = tokenizer.bos_token_id
+    adds_bos = old_bos is not None and tokenizer("a")["input_ids"][:1] == [old_bos]
+    tokenizer.add_special_tokens({"pad_token": "[PAD]", "bos_token": "</s>", "unk_token": "</s>"})
+    if adds_bos and hasattr(tokenizer, "update_post_processor"):  # a fast tokenizer's template keeps the old id
+        tokenizer.add_bos_token = True
+        tokenizer.update_post_processor()
+    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(len(tokenizer))
+    llm.generation_config.pad_token_id = tokenizer.pad_token_id
+    llm.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
 def build_instructblip(cfg, dtype: torch.dtype = torch.float32, init_qformer_weights: bool = False
                        ) -> Tuple[InstructBlipLM, object]:
     """Build the tower, LLM (causal or seq2seq, by its config) and Q-Former connector; returns
@@ -222,6 +245,8 @@ def build_instructblip(cfg, dtype: torch.dtype = torch.float32, init_qformer_wei
     VISION_TOWERS.resolve(cfg.vision_tower.name)
     tower = build_vision_tower(cfg.vision_tower)
     llm, tokenizer, image_token_id = load_any_llm(cfg.llm, dtype)
+    if uses_lavis_vicuna_tokens(cfg):
+        apply_lavis_vicuna_tokens(llm, tokenizer)
     connector = QFormerConnector(cfg.qformer, tower.hidden_size, llm.config.get_text_config().hidden_size)
     if cfg.qformer.init_from and init_qformer_weights:
         init_qformer(connector, cfg.qformer.init_from)
