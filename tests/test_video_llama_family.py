@@ -305,3 +305,21 @@ def test_video_heldout_suite_on_the_trained_model(trained_run, tmp_path, monkeyp
         assert t["n"] == 5 and t["skipped"] == {} and 0.0 <= t[t["metric"]] <= 1.0, (name, t)
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 15 and not any("###" in p["prediction"] for p in preds)
+
+
+def test_bad_media_are_counted_skips_with_their_reason(built, tmp_path):
+    from mmit.data.stats import SkipCounter
+
+    _, _, _, _, proc = built
+    good = (VIDEOS / "ironman.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (tmp_path / "text.mp4").write_text("this is not a video\n")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    samples = [sample("t", "<video>\nWhat?", "x", Media(kind="video", path=str(tmp_path / "truncated.mp4"))),
+               sample("x", "<video>\nWhat?", "x", Media(kind="video", path=str(tmp_path / "text.mp4"))),
+               sample("e", "<audio>\nWhat?", "x", Media(kind="audio", path=str(tmp_path / "empty.wav"))),
+               sample("ok", "<video>\nWhat?", "x", Media(kind="video", path=str(VIDEOS / "yoga.mp4")))]
+    stats = SkipCounter()
+    items = [it for it in (proc.try_call(s, stats) for s in samples) if it is not None]
+    assert [it["id"] for it in items] == ["ok"]
+    assert stats.as_dict() == {"undecodable-video": 2, "undecodable-audio": 1}
