@@ -92,28 +92,25 @@ def test_image_positions_are_never_learned(tok):
 
 
 def test_misaligned_labels_raise_with_sample_id(tok, monkeypatch):
-    orig = tok.apply_chat_template
+    from mmit.templates import labels
 
-    def shifted(*a, **k):  # a mask that is off by one token, as a broken tokenizer/template pair gives
-        out = orig(*a, **k)
-        out["assistant_masks"] = [0] + list(out["assistant_masks"][:-1])
-        return out
+    orig = labels._render
 
-    monkeypatch.setattr(tok, "apply_chat_template", shifted)
+    def shifted(*a, **k):  # generation spans 4 characters early, as a broken template/tokenizer pair gives
+        text, spans = orig(*a, **k)
+        return text, [(s - 4, e - 4) for s, e in spans]
+
+    monkeypatch.setattr(labels, "_render", shifted)
     with pytest.raises(LabelAlignmentError, match="sample-42") as e:
         encode_conversation(tok, [Turn("user", "q"), Turn("assistant", "The dog is brown.")], "vicuna-v1", "sample-42")
     assert e.value.reason == "label-misaligned"
 
 
 def test_missing_span_raises(tok, monkeypatch):
-    orig = tok.apply_chat_template
+    from mmit.templates import labels
 
-    def no_mask(*a, **k):
-        out = orig(*a, **k)
-        out["assistant_masks"] = [0] * len(out["input_ids"])
-        return out
-
-    monkeypatch.setattr(tok, "apply_chat_template", no_mask)
+    orig = labels._render
+    monkeypatch.setattr(labels, "_render", lambda *a, **k: (orig(*a, **k)[0], []))
     with pytest.raises(LabelAlignmentError, match="0 learned span"):
         encode_conversation(tok, [Turn("user", "q"), Turn("assistant", "a")], "vicuna-v1", "s")
 
@@ -127,7 +124,7 @@ def test_no_assistant_turn_is_never_trained_on_silently(tok):
 def test_unknown_template_suggests():
     with pytest.raises(UnknownNameError, match="vicuna-v1"):
         get_template("vicuna_v1")
-    assert set(TEMPLATES.names()) == {"plain", "vicuna-v1", "llama-2", "chatml"}
+    assert set(TEMPLATES.names()) == {"plain", "vicuna-v1", "llama-2", "chatml", "video-llama", "video-llama-2"}
 
 
 @pytest.mark.parametrize("name", ["vicuna-v1", "llama-2", "chatml", "plain"])

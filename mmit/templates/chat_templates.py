@@ -13,6 +13,11 @@ image + text renders identically both ways (LLaVA puts ``<image>\\n`` first, arX
 Mistral, Llama-3 ``<|begin_of_text|>``/``<|end_of_text|>``), and a tokenizer without a bos token
 (Qwen) renders none. ``chatml`` writes its ``<|im_start|>``/``<|im_end|>`` markers literally, since
 they are part of the format, not of a tokenizer family, and uses no bos (as Qwen does).
+
+The rendered text is what the original code's prompt string is (with the BOS text in front), not how it
+is tokenised: :mod:`mmit.templates.labels` turns a leading ``bos_token`` into the BOS id and tokenises the
+rest as each template's original code does (``media_chunks``), which tokenising the whole text with
+``apply_chat_template(tokenize=True)`` does not do for non-legacy SentencePiece tokenizers.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class ConversationTemplate:
     the turns have none) or None. end_of_turn: the text after each learned answer (a Jinja-free
     description; ``{eos}`` stands for the tokenizer's eos token), used to check label alignment.
     stop_tokens: special tokens that end generation besides eos. source: where the format comes from.
+    max_exchanges, stop_strings, media_chunks: see the fields.
     """
 
     name: str
@@ -71,6 +77,11 @@ class ConversationTemplate:
     max_exchanges: Optional[int] = None
     #: Text that ends an answer when it is not one token (``###`` of Vicuna v0 / Video-LLaMA).
     stop_strings: Tuple[str, ...] = ()
+    #: Tokenise the text between media placeholders piece by piece, each piece as the start of a string,
+    #: as LLaVA's ``tokenizer_image_token`` does (True), or the whole text with the placeholders as the
+    #: tokenizer's special tokens, as Video-LLaMA's ``tokenizer(conversation)`` does (False). See
+    #: :mod:`mmit.templates.labels`.
+    media_chunks: bool = True
 
     def learned_text(self, answer: str, eos_token: str) -> str:
         """What the label mask must cover for one assistant turn: answer + end-of-turn text."""
@@ -98,11 +109,12 @@ PLAIN = TEMPLATES.register("plain", ConversationTemplate(
     source="LLaVA llava/conversation.py conv_llava_plain; llava/train/train.py preprocess_plain"))
 
 # LLaVA `conv_vicuna_v1` (SeparatorStyle.TWO, sep " ", sep2 "</s>"):
-# "{system} USER: {q} ASSISTANT: {a}</s>USER: ..."; learned "{a}</s>".
+# "{system} USER: {q} ASSISTANT: {a}</s>USER: ..."; learned "{a}</s>". The space after the system is
+# written even for an empty system ("<s> USER: ..."), as get_prompt writes `system + sep`.
 VICUNA_V1 = TEMPLATES.register("vicuna-v1", ConversationTemplate(
     name="vicuna-v1",
     chat_template=_RENDER + _system_prelude(VICUNA_SYSTEM) + "{{ bos_token }}"
-    "{%- if sys -%}{{ sys }} {% endif -%}"
+    "{{ sys }}{{ ' ' }}"
     "{%- for m in msgs -%}"
     "{%- if m['role'] == 'user' -%}USER: {{ render(m['content']) }}{{ ' ' }}"
     "{%- elif m['role'] == 'assistant' -%}ASSISTANT:{% generation %}{{ ' ' + render(m['content']) }}{{ eos_token }}{% endgeneration %}"
@@ -142,13 +154,13 @@ VIDEO_LLAMA = TEMPLATES.register("video-llama", ConversationTemplate(
     "{%- set ns.after_answer = true -%}"
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}###Assistant:{%- endif -%}",
-    system="", end_of_turn="\n###", stop_strings=("###",),
+    system="", end_of_turn="\n###", stop_strings=("###",), media_chunks=False,
     source="Video-LLaMA video_llama/datasets/datasets/video_instruct_dataset.py video_conversation, preprocess"))
 
 # Video-LLaMA `llama_v2_video_conversation` (SeparatorStyle.LLAMA_2, system " "): LLaVA's llama-2 layout
 # with a one-space system prompt, "[INST] <<SYS>>\n \n<</SYS>>\n\n{q} [/INST] {a} </s>".
 VIDEO_LLAMA_2 = TEMPLATES.register("video-llama-2", ConversationTemplate(
-    name="video-llama-2", chat_template=_llama_2(" "), system=" ", end_of_turn=" {eos}",
+    name="video-llama-2", chat_template=_llama_2(" "), system=" ", end_of_turn=" {eos}", media_chunks=False,
     source="Video-LLaMA video_instruct_dataset.py llama_v2_video_conversation, preprocess_for_llama_v2"))
 
 # ChatML (Qwen, Yi, OpenHermes): learned "{a}<|im_end|>"; the "\n" after it is not learned, since
@@ -162,7 +174,7 @@ CHATML = TEMPLATES.register("chatml", ConversationTemplate(
     "{%- elif m['role'] == 'assistant' -%}{{ '<|im_start|>assistant\\n' }}{% generation %}{{ render(m['content']) }}<|im_end|>{% endgeneration %}{{ '\\n' }}"
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}",
-    system=CHATML_SYSTEM, end_of_turn="<|im_end|>", stop_tokens=("<|im_end|>",),
+    system=CHATML_SYSTEM, end_of_turn="<|im_end|>", stop_tokens=("<|im_end|>",), media_chunks=False,
     source="OpenAI ChatML as used by Qwen (arXiv 2309.16609) and LLaVA-NeXT's qwen templates"))
 
 
@@ -172,14 +184,16 @@ def get_template(name: str) -> ConversationTemplate:
 
 
 def apply_template(tokenizer, name: str) -> ConversationTemplate:
-    """Set ``tokenizer.chat_template`` to the named template (saved with the tokenizer); returns it."""
+    """Set ``tokenizer.chat_template`` to the named template (saved with the tokenizer); returns it.
+    Raises :class:`~mmit.registry.UnknownNameError` for an unknown name."""
     tpl = get_template(name)
     tokenizer.chat_template = tpl.chat_template
     return tpl
 
 
 def stop_token_ids(tokenizer, name: str) -> list:
-    """Token ids that end generation for this template: eos plus the template's stop tokens."""
+    """Token ids (list of int) that end generation for this template: eos plus the template's stop tokens
+    that are in the tokenizer's vocabulary. Raises :class:`~mmit.registry.UnknownNameError` for an unknown name."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     vocab = tokenizer.get_vocab()
     ids += [vocab[t] for t in get_template(name).stop_tokens if t in vocab]
