@@ -19,8 +19,8 @@ commands:
   train     train from a config:   mmit train --config_path configs/llava/tiny_demo.yaml [--train.max_steps=4 ...] [--resume]
   convert   source files -> webdataset shards:   mmit convert --format llava --input FILE --media-root DIR --output DIR
   inspect   look at converted shards:   mmit inspect OUT_DIR
-  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] [--video PATH ...] [--audio PATH ...] --prompt TEXT [--json]
-  eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR
+  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] [--video PATH ...] [--audio PATH ...] --prompt TEXT [--json] [--trust-remote-code]
+  eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR [--trust-remote-code]
   edit      edit an image (instructpix2pix family):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
   export    to another toolkit's folder:   mmit export --checkpoint DIR --format FORMAT --output DIR
   import    from another toolkit's folder: mmit import --format FORMAT --input DIR --output DIR
@@ -48,7 +48,9 @@ def cmd_train(argv: List[str]) -> int:
 
     if argv and argv[0] in ("-h", "--help"):
         print("usage: mmit train --config_path FILE [--resume] [--section.field=value ...]\n"
-              "Every field of mmit.config.schema.RunConfig can be overridden, e.g. --train.max_steps=4")
+              "Every field of mmit.config.schema.RunConfig can be overridden, e.g. --train.max_steps=4\n"
+              "Custom model code (an auto_map) runs only with --model.llm.trust_remote_code=true on the command "
+              "line; a config file cannot turn it on")
         return 0
     resume = "--resume" in argv
     argv = [a for a in argv if a != "--resume"]
@@ -95,6 +97,9 @@ def cmd_generate(argv: List[str]) -> int:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]} (new ids only)')
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model folders the checkpoint names run their own Python code (an auto_map in "
+                        "their config.json). Off by default; a checkpoint's saved config can never turn it on")
     a = p.parse_args(argv)
     for kind, paths in (("image", a.image), ("video", a.video), ("audio", a.audio)):
         for path in paths:
@@ -106,7 +111,9 @@ def cmd_generate(argv: List[str]) -> int:
     for path in a.image:
         with open(path, "rb") as f:
             images.append(decode_image(f.read(), path))
-    model, processor, _ = load_for_inference(a.checkpoint)
+    # only pass the keyword when set, so a stand-in load_for_inference(ckpt) keeps working
+    trust = {"trust_remote_code": True} if a.trust_remote_code else {}
+    model, processor, _ = load_for_inference(a.checkpoint, **trust)
     # videos and audio are decoded by the family (processor.decode_media), as in training
     ans = generate(model, processor, a.prompt, images or None, a.max_new_tokens, video=a.video or None,
                    audio=a.audio or None)

@@ -121,15 +121,20 @@ def decode_prompt_media(processor, sample: Sample, given: Sequence[Any]) -> List
     return [next(decoded) if g is None else g for g in given]
 
 
-def load_for_inference(checkpoint, dtype: torch.dtype = torch.float32):
+def load_for_inference(checkpoint, dtype: torch.dtype = torch.float32, *, trust_remote_code: bool = False):
     """``(model, processor, cfg)`` of a checkpoint or run folder whose family generates text.
 
+    ``trust_remote_code`` (``mmit generate --trust-remote-code``) lets the model folders the
+    checkpoint's config names run their own code; the checkpoint itself can never allow it
+    (:func:`~mmit.training.checkpoint.load_model_from_checkpoint`).
+
     Raises ``FileNotFoundError`` for a folder without a checkpoint and ``ValueError`` for a family
-    that does not produce text (e.g. ``instructpix2pix``: use its own command)."""
+    that does not produce text (e.g. ``instructpix2pix``: use its own command), a refused config tag
+    or custom model code without ``trust_remote_code``."""
     from mmit.families import get_family_class
     from mmit.training.checkpoint import load_model_from_checkpoint
 
-    model, tokenizer, cfg = load_model_from_checkpoint(checkpoint, dtype)
+    model, tokenizer, cfg = load_model_from_checkpoint(checkpoint, dtype, trust_remote_code=trust_remote_code)
     fam = get_family_class(cfg.family)
     if not fam.generates_text:
         extra = f" (its commands: {', '.join(fam.commands)})" if fam.commands else ""

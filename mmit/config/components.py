@@ -43,7 +43,9 @@ class LLMConfig:
     name_or_path: str = path_field("lmsys/vicuna-7b-v1.5")
     #: Tokenizer location; None means the same as ``name_or_path``.
     tokenizer: Optional[str] = path_field(None)
-    #: Allow custom modelling code from the hub. Off unless a config turns it on.
+    #: Allow the model folder's / hub repo's own modelling code (its ``auto_map``). Set only on the command
+    #: line (``--model.llm.trust_remote_code=true``; ``mmit generate/eval --trust-remote-code`` for a
+    #: checkpoint): a config file or a checkpoint's config cannot turn it on (:mod:`mmit.config.remote_code`).
     trust_remote_code: bool = False
     #: ``eager``, ``sdpa`` or ``flash_attention_2``; None lets transformers choose.
     attn_implementation: Optional[Literal["eager", "sdpa", "flash_attention_2"]] = None

@@ -8,6 +8,11 @@ keys and values outside a field's ``Literal`` choices are errors at parse time; 
 overridden on the command line as ``--section.field=value``. The resolved config is written into
 every run folder and every checkpoint as ``config.yaml``.
 
+Config files are data (:mod:`mmit.config.yamlio`): read with PyYAML's safe loader, Python and custom
+tags refused, ``!include`` only in a user's own config (never in a checkpoint's:
+:func:`load_checkpoint_config`); ``trust_remote_code`` comes only from the command line
+(:mod:`mmit.config.remote_code`).
+
 Configs written before the family split (a top-level ``diffusion`` section and every family's keys
 under ``model``) still load: :func:`migrate_legacy` moves ``diffusion`` into ``model`` for
 ``instructpix2pix`` and drops the other families' keys, and says so in a warning.
@@ -18,8 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
@@ -188,51 +191,163 @@ def migrate_legacy(d: Dict[str, Any], family: str) -> Tuple[Dict[str, Any], List
     return d, notes
 
 
-def load_config(config_path: Optional[str] = None, args: Sequence[str] = ()) -> RunConfig:
-    """Read ``config_path`` (YAML) and apply ``--a.b=c`` overrides into the family's RunConfig class.
+class _DataArgumentParser(draccus.argparsing.ArgumentParser):
+    """draccus' parser with the file already read (as data, :func:`mmit.config.yamlio.read_yaml`) and
+    command-line values read with the safe loader (:func:`~mmit.config.yamlio.parse_yaml_value`): no
+    ``!include`` / ``include FILE`` values, no Python tags. ``cli_keys`` holds the dotted names the
+    command line set, after parsing."""
 
-    Raises ``ValueError`` naming the file and the offending key for unknown keys, bad values or a
-    stage the family does not have, :class:`~mmit.registry.UnknownNameError` for an unknown family
-    (with close matches), and ``FileNotFoundError`` for a missing file.
-    """
+    def __init__(self, config_class: type, file_args: Dict[str, Any]):
+        super().__init__(config_class, exit_on_error=False)
+        self._file_args = file_args
+        self.cli_keys: List[str] = []
+
+    def _postprocessing(self, parsed_args: argparse.Namespace) -> Any:  # overrides draccus' (reads no file)
+        import copy
+
+        import mergedeep
+        from draccus.parsers import decoding
+
+        from mmit.config.yamlio import parse_yaml_value
+
+        values = dict(vars(parsed_args))
+        if draccus.utils.CONFIG_ARG in values:
+            raise ValueError(f"--{draccus.utils.CONFIG_ARG} among the overrides: give the config file once, "
+                             "as the command's --config_path")
+        flat = {k: parse_yaml_value(v, f"--{k}") if isinstance(v, str) else v for k, v in values.items()}
+        self.cli_keys = sorted(flat)
+        merged = mergedeep.merge(copy.deepcopy(self._file_args), draccus.utils.deflatten(flat, sep="."))
+        return decoding.decode(self.config_class, merged)
+
+
+def parse_dataclass(cls: type, config_path: Optional[str] = None, args: Sequence[str] = (), *,
+                    allow_include: bool = True, what: str = "this config") -> Any:
+    """Any draccus dataclass ``cls`` from a YAML file read as data (:func:`mmit.config.yamlio.read_yaml`)
+    plus ``--a.b=c`` overrides (values read with the safe loader): the replacement for
+    ``draccus.parse(cls, config_path=..., args=...)``, which reads files with PyYAML's FullLoader.
+
+    Raises ``ValueError`` naming the file (bad keys or values, YAML errors, refused tags) and
+    ``FileNotFoundError`` for a missing file."""
+    from mmit.config.yamlio import read_yaml
+
+    where = f"{config_path}: " if config_path else ""
+    d: Any = {}
+    if config_path is not None:
+        d = read_yaml(config_path, allow_include=allow_include, what=what) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}expected a mapping at the top level, got {type(d).__name__}")
+    try:
+        return _DataArgumentParser(cls, d).parse_args(list(args))
+    except (draccus.utils.DecodingError, draccus.utils.DraccusException, argparse.ArgumentError) as e:
+        raise ValueError(f"{where}{e}") from None
+
+
+def _load(config_path: Optional[str], args: Sequence[str], allow_include: bool, what: str
+          ) -> Tuple[RunConfig, List[str], List[str]]:
+    """``(cfg, asked, cli_keys)``: the config; the dotted ``trust_remote_code`` keys the file set to
+    true (dropped: :mod:`mmit.config.remote_code`); the keys the command line set."""
+    from mmit.config.remote_code import pop_trust_requests
+    from mmit.config.yamlio import read_yaml
     from mmit.families import get_family_class
 
     where = f"{config_path}: " if config_path else ""
     d: Dict[str, Any] = {}
     if config_path is not None:
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"config file not found: {config_path}")
-        with open(config_path, encoding="utf-8") as f:
-            d = draccus.cfgparsing.load_config(f, file=config_path) or {}
+        d = read_yaml(config_path, allow_include=allow_include, what=what) or {}
         if not isinstance(d, dict):
             raise ValueError(f"{where}the config must be a mapping of sections, got {type(d).__name__}")
     family = _family_of(d, args)
     fam_cls = get_family_class(family)
-    migrated, notes = migrate_legacy(d, family)
-    tmp = None
+    d, notes = migrate_legacy(d, family)
     if notes:
         log.warning("%sconfig written before the family split: %s", where, "; ".join(notes))
-        fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="mmit-config-")
-        with os.fdopen(fd, "w") as f:
-            draccus.cfgparsing.save_config(migrated, f)
+    asked = pop_trust_requests(d)
+    parser = _DataArgumentParser(run_config_class(family), d)
     try:
-        cfg = draccus.parse(run_config_class(family), config_path=tmp or config_path, args=list(args),
-                            exit_on_error=False)
+        cfg = parser.parse_args(list(args))
     except (draccus.utils.DecodingError, draccus.utils.DraccusException, argparse.ArgumentError) as e:
         raise ValueError(f"{where}{e}") from None
-    finally:
-        if tmp:
-            os.unlink(tmp)
     if cfg.train.stage not in fam_cls.stages:
         raise ValueError(f"{where}train.stage {cfg.train.stage!r}: family {family!r} has the stages "
                          f"{', '.join(fam_cls.stages)}")
+    return cfg, asked, parser.cli_keys
+
+
+def load_config(config_path: Optional[str] = None, args: Sequence[str] = (), *, allow_include: bool = True
+                ) -> RunConfig:
+    """Read ``config_path`` (YAML) and apply ``--a.b=c`` overrides into the family's RunConfig class.
+
+    The file is data (:func:`mmit.config.yamlio.read_yaml`): PyYAML's safe loader, Python and custom
+    tags refused; ``!include FILE`` (relative to the file) only with ``allow_include`` (a user's own
+    config; :func:`load_checkpoint_config` refuses it). ``trust_remote_code`` keys in the file are
+    dropped with a warning: only an override in ``args`` (the command line) allows custom model code
+    (:mod:`mmit.config.remote_code`).
+
+    Args:
+        config_path: the YAML file, or None for defaults and ``args`` only.
+        args: ``--section.field=value`` overrides (values read as YAML, safe tags only).
+        allow_include: accept ``!include`` in the file.
+
+    Raises ``ValueError`` naming the file and the offending key for unknown keys, bad values or a
+    stage the family does not have, naming file, line and column for YAML errors and refused tags
+    (never quoting another file's content), :class:`~mmit.registry.UnknownNameError` for an unknown
+    family (with close matches), and ``FileNotFoundError`` for a missing file.
+    """
+    cfg, asked, cli_keys = _load(config_path, args, allow_include, "this config")
+    ignored = [k for k in asked if k not in cli_keys]
+    if ignored:
+        log.warning("%s: ignored %s: a config file cannot allow custom model code; to run it, pass %s on the "
+                    "command line", config_path, ", ".join(f"{k}: true" for k in ignored),
+                    " ".join(f"--{k}=true" for k in ignored))
+    return cfg
+
+
+def load_checkpoint_config(path: str | Path, trust_remote_code: bool = False) -> RunConfig:
+    """The config of a checkpoint (its ``config.yaml``), read as data.
+
+    Custom YAML tags (``!include`` included) and Python tags are refused, and every
+    ``trust_remote_code`` field is set to ``trust_remote_code``, the caller's (``mmit generate`` /
+    ``mmit eval --trust-remote-code``) whatever the file says; a file that asked for it is named in a
+    warning. Relative path fields are not resolved here (:func:`mmit.config.paths.absolutise`).
+
+    Args:
+        path: the checkpoint's ``config.yaml``.
+        trust_remote_code: allow the model folders the config names to run their own code.
+
+    Returns the family's RunConfig. Raises ``ValueError`` (naming the file and, for a refused tag, the
+    tag and its line and column, never an include target or another file's content; bad keys or
+    values), ``FileNotFoundError`` and :class:`~mmit.registry.UnknownNameError` as :func:`load_config`.
+    """
+    from mmit.config.remote_code import set_trust_remote_code
+
+    path = str(path)
+    cfg, asked, _ = _load(path, (), False, "a checkpoint config")
+    set_trust_remote_code(cfg, trust_remote_code)
+    if asked and not trust_remote_code:
+        log.warning("%s: ignored %s: a checkpoint cannot allow custom model code; pass --trust-remote-code "
+                    "(mmit generate / mmit eval) to allow it", path, ", ".join(f"{k}: true" for k in asked))
+    elif trust_remote_code:
+        log.warning("%s: custom model code allowed by the caller (--trust-remote-code)", path)
     return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (round-trips through :func:`load_config`)."""
+    """Write the resolved config as plain YAML (round-trips through :func:`load_config` and
+    :func:`load_checkpoint_config`). Raises ``yaml.representer.RepresenterError`` for a value that is
+    not plain data."""
     if type(cfg) is RunConfig:  # RunConfig(): give draccus the family's typed class
         cfg = run_config_class(cfg.family)(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    import yaml
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        draccus.dump(cfg, f)
+    with open(path, "w") as f:  # plain YAML only (safe_dump): what load_checkpoint_config accepts
+        yaml.safe_dump(_plain(draccus.encode(cfg)), f)
+
+
+def _plain(x: Any) -> Any:
+    """``x`` with tuples as lists (safe YAML has no tuple)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

@@ -2,7 +2,8 @@
 
 Runs a suite (or a single task file) on a checkpoint or run folder, writes ``results.json``,
 ``predictions.jsonl`` and the bar chart into ``--output``, and prints the table. Any other
-``--field=value`` overrides a suite field (draccus).
+``--field=value`` overrides a suite field (draccus). ``--trust-remote-code`` lets the model folders
+the checkpoint names run their own code (off by default; a checkpoint's config cannot turn it on).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from typing import List
 
 USAGE = ("usage: mmit eval --config_path SUITE.yaml --checkpoint DIR --output DIR "
-         "[--batch_size=N] [--max_samples=N] [--quiet]")
+         "[--batch_size=N] [--max_samples=N] [--quiet] [--trust-remote-code]")
 
 
 def _take(argv: List[str], name: str):
@@ -33,7 +34,8 @@ def main(argv: List[str]) -> int:
         print(USAGE + "\n\n" + __doc__)
         return 0 if argv else 2
     quiet = "--quiet" in argv
-    argv = [a for a in argv if a != "--quiet"]
+    trust_remote_code = "--trust-remote-code" in argv
+    argv = [a for a in argv if a not in ("--quiet", "--trust-remote-code")]
     config_path = _take(argv, "config_path")
     checkpoint = _take(argv, "checkpoint")
     output = _take(argv, "output")
@@ -48,7 +50,15 @@ def main(argv: List[str]) -> int:
     from mmit.evaluation.report import format_table
     from mmit.evaluation.runner import run_suite
 
-    results = run_suite(config_path, checkpoint, output, argv, progress=not quiet)
+    loaded = {}
+    if trust_remote_code:  # run_suite loads without it; load here with the caller's permission
+        from mmit.inference import load_for_inference
+        from mmit.training.checkpoint import resolve_checkpoint_dir
+
+        checkpoint = str(resolve_checkpoint_dir(checkpoint))
+        model, processor, _ = load_for_inference(checkpoint, trust_remote_code=True)
+        loaded = {"model": model, "processor": processor}
+    results = run_suite(config_path, checkpoint, output, argv, progress=not quiet, **loaded)
     print(format_table(results))
     print(f"results: {output}/results.json  predictions: {output}/predictions.jsonl"
           + (f"  chart: {results['plot']}" if results.get("plot") else ""))

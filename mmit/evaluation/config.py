@@ -1,4 +1,4 @@
-"""Eval task and suite configuration (YAML read with draccus; unknown keys are errors naming the file).
+"""Eval task and suite configuration (YAML read as data, then draccus; unknown keys are errors naming the file).
 
 A *task* file (``configs/eval/**/<task>.yaml``) says where the samples are, how each prompt is
 written (one or more instruction templates), how the model answers (``generate`` free text or
@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import draccus
 import yaml
 
 SPLITS = ("held-in", "held-out")
@@ -160,10 +159,12 @@ class SuiteConfig:
 def _parse(cls, path: Optional[str], args: Sequence[str] = ()):
     if path is not None and not os.path.isfile(path):
         raise FileNotFoundError(f"eval config not found: {path}")
-    try:
-        return draccus.parse(cls, config_path=path, args=list(args), exit_on_error=False)
-    except (draccus.utils.DecodingError, draccus.utils.DraccusException) as e:
-        raise ValueError(f"{path or 'command line'}: {e}") from None
+    from mmit.config.schema import parse_dataclass
+
+    try:  # YAML read as data (safe loader, no python tags), as run configs
+        return parse_dataclass(cls, path, args, what="this eval config")
+    except ValueError as e:
+        raise ValueError(str(e) if path else f"command line: {e}") from None
 
 
 def validate_task(task: TaskConfig, path: str) -> TaskConfig:

@@ -84,17 +84,23 @@ def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32
              ) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
     """Load the causal LM and its tokenizer; make ``<image>`` one special token.
 
+    ``cfg.trust_remote_code`` decides whether the folder's own code (its ``auto_map``) may run; it is
+    set only from the command line (:mod:`mmit.config.remote_code`). Without it transformers loads
+    its own class for the folder's ``model_type``.
+
     Returns ``(model, tokenizer, image_token_id)``. The embedding matrix is resized when the
     tokenizer gained a token. Raises ``OSError`` (from transformers) for a path or hub id that cannot
-    be found, with the name in the message.
+    be found, with the name in the message, and ``ValueError`` for a folder whose model type exists
+    only as custom code while ``trust_remote_code`` is off.
     """
     path = resolve_llm_path(cfg.name_or_path)
     tok_path = resolve_llm_path(cfg.tokenizer) if cfg.tokenizer else path
-    kwargs = {"trust_remote_code": cfg.trust_remote_code, "dtype": dtype}
+    trust = bool(cfg.trust_remote_code)  # never None: transformers would prompt on a terminal
+    kwargs = {"trust_remote_code": trust, "dtype": dtype}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust)
     n_before = len(tokenizer)
     image_token_id = ensure_image_token(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0] or len(tokenizer) != n_before:
@@ -106,8 +112,12 @@ def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32
     return model, tokenizer, image_token_id
 
 
-def is_seq2seq(name_or_path: str) -> bool:
-    """Whether ``name_or_path`` (tiny name, hub id or folder) is an encoder-decoder LM (Flan-T5)."""
+def is_seq2seq(name_or_path: str, trust_remote_code: bool = False) -> bool:
+    """Whether ``name_or_path`` (tiny name, hub id or folder) is an encoder-decoder LM (Flan-T5).
+
+    The folder's config is read with ``trust_remote_code`` (the caller's, never None: transformers
+    would otherwise prompt on a terminal); without it an ``auto_map`` config class is not imported.
+    Raises ``OSError`` for a missing folder / hub id, ``ValueError`` for a config that needs custom code."""
     from mmit.models.tiny_seq2seq import TINY_SEQ2SEQ
 
     if name_or_path in TINY_SEQ2SEQ:
@@ -116,12 +126,15 @@ def is_seq2seq(name_or_path: str) -> bool:
         return False
     from transformers import AutoConfig
 
-    return bool(getattr(AutoConfig.from_pretrained(name_or_path), "is_encoder_decoder", False))
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=bool(trust_remote_code))
+    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def load_seq2seq_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
-    """``AutoModelForSeq2SeqLM`` (Flan-T5) + tokenizer (``<image>`` added, embeddings resized). Returns
-    ``(model, tokenizer, image_token_id)``; raises ``OSError`` for a missing checkpoint."""
+    """``AutoModelForSeq2SeqLM`` (Flan-T5) + tokenizer (``<image>`` added, embeddings resized), custom
+    code only with ``cfg.trust_remote_code`` (as :func:`load_llm`). Returns
+    ``(model, tokenizer, image_token_id)``; raises ``OSError`` for a missing checkpoint and
+    ``ValueError`` for custom code without ``trust_remote_code``."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from mmit.models.tiny_seq2seq import resolve_seq2seq_path
@@ -129,8 +142,9 @@ def load_seq2seq_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
 
     path = resolve_seq2seq_path(cfg.name_or_path)
     tok_path = resolve_seq2seq_path(cfg.tokenizer) if cfg.tokenizer else path
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.trust_remote_code)
+    trust = bool(cfg.trust_remote_code)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust)
     image_token_id = ensure_image_token(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -140,6 +154,6 @@ def load_seq2seq_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
 def load_any_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32
                  ) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
     """:func:`load_seq2seq_llm` for an encoder-decoder checkpoint, else :func:`load_llm`."""
-    if is_seq2seq(cfg.name_or_path):
+    if is_seq2seq(cfg.name_or_path, cfg.trust_remote_code):
         return load_seq2seq_llm(cfg, dtype)
     return load_llm(cfg, dtype)

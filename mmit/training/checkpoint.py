@@ -10,7 +10,8 @@ Layout of one checkpoint folder::
     optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True)
     scheduler.pt         lr-scheduler state (likewise)
     rng.json, rng.safetensors   Python / NumPy / torch RNG states
-    trainer_state.json   step, epoch, data position, skip counts; written last (marks completeness)
+    trainer_state.json   step, epoch, data position, skip counts; written last (marks completeness),
+                         deleted first when the checkpoint is pruned (a half-deleted one never looks complete)
 
     ...                  family files (``save_extra``: EMA weights, the Q-Former tokenizer, ...)
 
@@ -27,7 +28,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Collection, Dict, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmit.config.paths import absolutise
-from mmit.config.schema import RunConfig, load_config, save_config
+from mmit.config.schema import RunConfig, save_config
 
 STATE_FILE = "trainer_state.json"
 _STEP_RX = re.compile(r"^step-(\d+)$")
@@ -159,29 +160,64 @@ def load_training_state(path: str | Path, optimizer=None, scheduler=None) -> dic
     return json.loads((path / STATE_FILE).read_text())
 
 
-def list_checkpoints(output_dir: str | Path):
-    """Complete step checkpoints under ``<output_dir>/checkpoints``, oldest first, as (step, path)."""
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a complete checkpoint folder: its completion marker ``trainer_state.json``
+    (written last by :func:`save_checkpoint`, deleted first by :func:`prune_checkpoints`) is a
+    file, and ``config.yaml`` and ``model.safetensors`` are there."""
+    p = Path(path)
+    return all((p / name).is_file() for name in (STATE_FILE, "config.yaml", "model.safetensors"))
+
+
+def _step_folders(output_dir: str | Path) -> List[Tuple[int, Path]]:
+    """Every ``checkpoints/step-N`` folder, complete or not, as (step, path) sorted by step."""
     root = Path(output_dir) / "checkpoints"
     found = []
     if root.is_dir():
         for d in root.iterdir():
             m = _STEP_RX.match(d.name)
-            if m and (d / STATE_FILE).is_file():
+            if m and d.is_dir():
                 found.append((int(m.group(1)), d))
     return sorted(found)
 
 
+def list_checkpoints(output_dir: str | Path) -> List[Tuple[int, Path]]:
+    """Complete step checkpoints (:func:`is_complete_checkpoint`) under ``<output_dir>/checkpoints``,
+    oldest first, as (step, path). Half-written (``step-N.tmp``) and half-deleted folders are left out."""
+    return [(s, d) for s, d in _step_folders(output_dir) if is_complete_checkpoint(d)]
+
+
 def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
-    """The complete step checkpoint with the highest step, or None."""
+    """The complete step checkpoint with the highest step, or None (incomplete ones are skipped)."""
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
 
 
+def delete_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint folder so that it never looks complete on the way: the completion marker
+    goes first, then the rest. A process killed in between leaves a folder that
+    :func:`list_checkpoints` skips. Raises ``OSError`` if the marker cannot be deleted."""
+    p = Path(path)
+    try:
+        (p / STATE_FILE).unlink()
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(p, ignore_errors=True)
+
+
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` step checkpoints (``keep <= 0`` keeps all)."""
-    if keep > 0:
-        for _, d in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(d, ignore_errors=True)
+    """Delete all but the newest ``keep`` complete step checkpoints (``keep <= 0`` keeps all), each with
+    :func:`delete_checkpoint` (marker first). Incomplete ``step-N`` folders older than the oldest kept
+    checkpoint (left by a pruning that was killed) are deleted too. Raises ``OSError`` when a marker
+    cannot be deleted; the folder then still counts as complete and the next pruning retries."""
+    if keep <= 0:
+        return
+    complete = list_checkpoints(output_dir)
+    if not complete:
+        return
+    oldest_kept = complete[-keep:][0][0]
+    for step, d in _step_folders(output_dir):
+        if step < oldest_kept:
+            delete_checkpoint(d)
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
@@ -199,23 +235,39 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
                             "or a run folder with final/ or checkpoints/step-*)")
 
 
-def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
+                               trust_remote_code: bool = False):
     """Rebuild the model from the checkpoint's config (the family's pure ``build``) and load its
     weights; writes nothing.
 
-    Returns ``(model, tokenizer, cfg)``; the model is in eval mode. Raises ``FileNotFoundError``.
+    A checkpoint is data, never code: its ``config.yaml`` is read with
+    :func:`~mmit.config.schema.load_checkpoint_config` (``!include``, Python and other custom YAML tags
+    refused) and every ``trust_remote_code`` field of it is set to the caller's ``trust_remote_code``
+    (``mmit generate`` / ``mmit eval --trust-remote-code``), whatever the saved config says (a warning
+    names a config that asked for it). Without it, a model folder's ``auto_map`` code is never run:
+    transformers uses its own class for the folder's ``model_type``, or refuses the folder.
+
+    Args:
+        path: a checkpoint folder or a run folder (:func:`resolve_checkpoint_dir`).
+        dtype: the dtype the family builds the model in.
+        trust_remote_code: allow the model folders the config names to run their own Python code.
+
+    Returns ``(model, tokenizer, cfg)``; the model is in eval mode. Raises ``FileNotFoundError`` (no
+    checkpoint), ``ValueError`` (a refused tag or a bad config, naming the file; custom code that
+    transformers will not run without ``trust_remote_code``) and ``OSError`` (a missing model folder).
     """
     from transformers import AutoTokenizer
 
+    from mmit.config.schema import load_checkpoint_config
     from mmit.families import get_family
 
     ckpt = resolve_checkpoint_dir(path)
-    cfg = load_config(str(ckpt / "config.yaml"))
+    cfg = load_checkpoint_config(ckpt / "config.yaml", trust_remote_code=trust_remote_code)
     absolutise(cfg, ckpt)  # relative path fields (``llm``, ``qformer_tokenizer``, ...) live in the checkpoint
     family = get_family(cfg.family)
     model, tokenizer = family.build(cfg, dtype)
     if (ckpt / "tokenizer").is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"), trust_remote_code=trust_remote_code)
     load_weights(model, ckpt / "model.safetensors")
     family.load_extra(model, ckpt, cfg)
     model.eval()

@@ -156,7 +156,7 @@ def import_openflamingo(input_dir: str | os.PathLike, output: str | os.PathLike,
     from mmit.families import get_family
 
     src = Path(input_dir)
-    cfg = load_config(str(src / "config.yaml"))
+    cfg = load_config(str(src / "config.yaml"), allow_include=False)  # a foreign folder: data only
     if cfg.family != "flamingo":
         raise ValueError(f"{src / 'config.yaml'}: family {cfg.family!r}, expected flamingo")
     sd = read_state(src)

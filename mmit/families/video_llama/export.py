@@ -262,7 +262,7 @@ def import_video_llama(input_dir: str | os.PathLike, output: str | os.PathLike, 
     cfg_path = src / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: missing (a video-llama run config describing the architecture)")
-    cfg = load_config(str(cfg_path))
+    cfg = load_config(str(cfg_path), allow_include=False)  # a foreign folder: data only
     if cfg.family != "video-llama":
         raise ValueError(f"{cfg_path}: family {cfg.family!r}, expected video-llama")
     files = state_files(src)
