@@ -8,7 +8,11 @@ Output folder::
   options RESUMES: every shard whose ``NNNNN_stats.json`` is complete and carries the same digest
   (hash of the shard's record descriptions and options) is kept, everything else is (re)built. A
   re-run with other options stops with ``FileExistsError`` unless ``overwrite=True``.
-* ``NNNNN.tar`` is written as ``NNNNN.tar.tmp`` and renamed when complete; its stats file follows.
+* ``NNNNN.tar`` is written as ``NNNNN.tar.tmp`` and renamed when complete; its stats file follows
+  (``bytes`` and ``members`` measured on the file written, see :class:`~mmit.data.shards.ShardWriter`).
+* ``_convert.lock`` exists while a conversion runs (:class:`~mmit.data.distribute.OutputLock`):
+  a second conversion into the same folder stops at once naming the holder (pid, host, since);
+  the lock of a killed run on this host is taken over with a warning.
 * ``_stats.json`` is written last (atomically), so its presence means the run finished; it holds
   ``format``, ``input``, ``records_in``, ``written``, ``skipped`` (reason → count), ``shards``,
   ``counts`` (per task / source / media kind) and satisfies ``records_in == written +
@@ -38,10 +42,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from mmit.data.distribute import DISTRIBUTORS, get_distributor
+from mmit.data.distribute import DISTRIBUTORS, OutputLock, get_distributor
 from mmit.data.media import MAX_PIXELS
 from mmit.data.record_subset import Intake, chunk_records
-from mmit.data.shard_build import REENCODE, SHARD_FORMAT_VERSION, ShardOptions, ShardResult, ShardTask, build_shard
+from mmit.data.shard_build import (REENCODE, SHARD_FORMAT_VERSION, ShardOptions,
+                                   ShardResult, ShardTask, build_shard)
 from mmit.data.sample import Sample
 from mmit.data.shards import (TMP_SUFFIX, atomic_write, complete_shard_stats,
                               dump_json, read_stats, sample_json)
@@ -144,7 +149,10 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
         The ``_stats.json`` dict (sizes in bytes, ``seconds`` wall time, ``reused_shards``).
 
     Raises:
-        FileNotFoundError (input missing), FileExistsError (another conversion in output),
+        FileNotFoundError (input missing), FileExistsError (another conversion's files in
+        output), :class:`~mmit.data.distribute.OutputLockedError` (a FileExistsError: another
+        conversion is running into output, or a foreign host's lock), RuntimeError (a shard
+        file changed under its writer),
         ValueError (bad argument, malformed input), UnknownNameError (format), SampleError
         (``missing="error"``), ImportError (``ray`` not installed).
     """
@@ -182,6 +190,26 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
                 "reader_options": dict(reader_options or {}), "shard_size": int(shard_size),
                 "max_records": max_records, "sample_rate": float(sample_rate), "seed": int(seed),
                 **opts.fingerprint()}
+    os.makedirs(output, exist_ok=True)
+    with OutputLock(output):  # released on return, exceptions and SIGTERM
+        return _convert_locked(format, input, output, media_root, reader, opts, manifest,
+                               overwrite=overwrite, shard_size=int(shard_size), workers=workers,
+                               missing=missing, check=check, max_records=max_records,
+                               sample_rate=float(sample_rate), seed=int(seed), reencode=reencode,
+                               quality=int(quality), distributor=distributor,
+                               ray_address=ray_address, reader_options=reader_options,
+                               progress=progress)
+
+
+def _convert_locked(format: str, input: str, output: str, media_root: Optional[str],
+                    reader: Any, opts: ShardOptions, manifest: Dict[str, Any], *,
+                    overwrite: bool, shard_size: int, workers: Optional[int], missing: str,
+                    check: str, max_records: Optional[int], sample_rate: float, seed: int,
+                    reencode: Optional[str], quality: int, distributor: str,
+                    ray_address: Optional[str], reader_options: Optional[Dict[str, Any]],
+                    progress: bool) -> Dict[str, Any]:
+    """The body of :func:`convert` (same arguments, validated), run while this process holds
+    the output folder's :class:`~mmit.data.distribute.OutputLock`."""
     dist = get_distributor(distributor, workers, ray_address)
     try:
         _prepare_output(output, manifest, overwrite)

@@ -89,7 +89,9 @@ class ShardWriter:
     ``NNNNN.tar`` by :meth:`finish`, which then writes ``NNNNN_stats.json`` (atomically, last).
     A shard is therefore complete exactly when its stats file exists and names the tar's size
     (:func:`complete_shard_stats`). Use as a context manager; if the block raises, the partial
-    ``.tmp`` file is deleted and no stats file is written.
+    ``.tmp`` file is deleted and no stats file is written. The ``.tmp`` is always a new file
+    (an old one is unlinked first), and :meth:`finish` checks that the file it renames is that
+    file with exactly the bytes written, so the stats always describe the tar on disk.
 
     Args:
         tar_path: output ``.tar``; ``*_stats.json`` goes beside it (:func:`stats_path`).
@@ -100,7 +102,10 @@ class ShardWriter:
     def __init__(self, tar_path: Union[str, "os.PathLike[str]"], mtime: int = SHARD_MTIME):
         self.tar_path = os.fspath(tar_path)
         self.tmp_path = self.tar_path + TMP_SUFFIX
-        self._file = open(self.tmp_path, "wb")
+        if os.path.lexists(self.tmp_path):  # left by a killed writer: never write into its inode
+            os.remove(self.tmp_path)
+        self._file = open(self.tmp_path, "xb")
+        self._inode = _inode(os.fstat(self._file.fileno()))
         self._tw = wds.TarWriter(self._file, encoder=False, mtime=mtime, user="mmit", group="mmit")
         # webdataset 1.0.2 opens tarfile in stream mode "w|" (which re-slices a 10 KiB buffer for
         # every 16 KiB chunk, i.e. copies each byte ~4 times) and drops its own format=USTAR.
@@ -112,6 +117,9 @@ class ShardWriter:
         self._keys: set = set()
         self._finished = False
         self.written = 0
+        self.members = 0
+        self.size: Optional[int] = None  # bytes of the closed tar, from our own file descriptor
+        self._expected: Optional[int] = None  # bytes the tar module wrote
         self.media_bytes = 0
         self.counts: Dict[str, Counter] = {"task": Counter(), "source": Counter(),
                                            "media_kind": Counter()}
@@ -135,6 +143,7 @@ class ShardWriter:
             self.media_bytes += len(m.data)
         obj["json"] = dump_json(sample_json(sample))
         self._tw.write(obj)
+        self.members += len(obj) - 1
         self._keys.add(key)
         self.written += 1
         self.counts["task"][NO_TASK if sample.task is None else str(sample.task)] += 1
@@ -145,16 +154,31 @@ class ShardWriter:
         return key
 
     def close(self) -> None:
-        """Close the tar file (idempotent); it stays at ``tmp_path`` until :meth:`finish`."""
+        """Close the tar file (idempotent); it stays at ``tmp_path`` until :meth:`finish`.
+
+        Records :attr:`size` (the file's size seen through this writer's own descriptor) and the
+        size the tar module wrote (its offset plus end blocks and record padding)."""
         if self._tw is not None:
             self._tw.close()
+            self._file.flush()
+            self.size = os.fstat(self._file.fileno()).st_size
+            offset = self._tw.tarstream.offset  # + 2 end blocks; the last record is zero-padded
+            self._expected = -(-offset // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
             self._file.close()
             self._tw = None
 
+    def _ours(self, path: str) -> bool:
+        """Whether ``path`` is the file this writer created (same device and inode)."""
+        try:
+            return _inode(os.stat(path)) == self._inode
+        except OSError:
+            return False
+
     def abort(self) -> None:
-        """Close and delete the partial ``.tmp`` tar (idempotent; no-op after :meth:`finish`)."""
+        """Close and delete the partial ``.tmp`` tar (idempotent; no-op after :meth:`finish`).
+        A ``.tmp`` that another writer created meanwhile is left alone."""
         self.close()
-        if not self._finished and os.path.exists(self.tmp_path):
+        if not self._finished and self._ours(self.tmp_path):
             os.remove(self.tmp_path)
 
     def finish(self, skipped: Optional[SkipCounter] = None, records_in: Optional[int] = None,
@@ -162,20 +186,35 @@ class ShardWriter:
         """Close the tar, rename it into place and write ``*_stats.json`` (atomically, last).
 
         Returns the stats dict: ``shard`` (file name), ``records_in`` (default ``written +
-        skipped``), ``written``, ``skipped`` (reason → count), ``bytes`` (tar size),
+        skipped``), ``written``, ``skipped`` (reason → count), ``bytes`` (size of the finished
+        tar, measured on this writer's own file), ``members`` (tar members written),
         ``media_bytes``, ``counts`` (``task`` / ``source`` / ``media_kind`` → count; samples
         without task or source count under ``"(none)"``), ``text_only`` (samples without media),
-        plus the items of ``extra`` (e.g. the conversion's ``digest``)."""
+        plus the items of ``extra`` (e.g. the conversion's ``digest``).
+
+        Raises ``RuntimeError`` (and writes no stats) when the file on disk is not exactly what
+        this writer wrote: another process wrote into it, replaced or renamed it (two
+        conversions into one folder, which :class:`mmit.data.distribute.OutputLock` prevents).
+        """
         self.close()
+        if self.size != self._expected or not self._ours(self.tmp_path):
+            raise RuntimeError(f"{self.tmp_path}: changed by another process while this writer "
+                               f"wrote it ({self._expected} bytes written, {self.size} on disk, "
+                               "or replaced); is another conversion writing into this folder?")
         os.replace(self.tmp_path, self.tar_path)
         self._finished = True
+        # (size, not inode: some network file systems give a renamed file a new inode number)
+        if os.path.getsize(self.tar_path) != self.size:
+            raise RuntimeError(f"{self.tar_path}: replaced by another process right after it was "
+                               "written; is another conversion writing into this folder?")
         skipped = skipped if skipped is not None else SkipCounter()
         stats = {
             "shard": os.path.basename(self.tar_path),
             "records_in": self.written + skipped.total if records_in is None else int(records_in),
             "written": self.written,
             "skipped": skipped.as_dict(),
-            "bytes": os.path.getsize(self.tar_path),
+            "bytes": self.size,
+            "members": self.members,
             "media_bytes": self.media_bytes,
             "counts": {k: dict(sorted(c.items())) for k, c in self.counts.items()},
             "text_only": self.text_only,
@@ -189,6 +228,10 @@ class ShardWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.abort()
+
+
+def _inode(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino
 
 
 def atomic_write(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Callable, Dict, Iterator, List
 
 from mmit.registry import Registry, UnknownNameError
@@ -28,21 +29,31 @@ FORMATS: Registry[Callable[..., Iterator]] = Registry("data format")
 
 _import_errors: Dict[str, BaseException] = {}
 _loaded = False
+_loading = False
+_lock = threading.RLock()
 
 
 def _load_all() -> None:
-    """Import every submodule once so that their ``FORMATS.register`` calls run."""
-    global _loaded
+    """Import every submodule once so that their ``FORMATS.register`` calls run. Thread-safe: other
+    threads wait until every module is imported (a re-entrant call from an import returns at once)."""
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
+    with _lock:
+        if _loaded or _loading:
+            return
+        _loading = True
         try:
-            importlib.import_module(f"{__name__}.{info.name}")
-        except Exception as e:  # one broken format must not hide the others
-            _import_errors[info.name] = e
+            for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+                if info.name.startswith("_"):
+                    continue
+                try:
+                    importlib.import_module(f"{__name__}.{info.name}")
+                except Exception as e:  # one broken format must not hide the others
+                    _import_errors[info.name] = e
+        finally:
+            _loading = False
+        _loaded = True
 
 
 def available_formats() -> List[str]:
