@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"source format, one of: {', '.join(available_formats())}")
     p.add_argument("--input", required=True, help="annotation file (or folder) of the source")
     p.add_argument("--media-root", default=None, help="folder relative media paths resolve against")
+    p.add_argument("--allow-absolute-media", action="store_true",
+                   help="read media outside --media-root too (absolute paths, '..', symlinks leading "
+                   "out); without it they are counted skips 'media-outside-root'")
     p.add_argument("--output", required=True, help="output folder for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default 1000)")
     p.add_argument("--workers", type=int, default=None,
@@ -360,7 +363,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         resize_max_side=a.resize_max_side, reencode=a.reencode,
                         quality=a.quality, check=a.check, overwrite=a.overwrite,
                         distributor=a.distributor, ray_address=a.ray_address,
-                        reader_options=dict(a.reader_option), progress=not a.no_progress)
+                        reader_options=dict(a.reader_option, **({"allow_absolute": True} if
+                                                                a.allow_absolute_media else {})),
+                        progress=not a.no_progress)
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except (_ArgError, UnknownNameError, OSError, ValueError, ImportError) as e:

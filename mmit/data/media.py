@@ -19,11 +19,13 @@ Decoding policy (:func:`decode_image`): the result is always an 8-bit ``RGB`` ``
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import struct
 import warnings
-from typing import NamedTuple, Optional, Union
+from typing import BinaryIO, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -39,6 +41,14 @@ AUDIO_EXTS = ("wav", "mp3", "aac", "flac", "ogg", "m4a")
 
 #: Default cap on ``width * height`` of one image (64 megapixels; an 8000x8000 image is allowed).
 MAX_PIXELS = 64_000_000
+#: Cap on a media file's size in bytes, per kind; a larger file is a ``media-too-large`` skip found
+#: from its size alone (nothing is read). Readers take ``max_media_bytes`` to lower entries (not to
+#: raise them: :func:`read_media_bytes` applies these caps wherever a file is read, e.g. while a shard
+#: is built or a processor decodes, without knowing the reader's options).
+MAX_MEDIA_BYTES: Dict[str, int] = {"image": 64 << 20, "video": 2 << 30, "audio": 512 << 20,
+                                   "pointcloud": 1 << 30}
+#: Bytes read to decide a file's type (:func:`sniff_ext` needs 64; more for the ``.npz`` member name).
+HEAD_BYTES = 4096
 
 _ISO_BRANDS = {b"qt  ": "mov", b"M4V ": "m4v", b"M4VH": "m4v", b"M4VP": "m4v", b"M4A ": "m4a",
                b"M4B ": "m4a", b"heic": "heic", b"heix": "heic", b"mif1": "heic", b"msf1": "heic",
@@ -122,14 +132,90 @@ class ImageInfo(NamedTuple):
 _PIL_EXTS = {"JPEG": "jpg", "MPO": "jpg", "JPEG2000": "jp2", "TIFF": "tiff", "PPM": "ppm"}
 
 
-def read_media_bytes(path: Union[str, "os.PathLike[str]"]) -> bytes:
-    """The whole file at ``path`` as bytes (one read, no decoding).
+def media_caps(overrides: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+    """:data:`MAX_MEDIA_BYTES` with the entries of ``overrides`` (kind → bytes) replaced.
 
-    Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError`` (all ``OSError``) with
-    the path in the message.
+    Raises ``ValueError`` for an unknown kind, a cap that is not a positive integer, or one above
+    :data:`MAX_MEDIA_BYTES` (caps can be lowered, not raised; see there)."""
+    caps = dict(MAX_MEDIA_BYTES)
+    for kind, cap in dict(overrides or {}).items():
+        if kind not in caps:
+            raise ValueError(f"max_media_bytes: unknown media kind {kind!r} (expected one of "
+                             f"{', '.join(caps)})")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"max_media_bytes[{kind!r}] must be a positive integer, got {cap!r}")
+        if cap > caps[kind]:
+            raise ValueError(f"max_media_bytes[{kind!r}] = {cap} is above the built-in cap of "
+                             f"{caps[kind]} bytes (mmit.data.media.MAX_MEDIA_BYTES); caps can only "
+                             "be lowered")
+        caps[kind] = cap
+    return caps
+
+
+def open_media_file(path: Union[str, "os.PathLike[str]"]) -> Tuple[BinaryIO, int]:
+    """``(unbuffered binary file, size in bytes)`` for the regular file at ``path``.
+
+    Opened without blocking (a FIFO named ``x.jpg`` cannot hang the caller) and checked with
+    ``fstat`` on the descriptor, so the size is that of the file actually opened. The caller closes
+    the file. Raises ``FileNotFoundError`` / ``PermissionError`` / ``IsADirectoryError``, or
+    ``OSError(EINVAL)`` for a device, FIFO or socket; every message names ``path``.
     """
-    with open(path, "rb") as f:
-        return f.read()
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (device, FIFO or socket)", path)
+        return os.fdopen(fd, "rb", buffering=0), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def too_large(where: str, kind: Optional[str], size: int, cap: int) -> SampleError:
+    """The ``media-too-large`` :class:`SampleError` for a file of ``size`` bytes above ``cap``."""
+    return SampleError(f"{where}: {kind or 'media'} file is {size} bytes, above the cap of {cap} "
+                       f"bytes (max_media_bytes)", "media-too-large")
+
+
+def read_media_bytes(path: Union[str, "os.PathLike[str]"], kind: Optional[str] = None,
+                     max_bytes: Optional[int] = None) -> bytes:
+    """The whole file at ``path`` as bytes (no decoding), read only when it is under its size cap.
+
+    The size comes from ``fstat`` and the type from the first :data:`HEAD_BYTES` bytes before
+    anything else is read, so a 1 GiB file named ``.jpg`` costs 4 KiB of memory, not 1 GiB. The cap
+    is ``max_bytes`` if given, else :data:`MAX_MEDIA_BYTES` of ``kind`` (``image|video|audio|
+    pointcloud``), else of the kind sniffed from the content (the image cap for unknown content).
+    A file that grows while being read is still cut off at the cap.
+
+    Raises:
+        OSError: ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError``, or
+            ``EINVAL`` for a device/FIFO/socket; the message names the path.
+        SampleError: ``media-too-large`` (the message names the path, size and cap).
+    """
+    f, size = open_media_file(path)
+    with f:
+        head = f.read(HEAD_BYTES) or b""
+        k = kind or media_kind(sniff_ext(head))
+        cap = max_bytes if max_bytes is not None else MAX_MEDIA_BYTES.get(k or "image",
+                                                                         MAX_MEDIA_BYTES["image"])
+        if size > cap:
+            raise too_large(os.fspath(path), k, size, cap)
+        if len(head) < HEAD_BYTES:
+            return head  # the whole (small) file
+        f.seek(0)
+        parts, total, want = [], 0, size + 1
+        while total <= cap:
+            chunk = f.read(min(want, cap + 1 - total))
+            if not chunk:
+                break
+            parts.append(chunk)
+            total, want = total + len(chunk), 1 << 20
+        if total > cap:
+            raise too_large(os.fspath(path), k, total, cap)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 #: sniffed extension → PIL format name, so ``Image.open`` tries the right plugin first.

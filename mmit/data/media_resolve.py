@@ -1,10 +1,17 @@
-"""Finding and loading the media a record names, for every reader (see :mod:`mmit.data.normalize`
-for the text rules).
+"""Finding, confining and loading the media a record names, for every reader (see
+:mod:`mmit.data.normalize` for the text rules).
 
 * :func:`decode_base64`: standard and URL-safe alphabets, missing padding, data URIs.
 * :func:`resolve_media_path` / :func:`coco_name_variants`: ``./`` prefixes, format-specific
   alternative layouts, COCO 2014 (``COCO_train2014_000000033471.jpg``) vs 2017
   (``000000033471.jpg``) names.
+* Confinement (:func:`confine`, :class:`MediaRoot`): a media file is used only when its real
+  location (``os.path.realpath``, every symlink resolved) lies inside the real media root; a
+  ``../`` path, an absolute path elsewhere or a symlink leading out of the root is a counted skip
+  ``media-outside-root``. ``allow_absolute=True`` (``mmit convert --allow-absolute-media``) lifts
+  this for annotations that are trusted to name files anywhere.
+* :func:`attach_media`: the one rule every reader applies to a media file: confine it, check its
+  size and content (:mod:`mmit.data.media_check`), and read it with ``load_bytes``.
 * :func:`load_media`: bytes kept exactly as stored, type sniffed from content (extensions lie),
   content checked against the media kind, optional pixel cap (``image-too-large``); RGBA /
   palette / grayscale images become RGB only when decoded (:func:`mmit.data.media.decode_image`).
@@ -14,14 +21,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 import re
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-import numpy as np
-
-from mmit.data.media import check_image, media_kind, read_media_bytes, sniff_ext
+from mmit.data.media import (MAX_MEDIA_BYTES, check_image, media_caps, media_kind,
+                             read_media_bytes, sniff_ext)
+from mmit.data.media_check import (check_media_bytes, check_media_file, npy_header,  # noqa: F401
+                                   npz_points, pointcloud_shape)
 from mmit.data.sample import Media, SampleError
 
 
@@ -113,41 +120,112 @@ def strip_dot_slash(path: str) -> str:
     return path
 
 
-def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[str] = (),
-                       coco: bool = True) -> Tuple[str, Optional[str]]:
-    """Find the file a record's media path points to.
+class MediaRoot(str):
+    """A media root folder that also carries the reader's media policy.
 
-    Tried in order, first existing file wins: ``path`` itself if absolute, else ``root/path``
+    It is the ``str`` readers already join relative paths to, so it passes through every reader
+    function unchanged; :func:`confine`, :func:`resolve_media_path` and :func:`attach_media` read
+    ``allow_absolute`` (bool: may media lie outside the root?) and ``max_bytes`` (kind → size
+    cap in bytes, :data:`~mmit.data.media.MAX_MEDIA_BYTES` by default) from it. A plain ``str``
+    root means the defaults: confined, default caps. ``real`` is the root's ``realpath``.
+
+    Raises ``ValueError`` (from :func:`~mmit.data.media.media_caps`) for a bad cap.
+    """
+
+    allow_absolute: bool
+    max_bytes: Dict[str, int]
+    real: str
+
+    def __new__(cls, root: Any, allow_absolute: bool = False,
+                max_media_bytes: Optional[Mapping[str, int]] = None) -> "MediaRoot":
+        self = super().__new__(cls, os.fspath(root))
+        self.allow_absolute = bool(allow_absolute)
+        self.max_bytes = media_caps(max_media_bytes)
+        self.real = os.path.realpath(self)
+        return self
+
+
+def media_policy(root: str) -> Tuple[bool, Mapping[str, int]]:
+    """``(allow_absolute, max_bytes)`` of ``root``: a :class:`MediaRoot`'s, else the defaults."""
+    if isinstance(root, MediaRoot):
+        return root.allow_absolute, root.max_bytes
+    return False, MAX_MEDIA_BYTES
+
+
+def inside_root(path: str, root: str) -> bool:
+    """Whether the real location of ``path`` (symlinks resolved) is ``root``'s real location or
+    lies below it. Pure path work plus ``realpath``'s ``lstat`` calls; nothing is opened."""
+    base = root.real if isinstance(root, MediaRoot) else os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def outside_error(where: str, written: str, root: str, path: str) -> SampleError:
+    """The ``media-outside-root`` :class:`SampleError` for media path ``written`` (found at
+    ``path``) that leaves ``root``."""
+    return SampleError(f"{where}: media path {written!r} leads outside the media root {root} (to "
+                       f"{os.path.realpath(path)}); refused unless absolute media are allowed "
+                       f"(mmit convert --allow-absolute-media, reader option allow_absolute=True)",
+                       "media-outside-root")
+
+
+def confine(path: str, root: str, where: str, written: Optional[str] = None) -> str:
+    """``path`` when it is an existing regular file whose real location is inside ``root``
+    (always true when ``root`` is a :class:`MediaRoot` with ``allow_absolute``).
+
+    ``written``: the path as the record wrote it, for the message. Raises :class:`SampleError`
+    ``missing-media`` (no such file, or a folder) or ``media-outside-root``.
+    """
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise SampleError(f"{where}: media file {what}: {path}", "missing-media")
+    if not media_policy(root)[0] and not inside_root(path, root):
+        raise outside_error(where, path if written is None else written, root, path)
+    return path
+
+
+def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[str] = (),
+                       coco: bool = True, allow_absolute: Optional[bool] = None
+                       ) -> Tuple[str, Optional[str]]:
+    """Find the file a record's media path points to, inside ``root``.
+
+    Tried in order, first usable file wins: ``path`` itself if absolute, else ``root/path``
     (leading ``./`` removed); then each of ``alternatives`` (absolute, or relative to ``root``;
     readers pass their format's known layouts); then, with ``coco=True``, the COCO 2014/2017
-    spellings (:func:`coco_name_variants`) of every candidate so far.
+    spellings (:func:`coco_name_variants`) of every candidate so far. A candidate is usable when it
+    is a file whose real location is inside ``root`` (:func:`inside_root`), or anywhere with
+    ``allow_absolute`` (default: ``root``'s :class:`MediaRoot` policy, else False).
 
     Returns ``(resolved path, how)`` where ``how`` is None for the path as written,
-    ``"alternative"`` or ``"coco-name"``. Costs one ``stat`` when the path is right.
+    ``"alternative"`` or ``"coco-name"``. Costs one ``stat`` and one ``realpath`` when the path is
+    right.
 
-    Raises :class:`SampleError` (reason ``missing-media``) naming ``where`` and the path as
-    resolved against ``root``.
+    Raises :class:`SampleError` naming ``where``: ``invalid-record`` (not a non-empty string),
+    ``media-outside-root`` (no usable candidate, but one existed outside the root: ``../x.jpg``,
+    an absolute path elsewhere, a symlink out of the root), else ``missing-media`` (naming the
+    path as resolved against ``root``).
     """
     if not isinstance(path, str) or not path.strip():
         raise SampleError(f"{where}: media path must be a non-empty string, got {path!r}",
                           "invalid-record")
+    allow = media_policy(root)[0] if allow_absolute is None else allow_absolute
 
     def full(p: str) -> str:
         p = strip_dot_slash(p)
         return p if os.path.isabs(p) else os.path.join(root, p)
 
     first = full(path)
-    if os.path.isfile(first):
-        return first, None
     alts = [full(a) for a in alternatives]
-    for a in alts:
-        if os.path.isfile(a):
-            return a, "alternative"
-    if coco:
-        for c in [first] + alts:
-            for v in coco_name_variants(c):
-                if os.path.isfile(v):
-                    return v, "coco-name"
+    cocos = [v for c in [first] + alts for v in coco_name_variants(c)] if coco else []
+    outside = None
+    for cand, how in [(first, None)] + [(a, "alternative") for a in alts] + \
+            [(v, "coco-name") for v in cocos]:
+        if os.path.isfile(cand):
+            if allow or inside_root(cand, root):
+                return cand, how
+            outside = outside or cand
+    if outside is not None:
+        raise outside_error(where, path, root, outside)
     raise SampleError(f"{where}: media file not found: {first}", "missing-media")
 
 
@@ -156,9 +234,13 @@ def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[
 _EXT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff"}
 
 
-def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Media:
+def load_media(media: Media, where: str, max_pixels: Optional[int] = None,
+               max_bytes: Optional[Mapping[str, int]] = None) -> Media:
     """Read ``media.path`` into ``media.data`` and set ``media.ext`` from the content.
 
+    * The file is read only when under its size cap (``max_bytes[kind]``, default
+      :data:`~mmit.data.media.MAX_MEDIA_BYTES`; from ``fstat``, before reading):
+      ``media-too-large`` otherwise.
     * Extensions lie (``xray.jpg`` is a PNG, ShareGPT4V's ``breaking_bad.png`` is WebP):
       ``ext`` is what :func:`mmit.data.media.sniff_ext` finds in the bytes; when the file name says
       otherwise, ``meta["named_ext"]`` keeps the name's extension.
@@ -167,21 +249,29 @@ def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Me
       ``pointcloud`` must be a numeric ``.npy`` (or ``.npz``) array of shape ``(N, C)`` with
       ``C >= 3`` (xyz, optionally rgb, ...; ``meta["shape"]`` and ``meta["dtype"]`` are set,
       nothing is unpickled): other formats (PLY, ...) raise ``unsupported-pointcloud``, bad arrays
-      ``undecodable-pointcloud`` (the reasons ``mmit convert`` uses).
+      ``undecodable-pointcloud`` (the reasons ``mmit convert`` uses); ``video`` / ``audio`` must
+      pass the container probe of :func:`mmit.data.media_check.check_media_bytes`
+      (``undecodable-video`` / ``undecodable-audio``).
     * ``max_pixels`` (e.g. :data:`mmit.data.media.MAX_PIXELS`): also parse the image header,
       set ``meta["width"]``/``meta["height"]`` and raise ``image-too-large`` above the cap.
       RGBA, palette and grayscale images pass unchanged: the bytes are kept as stored and
       :func:`mmit.data.media.decode_image` turns them into RGB when pixels are needed.
 
+    The path is not confined here: readers call :func:`attach_media`, which confines it first.
+
     Returns ``media`` (modified in place). Raises :class:`SampleError` naming ``where`` and the
-    file: ``missing-media`` (cannot read), ``undecodable-image``, ``image-too-large``,
+    file: ``missing-media`` (cannot read), ``media-too-large``, ``undecodable-image``,
+    ``image-too-large``, ``undecodable-video``, ``undecodable-audio``,
     ``unsupported-pointcloud``, ``undecodable-pointcloud``.
     """
+    caps = MAX_MEDIA_BYTES if max_bytes is None else max_bytes
     try:
-        data = read_media_bytes(media.path)
+        data = read_media_bytes(media.path, media.kind, caps.get(media.kind))
     except OSError as e:
         raise SampleError(f"{where}: cannot read {media.kind} file {media.path}: "
                           f"{e.strerror or e}", "missing-media") from None
+    except SampleError as e:
+        raise SampleError(f"{where}: {e}", e.reason) from None
     ext = sniff_ext(data)
     named = os.path.splitext(media.path or "")[1].lower().lstrip(".")
     named = _EXT_ALIASES.get(named, named)
@@ -197,63 +287,33 @@ def load_media(media: Media, where: str, max_pixels: Optional[int] = None) -> Me
     elif media.kind == "pointcloud":
         shape, dtype = pointcloud_shape(data, f"{where}: {media.path}")
         media.meta["shape"], media.meta["dtype"] = list(shape), dtype
+    else:
+        check_media_bytes(data, media.kind, f"{where}: {media.path}", caps)
     media.data, media.ext = data, ext
     return media
 
 
-def _check_cloud(shape: Tuple[int, ...], dtype: np.dtype, where: str) -> None:
-    if dtype.hasobject or dtype.kind not in "fiu":
-        raise SampleError(f"{where}: point cloud must be a numeric array, got dtype {dtype} "
-                          f"(objects are never unpickled)", "undecodable-pointcloud")
-    if len(shape) != 2 or shape[0] < 1 or shape[1] < 3:
-        raise SampleError(f"{where}: point cloud must have shape (N, C>=3) (xyz[rgb...]), got "
-                          f"{tuple(shape)}", "undecodable-pointcloud")
+def attach_media(m: Media, where: str, root: str, load_bytes: bool,
+                 max_pixels: Optional[int] = None, written: Optional[str] = None) -> Media:
+    """The media rule every reader applies to a file-backed :class:`Media` (``m.path`` set).
 
+    1. Confine: ``m.path`` must be a file whose real location is inside ``root``
+       (:func:`confine`; lifted by a :class:`MediaRoot` with ``allow_absolute``).
+    2. ``load_bytes``: read it with :func:`load_media` (size cap, content checks, ``max_pixels``).
+       Otherwise check it without reading it whole (:func:`~mmit.data.media_check.
+       check_media_file`: size cap; video/audio probed; point-cloud header; images by size only,
+       their pixels are checked by ``mmit convert`` or the decoder).
 
-def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
-    """Shape and dtype of a ``.npy`` point cloud from its header (no data parsed, no pickle).
-
-    Returns ``(shape, dtype string)``. Raises :class:`SampleError`: ``unsupported-pointcloud``
-    when the bytes are not ``.npy``; ``undecodable-pointcloud`` for a corrupt header, a
-    non-numeric dtype (Python objects) or a shape other than ``(N, C)`` with ``N >= 1``,
-    ``C >= 3``.
+    ``written``: the path as the record wrote it (for messages). Caps come from ``root``'s
+    policy (:func:`media_policy`). Returns ``m``. Raises :class:`SampleError`:
+    ``missing-media``, ``media-outside-root``, ``media-too-large`` and the content reasons of
+    :func:`load_media`.
     """
-    if sniff_ext(data) != "npy":
-        raise SampleError(f"{where}: point cloud is not a .npy array (content: "
-                          f"{sniff_ext(data) or 'unknown'})", "unsupported-pointcloud")
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _fortran, dtype = read(buf)
-    except Exception as e:
-        raise SampleError(f"{where}: corrupt .npy header: {e}", "undecodable-pointcloud") from None
-    _check_cloud(shape, dtype, where)
-    return tuple(int(x) for x in shape), dtype.str
-
-
-def npz_points(npz) -> np.ndarray:
-    """The point array of an opened ``.npz``: its only array, else the one named ``points``, ``xyz``,
-    ``pcl`` or ``arr_0``. Raises ``ValueError`` listing the names when none fits."""
-    keys = npz.files
-    pick = keys[0] if len(keys) == 1 else next((k for k in ("points", "xyz", "pcl", "arr_0") if k in keys), None)
-    if pick is None:
-        raise ValueError(f"several arrays and none named points/xyz/pcl: {keys}")
-    return npz[pick]
-
-
-def pointcloud_shape(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
-    """Shape and dtype of a point cloud stored as ``.npy`` (header only) or ``.npz`` (its only
-    array, or the one named ``points``/``xyz``/``pcl``/``arr_0``; loaded with
-    ``allow_pickle=False``). Raises :class:`SampleError` as :func:`npy_header`."""
-    if sniff_ext(data) != "npz":
-        return npy_header(data, where)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arr = npz_points(z)
-    except Exception as e:
-        raise SampleError(f"{where}: undecodable .npz point cloud: {e}",
-                          "undecodable-pointcloud") from None
-    _check_cloud(arr.shape, arr.dtype, where)
-    return tuple(int(x) for x in arr.shape), arr.dtype.str
+    if not m.path:
+        raise SampleError(f"{where}: {m.kind} has no file path", "missing-media")
+    confine(m.path, root, where, written)
+    caps = media_policy(root)[1]
+    if load_bytes:
+        return load_media(m, where, max_pixels, caps)
+    check_media_file(m.path, m.kind, where, caps)
+    return m

@@ -57,6 +57,10 @@ class EvalDataConfig:
     path: str = ""
     #: Folder relative media paths resolve against (source formats only).
     media_root: Optional[str] = None
+    #: Source formats: also read media outside ``media_root`` (absolute paths, ``..``, symlinks
+    #: leading out, e.g. a folder of links to clips elsewhere); otherwise those samples are counted
+    #: ``media-outside-root`` skips (the readers' ``allow_absolute``).
+    allow_absolute_media: bool = False
     #: Unreadable or missing media: ``skip`` (counted in results.json) or ``error``.
     missing_media: str = "skip"
     #: Keep only samples whose ``Sample.task`` is listed (one file holding several tasks, e.g.

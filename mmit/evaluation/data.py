@@ -75,7 +75,8 @@ def iter_data_samples(d: EvalDataConfig, stats: SkipCounter, where: str, key: st
     if not os.path.exists(d.path):
         raise FileNotFoundError(f"{where}: {key}.path not found: {d.path}")
     reader = get_reader(d.format)
-    return reader(d.path, media_root=d.media_root, missing=d.missing_media, stats=stats)
+    return reader(d.path, media_root=d.media_root, missing=d.missing_media, stats=stats,
+                  allow_absolute=d.allow_absolute_media)
 
 
 def iter_task_samples(task: TaskConfig, stats: SkipCounter, path: str = "") -> Iterator[Sample]:

@@ -6,6 +6,13 @@ the trainer records ``(epoch, position)`` after every batch, and on resume the s
 the raw samples already consumed, so a resumed run sees the same batches as an uninterrupted one
 (exact with ``num_workers: 0``; with workers the order is still deterministic but a resume may
 repeat or skip up to ``num_workers`` samples).
+
+Media of a source file read in training follow the same rules as ``mmit convert``: the reader
+confines every media path to ``data.media_root`` (symlinks resolved; ``../``, absolute paths and
+links leading out are ``media-outside-root`` skips, counted in the stream's stats; there is no
+opt-in here) and checks each file's size cap and, for video/audio, its container, before a sample
+is kept. The processors later read ``Media.path`` with
+:func:`mmit.data.media.read_media_bytes`, which reads a file only when it is under its size cap.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ class SampleStream:
             if not os.path.exists(cfg.path):
                 raise FileNotFoundError(f"data.path not found: {cfg.path}")
             reader = get_reader(cfg.format)
+            # allow_absolute=False: media confined to media_root (module docstring)
             self._records = list(reader(cfg.path, media_root=cfg.media_root, missing=cfg.missing_media,
-                                        stats=self.stats))
+                                        stats=self.stats, allow_absolute=False))
         elif not cfg.path:
             raise ValueError("data.path is empty: give a shard folder, glob or brace pattern")
 

@@ -1,12 +1,12 @@
-"""Helpers shared by the MIMIC-IT, VideoChat, WebVid and InstructPix2Pix readers.
+"""Helpers shared by the MIMIC-IT, VideoChat, WebVid, MMC4 and InstructPix2Pix readers.
 
 Not a format module (the leading ``_`` keeps :mod:`mmit.data.sources` from importing it as one).
 The normalisation rules themselves (base64, COCO names, content-checked loading, placeholders,
-the skip/error policy) live in :mod:`mmit.data.normalize`; this module adapts them to these
-readers:
+the skip/error policy) live in :mod:`mmit.data.normalize` and :mod:`mmit.data.media_resolve`;
+this module adapts them to these readers:
 
-* :func:`attach_file`: the ``load_bytes`` rule — read the file unchanged and check its content
-  (:func:`mmit.data.media_resolve.load_media`, plus a video check), or only check that it exists.
+* :func:`attach_file`: the media rule of :func:`mmit.data.media_resolve.attach_media` (confined
+  to the media root, size cap, content check; read whole with ``load_bytes``).
 * :func:`attach_bytes`: the same content check for in-memory bytes (base64 JSON, parquet cells).
 * :func:`image_cell_bytes`: bytes out of a parquet image cell (HF ``datasets`` ``Image`` struct
   ``{bytes, path}`` or a binary column).
@@ -19,17 +19,14 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Tuple
 
-from mmit.data.media import media_kind, sniff_ext
+from mmit.data.media_check import check_media_bytes
+from mmit.data.media_resolve import attach_media, media_policy
 from mmit.data.normalize import MEDIA_PLACEHOLDERS
-from mmit.data.media_resolve import load_media
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.stats import SkipCounter
 
 #: Placeholder for one video item in turn text (:data:`mmit.data.normalize.MEDIA_PLACEHOLDERS`).
 VIDEO_PLACEHOLDER = MEDIA_PLACEHOLDERS["video"]
-
-#: Skip reason when content does not match the media kind (same names as ``load_media``).
-_BAD_CONTENT = {"image": "undecodable-image", "video": "undecodable-video"}
 
 
 def report(error: SampleError, missing: str, stats: SkipCounter, record_id: Any) -> None:
@@ -40,41 +37,35 @@ def report(error: SampleError, missing: str, stats: SkipCounter, record_id: Any)
     stats.add(error.reason, record_id, str(error))
 
 
-def _check_kind(m: Media, data: bytes, ext: Optional[str], where: str) -> None:
-    if m.kind in _BAD_CONTENT and media_kind(ext) != m.kind:
-        src = m.path or m.meta.get("image_id") or "in-memory bytes"
-        raise SampleError(f"{where}: {src} is not {'an' if m.kind == 'image' else 'a'} {m.kind} "
-                          f"(content: {ext or 'unknown'}, {len(data)} bytes)",
-                          _BAD_CONTENT[m.kind])
+def attach_file(m: Media, where: str, load_bytes: bool, root: str) -> None:
+    """Confine, check (``load_bytes=False``) or read (``True``) the file at ``m.path``.
 
-
-def attach_file(m: Media, where: str, load_bytes: bool) -> None:
-    """Check (``load_bytes=False``) or read (``True``) the file at ``m.path``.
-
-    With ``load_bytes`` the whole file goes into ``m.data`` unchanged, ``m.ext`` is sniffed from
-    content and the content must match ``m.kind`` (an HTML error page saved as ``.mp4`` is
-    rejected). Without it only the file's existence is checked; ``mmit convert`` checks content.
+    ``root``: the media root ``m.path`` must stay inside (a
+    :class:`~mmit.data.media_resolve.MediaRoot` carries the reader's ``allow_absolute`` and size
+    caps). With ``load_bytes`` the whole file goes into ``m.data`` unchanged, ``m.ext`` is sniffed
+    from content and the content must match ``m.kind`` (an HTML error page saved as ``.mp4`` is
+    rejected). Without it the file is checked without being read whole: size cap, and for video /
+    audio a container probe (:func:`mmit.data.media_check.check_media_file`).
 
     Raises:
-        SampleError: ``missing-media`` (absent, a folder, unreadable), ``undecodable-image`` /
-            ``undecodable-video`` (content of another kind).
+        SampleError: ``missing-media`` (absent, a folder, unreadable), ``media-outside-root``,
+            ``media-too-large``, ``undecodable-image`` / ``undecodable-video`` /
+            ``undecodable-audio`` (content of another kind), point-cloud reasons.
     """
-    if not load_bytes:
-        if not os.path.isfile(m.path):
-            what = "is a folder, not a file" if os.path.isdir(m.path) else "not found"
-            raise SampleError(f"{where}: {m.kind} file {what}: {m.path}", "missing-media")
-        return
-    load_media(m, where)
-    _check_kind(m, m.data, m.ext, where)
+    attach_media(m, where, root, load_bytes)
 
 
-def attach_bytes(m: Media, data: bytes, where: str) -> None:
+def attach_bytes(m: Media, data: bytes, where: str, root: Optional[str] = None) -> None:
     """Set ``m.data`` (unchanged) and ``m.ext`` (sniffed) from in-memory bytes.
 
-    Raises :class:`SampleError` ``undecodable-image`` / ``undecodable-video`` when the content is
-    not of kind ``m.kind`` (the message names the sniffed type, ``unknown`` for text)."""
-    ext = sniff_ext(data)
-    _check_kind(m, data, ext, where)
+    ``root``: the reader's media root, whose :class:`~mmit.data.media_resolve.MediaRoot` size caps
+    apply (default caps without one). Raises :class:`SampleError` ``media-too-large`` or
+    ``undecodable-image`` / ``undecodable-video`` / ``undecodable-audio`` / point-cloud reasons
+    when the content is not of kind ``m.kind`` (:func:`mmit.data.media_check.check_media_bytes`;
+    the message names the sniffed type, ``unknown`` for text)."""
+    src = m.path or m.meta.get("image_id") or "in-memory bytes"
+    caps = media_policy(root)[1] if root is not None else None
+    ext = check_media_bytes(data, m.kind, f"{where}: {src}", caps)
     m.data, m.ext = data, ext
 
 
