@@ -23,7 +23,8 @@ VSR_FILES = [EVAL / "vsr" / "random_test.head30.jsonl", EVAL / "vsr" / "zeroshot
 PID_SPLITS = EVAL / "scienceqa" / "pid_splits.json"
 needs_samples = pytest.mark.skipif(not EVAL.is_dir(), reason="../shared/samples not present")
 
-MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
+# a real clip (readers probe videos with PyAV; an ftyp header alone is undecodable-video)
+MP4 = (Path(__file__).resolve().parents[1] / "demo_data" / "videos" / "yoga.mp4").read_bytes()
 
 
 def jpeg(path: Path) -> Path:
@@ -280,7 +281,7 @@ def make_msrvtt(d: Path):
 
 
 def make_msvd(d: Path):
-    (d / "vid1.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST" + b"\x00" * 32)
+    (d / "vid1.avi").write_bytes(MP4)  # the type comes from the content, not the name
     recs = [{"video": "vid1.avi", "question": "what is the cat doing?", "answer": "play",
              "question_id": 0},
             {"answer": "x", "question": "where?", "video_id": 99}]  # no pattern for MSVD ids
@@ -452,7 +453,7 @@ def test_media_content_is_checked_with_load_bytes(tmp_path):
     path, kw, *_ = make_msrvtt(tmp_path)
     (tmp_path / "video7010.mp4").write_text("<html>not found</html>")
     samples, stats = read("heldout-msrvtt-qa", path, load_bytes=True, **kw)
-    assert stats.as_dict() == {"missing-media": 1, "wrong-media-type": 1}
+    assert stats.as_dict() == {"missing-media": 1, "undecodable-video": 1}
     assert len(samples) == 1
 
 

@@ -268,9 +268,12 @@ def test_real_vision_flan_with_fixed_image_folder(tmp_path):
     if not SAMPLES.is_dir():
         pytest.skip("../shared/samples not present")
     (tmp_path / "task_imgs").symlink_to((SAMPLES / "vision_flan" / "imgs").resolve())
+    ann = SAMPLES / "vision_flan" / "tasks_web.json"
+    stats = SkipCounter()  # the symlinked folder leads out of media_root: refused by default
+    assert list(read_llava(ann, media_root=tmp_path, stats=stats)) == []
+    assert stats.as_dict() == {"media-outside-root": 30, "missing-media": 175}
     stats = SkipCounter()
-    out = list(read_llava(SAMPLES / "vision_flan" / "tasks_web.json", media_root=tmp_path,
-                          stats=stats))
+    out = list(read_llava(ann, media_root=tmp_path, stats=stats, allow_absolute=True))
     assert len(out) == 30 and stats.as_dict() == {"missing-media": 175}
     assert all(s.turns[0].content.startswith("<image>\n") for s in out)
     assert all(s.num_placeholders() == 1 and s.task for s in out)

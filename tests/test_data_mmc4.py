@@ -138,7 +138,7 @@ def test_skips_counted_by_reason(tmp_path):
              {"text_list": ["None."]},                                                # 6 no-matched-image
              {"text_list": ["Gone."], "image_info": [info(7, 0, 0.5)]},               # 7 missing-media
              {"text_list": ["Out."], "image_info": [{"image_name": "../secret.png", "matched_text_index": 0,
-                                                      "matched_sim": 0.9}]},          # 8 invalid-record
+                                                      "matched_sim": 0.9}]},          # 8 media-outside-root
              {"text_list": ["B64."], "image_info": [{"image_base64": "@@@", "matched_text_index": 0,
                                                       "matched_sim": 0.9}]},          # 9 bad-base64
              {"text_list": ["Idx."], "image_info": [info(0, 5, 0.9)]},                # 10 invalid-record
@@ -147,11 +147,11 @@ def test_skips_counted_by_reason(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", lines)
     out, stats = read(path, root)
     assert [s.id for s in out] == ["0", "10"]
-    assert stats.as_dict() == {"bad-base64": 1, "invalid-record": 3, "malformed-json": 1, "missing-media": 1,
-                               "no-matched-image": 2, "no-text": 1}
+    assert stats.as_dict() == {"bad-base64": 1, "invalid-record": 2, "malformed-json": 1, "missing-media": 1,
+                               "media-outside-root": 1, "no-matched-image": 2, "no-text": 1}
     assert len(out) + stats.total == 11  # non-blank lines
     assert stats.examples_dict()["malformed-json"][0].startswith(f"1: {path}:2: malformed JSON")
-    assert "outside media_root" in stats.examples_dict()["invalid-record"][0]
+    assert "outside the media root" in stats.examples_dict()["media-outside-root"][0]
     with pytest.raises(SampleError, match=f"{path}:2: malformed JSON") as e:
         list(read_mmc4(path, media_root=root, missing="error"))
     assert e.value.reason == "malformed-json"

@@ -141,7 +141,8 @@ def test_invalid_records(tmp_path):
             {"id": "c", "conversations": [{"from": "gpt", "value": "first"}]}]
     stats = SkipCounter()
     out = list(read_sharegpt4v(write(tmp_path / "bad.json", recs), stats=stats))
-    assert out == [] and stats.as_dict() == {"first-turn-not-user": 1, "invalid-record": 3}
+    # a list as id is its own reason since issue 16 (``bad-id``, was ``invalid-record``)
+    assert out == [] and stats.as_dict() == {"bad-id": 1, "first-turn-not-user": 1, "invalid-record": 2}
 
 
 def test_registered():

@@ -15,8 +15,8 @@ from mmit.data.stats import SkipCounter
 
 SAMPLES = Path(__file__).parents[1] / ".." / "shared" / "samples"
 VC = SAMPLES / "videochat"
-# smallest valid MP4 header: an ftyp box (what sniff_ext looks at)
-FAKE_MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64
+# a real clip (the reader probes videos with PyAV; an ftyp header alone is undecodable-video)
+FAKE_MP4 = (Path(__file__).resolve().parents[1] / "demo_data" / "videos" / "yoga.mp4").read_bytes()
 
 
 def png() -> bytes:
@@ -112,10 +112,9 @@ def test_bad_records_counted_and_named(tmp_path, media):
 def test_video_that_is_not_a_video(tmp_path, media):
     rec = {"video": "2.jpg", "QA": [{"q": "q", "a": "a"}]}
     p = write(tmp_path, [rec])
-    out, stats = read(p, media_root=media)                       # not opened: accepted
-    assert len(out) == 1
-    out, stats = read(p, media_root=media, load_bytes=True)
-    assert out == [] and stats.as_dict() == {"undecodable-video": 1}
+    for load_bytes in (False, True):  # checked (a still image is not a video) even unread
+        out, stats = read(p, media_root=media, load_bytes=load_bytes)
+        assert out == [] and stats.as_dict() == {"undecodable-video": 1}
 
 
 def test_file_errors(tmp_path):

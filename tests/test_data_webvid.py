@@ -11,7 +11,8 @@ from mmit.data.sources.webvid import parse_iso_duration, read_webvid
 from mmit.data.stats import SkipCounter
 
 SAMPLES = Path(__file__).parents[1] / ".." / "shared" / "samples"
-FAKE_MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64
+# a real clip (the reader probes videos with PyAV; an ftyp header alone is undecodable-video)
+FAKE_MP4 = (Path(__file__).resolve().parents[1] / "demo_data" / "videos" / "yoga.mp4").read_bytes()
 URL = "https://ak.picdn.net/shutterstock/videos/1053841541/preview/stock-footage-travel.mp4"
 # the two header orders quoted in DATASETS.md §7 (the second row is the quoted real row)
 CSV_A = ("videoid,contentUrl,duration,page_dir,name\n"

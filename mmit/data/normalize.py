@@ -19,14 +19,25 @@ Every reader that sees ``[{"from": "human"|"gpt", "value": ...}]`` or ``[{"role"
 * :func:`apply_policy`: the ``missing="skip"|"error"`` policy every reader uses: under ``skip`` a
   record that fails (missing media, malformed, invalid) is counted by reason in a
   :class:`~mmit.data.stats.SkipCounter`; under ``error`` a :class:`SampleError` names file and record.
+* Ids: :func:`scalar_id` (a string or integer, else ``bad-id``) and :class:`IdSet` /
+  :func:`unique_samples` (a second record with an id already yielded is ``duplicate-id``; the first
+  one is kept; :func:`allow_duplicate_ids` turns this off for sources whose ids are image ids). A record the file reader could not read (:class:`~mmit.data.record_io.BadRecord`:
+  ``too-deep``, ``bad-encoding``, ...) is counted under its reason by :func:`record_identity` and
+  :func:`apply_policy`.
+* Special-token policy, data side: a media placeholder written inside an assistant turn of
+  conversation data is refused (``special-token-in-text``), since only user turns carry media; the
+  tokenizer side (``</s>``, ``<|im_end|>``, ...) is :func:`mmit.templates.labels.check_data_text`.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 from mmit.constants import IMAGE_PLACEHOLDER, MEDIA_PLACEHOLDERS
+from mmit.data.record_io import BadRecord
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
 
@@ -67,7 +78,9 @@ def normalize_turns(conversations: Any, where: str) -> List[Turn]:
     Each item is ``{"from": role, "value": text}`` (LLaVA) or ``{"role": role, "content": text}``
     (OpenAI / HF chat style). Text must be a string. Raises :class:`SampleError` naming ``where``:
     ``invalid-record`` for a non-list / non-object / missing or non-string field, ``bad-role`` for an
-    unknown role, ``no-turns`` for an empty list.
+    unknown role, ``no-turns`` for an empty list, ``special-token-in-text`` for a media placeholder
+    (``<image>``, ``<video>``, ...) inside an assistant turn: it would stand for no media item, or
+    silently become the record's image when the user turn has none.
     """
     if not isinstance(conversations, list):
         raise SampleError(f"{where}: 'conversations' must be a list, got "
@@ -88,7 +101,14 @@ def normalize_turns(conversations: Any, where: str) -> List[Turn]:
         if not isinstance(text, str):
             raise SampleError(f"{where}: turn {i} text must be a string, got {type(text).__name__}",
                               "invalid-record")
-        turns.append(Turn(role=normalize_role(role, f"{where}: turn {i}"), content=text))
+        role = normalize_role(role, f"{where}: turn {i}")
+        if role == "assistant" and "<" in text:
+            found = [ph for ph in MEDIA_PLACEHOLDERS.values() if ph in text]
+            if found:
+                raise SampleError(f"{where}: turn {i} (assistant) holds {found[0]!r}: media placeholders "
+                                  "belong in user turns; in an answer it is text that would become a media "
+                                  "token", "special-token-in-text")
+        turns.append(Turn(role=role, content=text))
     return turns
 
 
@@ -180,21 +200,97 @@ def add_media_placeholders(turns: List[Turn], media: Sequence[Media]) -> List[Tu
 MISSING_POLICIES = ("skip", "error")
 
 
-def record_identity(record: Any, index: int, where: str) -> Tuple[str, str]:
-    """``(sample id, where)`` for one JSON record: its ``id`` field (string or integer, kept as a
-    string so ids like ``000000033471`` keep their zeros) or its ``index``; ``where`` gains the id.
+def scalar_id(value: Any, where: str) -> str:
+    """A record's id as a string: a string (kept as written, so ``000000033471`` keeps its zeros)
+    or an integer. Raises :class:`SampleError` ``bad-id`` naming ``where`` for anything else
+    (objects, lists, floats, booleans, null) and for an empty or blank string: ``str()`` of an
+    object id would give ids such as ``"{'a': 1}"``."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise SampleError(f"{where}: id must be a string or an integer, got "
+                          f"{type(value).__name__} {_short(value)}", "bad-id")
+    sid = str(value)
+    if not sid.strip():
+        raise SampleError(f"{where}: id is an empty string", "bad-id")
+    return sid
 
-    Raises :class:`SampleError` (``invalid-record``) naming ``where`` when the record is not a JSON
-    object or its id is neither a string nor an integer."""
+
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def record_identity(record: Any, index: int, where: str) -> Tuple[str, str]:
+    """``(sample id, where)`` for one JSON record: its ``id`` field (:func:`scalar_id`) or its
+    ``index``; ``where`` gains the id.
+
+    Raises :class:`SampleError` naming ``where``: the reason of a
+    :class:`~mmit.data.record_io.BadRecord` (a record the file reader could not read:
+    ``too-deep``, ``bad-encoding``, ...), ``invalid-record`` when the record is not a JSON object,
+    ``bad-id`` when its id is neither a string nor an integer (or is empty)."""
+    if isinstance(record, BadRecord):
+        raise record.error(where)
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
                           "invalid-record")
-    rid = record.get("id", index)
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise SampleError(f"{where}: 'id' must be a string or integer, got {rid!r}",
-                          "invalid-record")
-    sid = str(rid)
+    sid = scalar_id(record.get("id", index), where)
     return sid, f"{where} (id {sid!r})"
+
+
+_DUPLICATE_IDS_ALLOWED: ContextVar[bool] = ContextVar("mmit_duplicate_ids_allowed", default=False)
+
+
+@contextmanager
+def allow_duplicate_ids(allowed: bool = True) -> Iterator[None]:
+    """Within the block, :class:`IdSet` accepts repeated ids (default outside: refused as
+    ``duplicate-id``). For sources whose ids are not record ids: LLaVA-Instruct-150K and
+    ``llava_v1_5_mix665k.json`` use the COCO image id as ``id``, shared by every record about that
+    image (~158k records on ~81k images), so refusing repeats drops about half of them. A lazy reader
+    must be iterated inside the block (a ``ContextVar``)."""
+    token = _DUPLICATE_IDS_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _DUPLICATE_IDS_ALLOWED.reset(token)
+
+
+class IdSet:
+    """The ids already yielded by one reader call; :meth:`check` refuses a second use (unless inside
+    :func:`allow_duplicate_ids`).
+
+    Memory: one string per sample (a 10M-row WebVid CSV needs roughly 1 GB)."""
+
+    def __init__(self) -> None:
+        self._seen: set = set()
+
+    def check(self, sample_id: str, where: str) -> None:
+        """Record ``sample_id``; raise :class:`SampleError` ``duplicate-id`` naming ``where`` if an
+        earlier sample of this reader already had it (the earlier one is kept)."""
+        if _DUPLICATE_IDS_ALLOWED.get():
+            return
+        if sample_id in self._seen:
+            raise SampleError(f"{where}: id {sample_id!r} was already used by an earlier record "
+                              "(duplicate id; the first one is kept)", "duplicate-id")
+        self._seen.add(sample_id)
+
+
+def unique_samples(samples: Iterable[Sample], missing: str, stats: SkipCounter,
+                   where: str) -> Iterator[Sample]:
+    """``samples`` without the ones whose id an earlier sample had: each is counted in ``stats``
+    as ``duplicate-id`` (``missing="skip"``) or raised as a :class:`SampleError` naming ``where``
+    (the input file) and the id (``"error"``). The inner iterator is closed when this one is."""
+    ids = IdSet()
+    try:
+        for sample in samples:
+            try:
+                ids.check(sample.id, where)
+            except SampleError as e:
+                if missing == "error":
+                    raise
+                stats.add(e.reason, sample.id, str(e))
+                continue
+            yield sample
+    finally:
+        getattr(samples, "close", lambda: None)()
 
 
 def open_annotation(path: Any, media_root: Any, missing: str, dataset: str,
@@ -229,16 +325,22 @@ def apply_policy(items: Iterable[Tuple[Any, Any, str]],
     the sample is then checked with :meth:`Sample.validate`. Under ``missing="skip"`` a failing
     record is counted in ``stats`` under the error's reason with ``record_id(index, record)`` and
     its message, so that records in == yielded + ``stats.total``; under ``"error"`` the error is
-    raised with ``where`` (file and record) at the front of its message.
+    raised with ``where`` (file and record) at the front of its message. A
+    :class:`~mmit.data.record_io.BadRecord` item fails with its own reason, and a sample whose id an
+    earlier one had fails as ``duplicate-id`` (:class:`IdSet`).
     """
     check_missing_policy(missing)
+    ids = IdSet()
     for index, record, where in items:
         try:
+            if isinstance(record, BadRecord):
+                raise record.error(where)
             sample = to_sample(index, record, where)
             try:
                 sample.validate()
             except SampleError as e:
                 raise SampleError(f"{where}: {e}", e.reason) from None
+            ids.check(sample.id, where)
         except SampleError as e:
             if missing == "error":
                 raise

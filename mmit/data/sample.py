@@ -8,10 +8,70 @@ came from.
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from mmit.constants import IMAGE_PLACEHOLDER, MEDIA_KINDS, MEDIA_PLACEHOLDERS, ROLES
+
+#: Deepest nesting of lists/objects allowed in :attr:`Sample.meta` (where a record's extra fields
+#: go): deeper values break ``asdict``/``json.dumps``/``pickle`` with a ``RecursionError`` later on,
+#: so :meth:`Sample.validate` refuses them as ``too-deep``.
+MAX_META_DEPTH = 64
+
+#: A lone UTF-16 surrogate: what an undecodable byte becomes under ``errors="surrogateescape"`` and
+#: what a JSON ``"\\ud800"`` escape gives; such text cannot be written as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+_EMPTY_ANSWERS_ALLOWED: ContextVar[bool] = ContextVar("mmit_empty_answers_allowed", default=False)
+
+
+@contextmanager
+def allow_empty_answers(allowed: bool = True) -> Iterator[None]:
+    """Within the block, :meth:`Sample.validate` calls that do not pass ``allow_empty_answers``
+    use ``allowed`` (default outside any block: False, i.e. an empty answer is ``empty-answer``).
+
+    For the code that runs readers on behalf of a config (``data.allow_empty_answers``): readers call
+    ``validate()`` themselves, so the setting reaches them through this context (a ``ContextVar``:
+    per thread / task; a lazy reader must be iterated inside the block)."""
+    token = _EMPTY_ANSWERS_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _EMPTY_ANSWERS_ALLOWED.reset(token)
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (an undecodable byte kept by ``surrogateescape``, or
+    a JSON ``\\udXXX`` escape without its pair). Such a string cannot be encoded as UTF-8."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def _meta_problem(value: Any, limit: int) -> Optional[str]:
+    """``"too-deep"`` if ``value`` nests lists/dicts deeper than ``limit``, ``"bad-encoding"`` if a
+    string (or dict key) in it holds a lone surrogate, else None. Iterative: never recurses."""
+    if isinstance(value, dict) and all(isinstance(v, (str, int, float, type(None))) for v in value.values()):
+        flat = [x for x in list(value.keys()) + list(value.values()) if isinstance(x, str)]
+        return "bad-encoding" if has_lone_surrogate("".join(flat)) else None  # the usual flat meta
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if has_lone_surrogate(v):
+                return "bad-encoding"
+            continue
+        if isinstance(v, dict):
+            items = list(v.keys()) + list(v.values())
+        elif isinstance(v, (list, tuple)):
+            items = v
+        else:
+            continue
+        if depth > limit:
+            return "too-deep"
+        stack.extend((x, depth + 1) for x in items)
+    return None
 
 
 class SampleError(ValueError):
@@ -78,15 +138,26 @@ class Sample:
     def num_placeholders(self, placeholder: str = IMAGE_PLACEHOLDER) -> int:
         return sum(t.content.count(placeholder) for t in self.turns)
 
-    def validate(self) -> "Sample":
-        """Check roles and placeholder counts. Returns self; raises :class:`SampleError` naming the id.
+    def validate(self, allow_empty_answers: Optional[bool] = None) -> "Sample":
+        """Check id, roles, placeholder counts, answers and text encoding. Returns self.
 
-        Rules: roles are ``system|user|assistant``; at most one leading system turn; then user and
-        assistant alternate starting with user; for every media kind the number of its placeholders
-        (:data:`mmit.constants.MEDIA_PLACEHOLDERS`: ``<image>``, ``<video>``, ``<audio>``,
-        ``<pointcloud>``) equals the number of media items of that kind (reasons
-        ``image-count-mismatch``, ``video-count-mismatch``, ...).
+        Rules, each with the :class:`SampleError` reason it raises (the message names the id):
+
+        * ``bad-id``: ``id`` is not a non-empty string.
+        * ``no-turns``, ``bad-role``; ``roles-not-alternating``: at most one leading system turn,
+          then user and assistant alternate starting with user.
+        * ``<kind>-count-mismatch`` (``image-count-mismatch``, ...): for every media kind the number
+          of its placeholders (:data:`mmit.constants.MEDIA_PLACEHOLDERS`: ``<image>``, ``<video>``,
+          ``<audio>``, ``<pointcloud>``) equals the number of media items of that kind.
+        * ``empty-answer``: an assistant turn that is empty or only whitespace (it would train the
+          end-of-turn token alone), unless ``allow_empty_answers`` is True. ``None`` (default) takes
+          the value set by :func:`allow_empty_answers` (False outside such a block).
+        * ``bad-encoding``: a lone surrogate (an undecodable byte of the source, or a ``\\ud800``
+          JSON escape) in the id, a turn, ``task``, ``source``, a media path or ``meta``.
+        * ``too-deep``: ``meta`` nests lists/objects deeper than :data:`MAX_META_DEPTH`.
         """
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise SampleError(f"sample id must be a non-empty string, got {self.id!r}", "bad-id")
         turns = self.turns
         if not turns:
             raise SampleError(f"sample {self.id!r}: no turns", "no-turns")
@@ -107,7 +178,34 @@ class Sample:
             if n_ph != n_media:
                 raise SampleError(f"sample {self.id!r}: {n_ph} {ph} placeholder(s) but {n_media} {kind}(s)",
                                   f"{kind}-count-mismatch")
+        allowed = _EMPTY_ANSWERS_ALLOWED.get() if allow_empty_answers is None else allow_empty_answers
+        if not allowed:
+            for i, t in enumerate(turns):
+                if t.role == "assistant" and not t.content.strip():
+                    raise SampleError(f"sample {self.id!r}: turn {i} (assistant) is empty or only whitespace "
+                                      "(it would train the end-of-turn token alone)", "empty-answer")
+        self._check_text()
         return self
+
+    def _check_text(self) -> None:
+        """Raise ``bad-encoding`` / ``too-deep`` (see :meth:`validate`). One joined scan in the usual case."""
+        texts = [("id", self.id), ("task", self.task), ("source", self.source)]
+        texts += [(f"turn {i}", t.content) for i, t in enumerate(self.turns)]
+        texts += [(f"media {i} path", m.path) for i, m in enumerate(self.media)]
+        strings = [t for _, t in texts if isinstance(t, str)]
+        if has_lone_surrogate("".join(strings)):  # a surrogate cannot be formed across a join
+            what = next(w for w, t in texts if isinstance(t, str) and has_lone_surrogate(t))
+            raise SampleError(f"sample {self.id!r}: {what} holds an undecodable byte or a lone surrogate "
+                              "(not valid UTF-8)", "bad-encoding")
+        metas = [("meta", self.meta)] + [(f"media {i} meta", m.meta) for i, m in enumerate(self.media)]
+        for what, meta in metas:
+            problem = _meta_problem(meta, MAX_META_DEPTH) if meta else None
+            if problem == "too-deep":
+                raise SampleError(f"sample {self.id!r}: {what} is nested deeper than {MAX_META_DEPTH} levels",
+                                  "too-deep")
+            if problem == "bad-encoding":
+                raise SampleError(f"sample {self.id!r}: {what} holds an undecodable byte or a lone surrogate "
+                                  "(not valid UTF-8)", "bad-encoding")
 
     # -- (de)serialisation; media bytes are not part of the JSON -----------------------------------
     def to_json(self) -> Dict[str, Any]:

@@ -28,6 +28,20 @@ How the rendered text becomes ids (the same for training, generation prompts and
    tokenizer gives ``▁USER`` after ``</s>``, a non-legacy one ``US``, ``ER`` or ``USER``).
 4. Every piece is tokenised with ``add_special_tokens=False``; nothing else is added (no EOS).
 
+Special-token policy (text from data never becomes a special token id): before rendering,
+:func:`encode_conversation` refuses a turn whose text holds one of the tokenizer's special tokens
+(``bos``/``eos``/``unk``/``pad``, additional special tokens and every added token marked special:
+``</s>``, ``<s>``, ``<|im_end|>``, ``<|im_start|>``, ``[PAD]``, ...) with :class:`SampleError` reason
+``special-token-in-text``, which the processor counts as a skip. Otherwise an answer of literally
+``</s>`` would be learned as the EOS id, and ``<|im_end|>`` in a user turn would end that turn early
+for a ChatML model. Exempt: the media placeholders (``<image>``, ``<video>``, ...; their number is
+checked against the sample's media by :meth:`~mmit.data.sample.Sample.validate`, and a placeholder in
+an answer of conversation data is refused by :func:`mmit.data.normalize.normalize_turns`) and the
+media tokens a family writes into the turns itself (:data:`MEDIA_TOKENS`). Rejected rather than
+escaped: escaping would tokenise the text differently from the reference implementations, and a
+counted skip is visible in ``summary.json``. Generation prompts (:func:`encode_prompt`) are not
+checked: they are the caller's own text.
+
 The ids then equal those of each template's reference (``tests/test_template_golden.py`` re-states the
 references and compares, with legacy and non-legacy SentencePiece Llama tokenizers and byte-level BPE):
 
@@ -59,7 +73,8 @@ references and compares, with legacy and non-legacy SentencePiece Llama tokenize
 from __future__ import annotations
 
 import re
-from typing import List, Sequence, Tuple
+import weakref
+from typing import List, Optional, Sequence, Tuple
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -68,6 +83,51 @@ from mmit.data.sample import SampleError, Turn
 from mmit.templates.chat_templates import ConversationTemplate, get_template
 
 _WS = re.compile(r"\s+")
+
+
+#: Special tokens allowed in turn text: the media placeholders and the media tokens a family writes into
+#: the turns before they reach :func:`encode_conversation` (Video-LLaMA's ``<ImageHere>`` / ``<AudioHere>``,
+#: ``mmit/families/video_llama/model.py``). Everything else special is refused (module docstring).
+MEDIA_TOKENS = frozenset(MEDIA_PLACEHOLDERS.values()) | {"<ImageHere>", "<AudioHere>"}
+
+_SPECIAL_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _special_pattern(tokenizer) -> Optional["re.Pattern[str]"]:
+    """A regex matching any special token of ``tokenizer`` not in :data:`MEDIA_TOKENS` (None if there are
+    none); cached per tokenizer until its added vocabulary changes."""
+    added = tokenizer.added_tokens_decoder
+    key = (len(added), tuple(tokenizer.all_special_tokens))
+    try:
+        hit = _SPECIAL_CACHE.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        hit = None
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    tokens = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if t.special}
+    tokens = sorted((t for t in tokens - MEDIA_TOKENS if t), key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
+    try:
+        _SPECIAL_CACHE[tokenizer] = (key, pattern)
+    except TypeError:
+        pass
+    return pattern
+
+
+def check_data_text(tokenizer, turns: Sequence[Turn], sample_id: str) -> None:
+    """Refuse turn text that holds a special token of ``tokenizer`` (module docstring, special-token policy).
+
+    Raises:
+        SampleError: reason ``special-token-in-text``, naming ``sample_id``, the turn and the token.
+    """
+    pattern = _special_pattern(tokenizer)
+    if pattern is None:
+        return
+    for i, t in enumerate(turns):
+        m = pattern.search(t.content) if isinstance(t.content, str) else None
+        if m:
+            raise SampleError(f"sample {sample_id!r}: turn {i} ({t.role}) holds the special token {m.group(0)!r} "
+                              "as text; data text must not become special token ids", "special-token-in-text")
 
 
 class LabelAlignmentError(SampleError):
@@ -160,10 +220,12 @@ def encode_conversation(tokenizer, turns: Sequence[Turn], template: str, sample_
             whitespace); decoding never applies ``clean_up_tokenization_spaces``, which would turn an
             answer's " ." into "." and report a false mismatch.
         SampleError: (reason ``too-many-turns-for-template``) more exchanges than the template takes
-            (``plain``: one); (reason ``no-supervised-tokens``) nothing would be learned.
+            (``plain``: one); (reason ``no-supervised-tokens``) nothing would be learned; (reason
+            ``special-token-in-text``) a turn's text holds a special token (:func:`check_data_text`).
         UnknownNameError: ``template`` is not registered.
     """
     tpl = get_template(template)
+    check_data_text(tokenizer, turns, sample_id)
     n_user = sum(1 for t in turns if t.role == "user")
     if tpl.max_exchanges is not None and n_user > tpl.max_exchanges:
         raise SampleError(f"sample {sample_id!r}: template {template!r} takes at most {tpl.max_exchanges} "

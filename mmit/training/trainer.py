@@ -33,6 +33,30 @@ from mmit.training.params import apply_trainable, parameter_table
 log = logging.getLogger("mmit.train")
 
 
+class NoUsableSampleError(ValueError):
+    """Every training sample was skipped, so there is nothing to train on. The message is one line naming
+    the data path and the skip reasons with their counts (``mmit train`` prints it without a traceback)."""
+
+
+def no_usable_sample_error(stats: SkipCounter, data_path: str) -> NoUsableSampleError:
+    """The :class:`NoUsableSampleError` for a run whose samples were all skipped: one line with the
+    reasons and counts of ``stats`` and the first message of the most frequent reason."""
+    counts = stats.as_dict()
+    example = ""
+    if counts:
+        top = max(counts, key=lambda r: counts[r])
+        first = (stats.examples_dict().get(top) or [""])[0]
+        first = " ".join(first.split())
+        example = f"; first {top}: {first[:200] + '...' if len(first) > 200 else first}" if first else ""
+    return NoUsableSampleError(f"no usable training sample in {data_path}: all {stats.total} sample(s) were "
+                               f"skipped ({stats.summary()}){example}")
+
+
+def _is_no_usable_sample(error: RuntimeError) -> bool:
+    """Whether ``error`` is :func:`mmit.training.data.batches`' "epoch produced no usable sample"."""
+    return "produced no usable sample" in str(error)
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` -> ``bf16`` on a CUDA GPU that supports it, ``fp16`` on other GPUs, ``no`` (fp32) on CPU.
     bf16 matmuls on CPU are ~100x slower than fp32, so ``auto`` never picks them there."""
@@ -89,8 +113,9 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     """Run one training job; returns the run folder (``cfg.train.output_dir``).
 
     ``stop_after_steps`` ends the run early after that optimizer step, as an interruption would
-    (used by the resume test). Raises ``ValueError`` for inconsistent settings and
-    ``FileNotFoundError`` for missing data or weights.
+    (used by the resume test). Raises ``ValueError`` for inconsistent settings,
+    :class:`NoUsableSampleError` (a ``ValueError``) when every sample is skipped (the message names the
+    skip reasons and counts), and ``FileNotFoundError`` for missing data or weights.
     """
     tc = cfg.train
     run_dir = Path(tc.output_dir)
@@ -173,7 +198,14 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     while step < total_steps:
         micro_batches = []
         for _ in range(tc.gradient_accumulation_steps):
-            batch, epoch, pos = next(data_iter)
+            try:
+                batch, epoch, pos = next(data_iter)
+            except RuntimeError as e:  # every sample skipped: one line with the reasons, no traceback
+                if not _is_no_usable_sample(e):
+                    raise
+                bar.close()
+                metrics.close()
+                raise no_usable_sample_error(stats, cfg.data.path) from None
             n_tok = family.count(batch)
             window_tokens += n_tok
             tokens_seen += n_tok

@@ -9,7 +9,12 @@ A reader is registered in :data:`FORMATS` under a kebab-case name (``llava``, ..
 * ``missing``: ``"skip"`` counts unusable records in ``stats`` under their reason and goes on;
   ``"error"`` raises :class:`~mmit.data.sample.SampleError` naming the file and record.
 * ``load_bytes``: fill ``Media.data`` (and ``Media.ext`` sniffed from content) when True; otherwise
-  only ``Media.path`` is set (after checking the file exists).
+  only ``Media.path`` is set (after checking the file without reading it whole).
+* ``allow_absolute=False``, ``max_media_bytes=None`` (keyword): the media policy every reader
+  applies through :func:`mmit.data.media_resolve.attach_media`: media confined to ``media_root``
+  (symlinks resolved; else ``media-outside-root``) unless ``allow_absolute``; per-kind size caps
+  (``media-too-large``); video/audio probed (``undecodable-video`` / ``undecodable-audio``).
+  ``mmit convert --allow-absolute-media`` passes ``allow_absolute=True``.
 
 Every module in this package is imported on the first :func:`get_reader` / :func:`available_formats`
 call, so a new format only needs a module here that calls ``FORMATS.register(name, fn)``.

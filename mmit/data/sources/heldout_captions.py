@@ -22,8 +22,9 @@ as ``no-answer`` skips.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+from mmit.data.normalize import scalar_id
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (INSTRUCTBLIP_PROMPTS, check_args, default_root,
@@ -60,9 +61,10 @@ def _records(data, path):
 
 def _reader(fmt: str, task: str):
     def read(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-             load_bytes: bool = False) -> Iterator[Sample]:
+             load_bytes: bool = False, *, allow_absolute: bool = False,
+             max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
         path = check_args(fmt, path, missing)
-        root = default_root(path, media_root)
+        root = default_root(path, media_root, allow_absolute, max_media_bytes)
         data = load_json(path)
 
         def convert(rec, where, rid) -> Sample:
@@ -79,7 +81,7 @@ def _reader(fmt: str, task: str):
             sid = rec["image_id"] if rec["image_id"] is not None else os.path.splitext(
                 os.path.basename(rec["image"]))[0]
             extra = {k: rec[k] for k in ("image_id", "domain") if rec.get(k) is not None}
-            return eval_sample(str(sid), INSTRUCTBLIP_PROMPTS["caption"], caps[0], media,
+            return eval_sample(scalar_id(sid, where), INSTRUCTBLIP_PROMPTS["caption"], caps[0], media,
                                task=task, source=fmt, where=where, answers=caps, **extra)
 
         return run(_records(data, path), convert, missing, stats)

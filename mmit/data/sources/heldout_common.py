@@ -15,18 +15,19 @@ shaped the same way, so that eval tasks need not know the dataset:
 * ``task``: the dataset name (``vsr``, ``scienceqa``, ...); ``source``: the format name.
 
 Readers follow the signature of :mod:`mmit.data.sources` (``path, media_root=None,
-missing="skip", stats=None, load_bytes=False``, plus keyword options of their own). Every record
+missing="skip", stats=None, load_bytes=False``, plus keyword options of their own, among them
+``allow_absolute`` and ``max_media_bytes``: the media policy of :func:`default_root`). Every record
 read is either yielded or counted in ``stats`` under a reason: records in = yielded + skipped.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from mmit.data.media import media_kind, read_media_bytes, sniff_ext
-from mmit.data.normalize import MEDIA_PLACEHOLDERS
+from mmit.data.media_resolve import MediaRoot, attach_media
+from mmit.data.normalize import MEDIA_PLACEHOLDERS, IdSet
+from mmit.data.record_io import BadRecord, iter_json_records, load_json_document
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.stats import SkipCounter
 
@@ -64,53 +65,33 @@ def check_args(fmt: str, path: Any, missing: str) -> str:
 
 
 def load_json(path: str) -> Any:
-    """``json.load`` with the file, line and column in the error (``ValueError``)."""
-    with open(path, "r", encoding="utf-8-sig") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: "
-                             f"{e.msg}") from None
+    """The JSON document in ``path``. Raises ``ValueError`` naming the file in one line: malformed
+    JSON (line, column), nested too deep, not UTF-8
+    (:func:`mmit.data.record_io.load_json_document`)."""
+    return load_json_document(path)
 
 
 def iter_jsonl(path: str) -> Iterator[Tuple[int, Any, int]]:
-    """``(index, record, line)`` per non-blank line; ``ValueError`` names file and line."""
-    index = 0
-    with open(path, "r", encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: malformed JSON at column {e.colno}: "
-                                 f"{e.msg}") from None
-            yield index, rec, lineno
-            index += 1
+    """``(index, record, line)`` per non-blank line; ``ValueError`` names file and line (malformed
+    JSON, a file that is not UTF-8). A line that cannot be read (not UTF-8, nested too deep) is a
+    :class:`~mmit.data.record_io.BadRecord`, counted by :func:`run` under its reason."""
+    for index, record, line in iter_json_records(path):
+        yield index, record, line if line is not None else index + 1
 
 
 def media_item(kind: str, rel: str, media_root: str, where: str, load_bytes: bool) -> Media:
-    """A :class:`Media` for ``media_root/rel`` (absolute ``rel`` kept), checked to exist (or read
-    and content-sniffed with ``load_bytes``). Raises ``SampleError`` ``missing-media`` /
-    ``wrong-media-type`` naming ``where``."""
+    """A :class:`Media` for ``media_root/rel`` (an absolute ``rel`` as written), confined to
+    ``media_root`` and checked, or read with ``load_bytes``, by
+    :func:`~mmit.data.media_resolve.attach_media` (``media_root`` from :func:`default_root`
+    carries the reader's ``allow_absolute`` and size caps). Raises ``SampleError`` naming
+    ``where``: ``invalid-record`` (no file name), ``missing-media``, ``media-outside-root``,
+    ``media-too-large``, ``undecodable-image`` / ``undecodable-video`` (content of another
+    kind; videos are probed with PyAV even without ``load_bytes``)."""
     if not isinstance(rel, str) or not rel.strip():
         raise SampleError(f"{where}: no {kind} file name in the record", "invalid-record")
     path = rel if os.path.isabs(rel) else os.path.join(media_root, rel)
     m = Media(kind=kind, path=path, meta={"original_path": rel})
-    if not load_bytes:
-        if not os.path.isfile(path):
-            raise SampleError(f"{where}: {kind} file not found: {path}", "missing-media")
-        return m
-    try:
-        m.data = read_media_bytes(path)
-    except OSError as e:
-        raise SampleError(f"{where}: cannot read {kind} file {path}: {e.strerror or e}",
-                          "missing-media") from None
-    m.ext = sniff_ext(m.data)
-    if media_kind(m.ext) != kind:
-        raise SampleError(f"{where}: {path} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} "
-                          f"(content sniffed as {m.ext or 'unknown'})", "wrong-media-type")
-    return m
+    return attach_media(m, where, media_root, load_bytes, written=rel)
 
 
 def eval_sample(sid: str, prompt: str, answer: str, media: List[Media], *, task: str, source: str,
@@ -142,11 +123,16 @@ def run(records: Iterable[Tuple[Any, Any, str]], convert: Callable[[Any, str, An
         missing: str, stats: Optional[SkipCounter]) -> Iterator[Sample]:
     """Apply ``convert(record, where, record_id)`` to ``(record_id, record, where)`` triples,
     yielding samples and handling ``SampleError`` with the ``missing`` policy (count in ``stats``
-    under the error's reason, or raise)."""
+    under the error's reason, or raise). A :class:`~mmit.data.record_io.BadRecord` fails with its
+    reason; a sample whose id an earlier one had fails as ``duplicate-id`` (the first is kept)."""
     counter = stats if stats is not None else SkipCounter()
+    ids = IdSet()
     for rid, record, where in records:
         try:
+            if isinstance(record, BadRecord):
+                raise record.error(where)
             sample = convert(record, where, rid)
+            ids.check(sample.id, where)
         except SampleError as e:
             if missing == "error":
                 raise
@@ -190,7 +176,12 @@ def vqa_sample(sid: str, question: Any, answers: List[str], media: List[Media], 
                        answers=answers, fields=fields, **extra)
 
 
-def default_root(path: str, media_root: Any) -> str:
-    """``media_root`` as str, or the annotation file's folder."""
-    return os.fspath(media_root) if media_root is not None else os.path.dirname(
+def default_root(path: str, media_root: Any, allow_absolute: bool = False,
+                 max_media_bytes: Optional[Dict[str, int]] = None) -> MediaRoot:
+    """``media_root`` (default: the annotation file's folder) as a
+    :class:`~mmit.data.media_resolve.MediaRoot` with the reader's media policy:
+    ``allow_absolute`` (media outside the root accepted) and ``max_media_bytes`` (per-kind size
+    caps). Raises ``ValueError`` for a bad cap."""
+    root = os.fspath(media_root) if media_root is not None else os.path.dirname(
         os.path.abspath(path))
+    return MediaRoot(root, allow_absolute, max_media_bytes)

@@ -15,7 +15,7 @@ answer: ``vqa-accuracy`` scores it as normalised exact match); ``meta`` keeps ``
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -25,12 +25,13 @@ from mmit.data.stats import SkipCounter
 
 
 def read_gqa(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-             load_bytes: bool = False) -> Iterator[Sample]:
+             load_bytes: bool = False, *, allow_absolute: bool = False,
+             max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read GQA questions (original dict or LAVIS list) as eval samples (see module docstring).
     Raises ``FileNotFoundError``, ``ValueError`` (malformed JSON), ``SampleError`` under
     ``missing="error"``."""
     path = check_args("heldout-gqa", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
     data = load_json(path)
     if isinstance(data, dict):
         items = [(str(qid), rec) for qid, rec in data.items()]

@@ -16,8 +16,9 @@ hateful? Answer:``, ``options = ["no", "yes"]``, ``label`` / answer ``"yes"`` (h
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+from mmit.data.normalize import scalar_id
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (INSTRUCTBLIP_PROMPTS, check_args, default_root,
@@ -29,12 +30,13 @@ OPTIONS = ["no", "yes"]
 
 def read_hatefulmemes(path, media_root=None, missing: str = "skip",
                       stats: Optional[SkipCounter] = None,
-                      load_bytes: bool = False) -> Iterator[Sample]:
+                      load_bytes: bool = False, *, allow_absolute: bool = False,
+                      max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a Hateful Memes jsonl file as eval samples (see module docstring). Raises
     ``FileNotFoundError``, ``ValueError`` (malformed JSON, naming the line), ``SampleError``
     under ``missing="error"`` (``invalid-record``, ``no-label``, ``missing-media``)."""
     path = check_args("heldout-hatefulmemes", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
 
     def convert(rec, where, rid) -> Sample:
         need(rec, ("id", "img", "text"), where)
@@ -48,7 +50,8 @@ def read_hatefulmemes(path, media_root=None, missing: str = "skip",
         media = [media_item("image", rec["img"], root, where, load_bytes)]
         fields = {"text": str(rec["text"]).strip()}
         gold = OPTIONS[label]
-        return eval_sample(str(rec["id"]), INSTRUCTBLIP_PROMPTS["hatefulmemes"].format(**fields),
+        sid = scalar_id(rec["id"], where)  # an object id is bad-id, not "{'a': 1}"
+        return eval_sample(sid, INSTRUCTBLIP_PROMPTS["hatefulmemes"].format(**fields),
                            gold, media, task="hatefulmemes", source="heldout-hatefulmemes",
                            where=where, options=OPTIONS, label=gold, fields=fields)
 

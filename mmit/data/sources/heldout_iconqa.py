@@ -17,7 +17,7 @@ and answer turn = the gold choice. Images: ``media_root`` (default: the annotati
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -30,11 +30,12 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
 def read_iconqa(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-                load_bytes: bool = False) -> Iterator[Sample]:
+                load_bytes: bool = False, *, allow_absolute: bool = False,
+                max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read IconQA problems as eval samples (see module docstring). Raises ``FileNotFoundError``,
     ``ValueError`` (malformed JSON / layout), ``SampleError`` under ``missing="error"``."""
     path = check_args("heldout-iconqa", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
     data = load_json(path)
     if isinstance(data, dict):
         items = [(str(pid), rec) for pid, rec in data.items()]

@@ -14,9 +14,9 @@ the most frequent of the five answers, ``meta["answers"]`` = the non-empty answe
 
 from __future__ import annotations
 
-import csv
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+from mmit.data.record_io import iter_csv_dicts, read_csv_header
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (check_args, default_root, media_item, run,
@@ -25,21 +25,24 @@ from mmit.data.stats import SkipCounter
 
 
 def read_ivqa(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-              load_bytes: bool = False, *,
+              load_bytes: bool = False, *, allow_absolute: bool = False,
+              max_media_bytes: Optional[Dict[str, int]] = None,
               video_pattern: str = "{video_id}_{start}_{end}.mp4") -> Iterator[Sample]:
     """Read an iVQA CSV as eval samples (see module docstring). Raises ``FileNotFoundError``,
     ``ValueError`` (no ``video_id``/``question`` column), ``SampleError`` under
     ``missing="error"`` (``invalid-record``, ``no-answer``, ``missing-media``)."""
     path = check_args("heldout-ivqa", path, missing)
-    root = default_root(path, media_root)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-        header = rows[0].keys() if rows else []
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
+    header = read_csv_header(path)
+    # (line, row or BadRecord): undecodable rows, fields too large, unclosed quotes; run() counts them
+    rows = list(iter_csv_dicts(path))
     if rows and not {"video_id", "question"} <= set(header):
         raise ValueError(f"{path}: expected CSV columns video_id, question, answer1..answer5; "
                          f"got {', '.join(header)}")
 
     def convert(row, where, index) -> Sample:
+        if None in row or any(v is None for v in row.values()):
+            raise SampleError(f"{where}: wrong number of fields for the header", "invalid-record")
         answers = [row[k].strip() for k in sorted(row) if k and k.startswith("answer")
                    and row[k] and row[k].strip()]
         try:
@@ -52,8 +55,8 @@ def read_ivqa(path, media_root=None, missing: str = "skip", stats: Optional[Skip
                           task="ivqa", source="heldout-ivqa", where=where,
                           start=row.get("start"), end=row.get("end"))
 
-    return run(((i, r, f"{path}: row {i + 2}") for i, r in enumerate(rows)), convert, missing,
-               stats)
+    return run(((i, r, f"{path}: line {line}") for i, (line, r) in enumerate(rows)), convert,
+               missing, stats)
 
 
 FORMATS.register("heldout-ivqa", read_ivqa)

@@ -26,8 +26,9 @@ and the problem's ``task`` (``"closed choice"``, ...) as ``question_type``.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+from mmit.data.media_resolve import MediaRoot
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (INSTRUCTBLIP_PROMPTS, check_args, eval_sample,
@@ -38,7 +39,8 @@ _KEEP = ("grade", "subject", "topic", "category", "skill")
 
 
 def read_scienceqa(path, media_root=None, missing: str = "skip",
-                   stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
+                   stats: Optional[SkipCounter] = None, load_bytes: bool = False, *, allow_absolute: bool = False,
+                   max_media_bytes: Optional[Dict[str, int]] = None,
                    split: Optional[str] = "test", splits_path=None,
                    image_only: bool = True) -> Iterator[Sample]:
     """Read ScienceQA problems of one split as eval samples (see module docstring).
@@ -64,8 +66,8 @@ def read_scienceqa(path, media_root=None, missing: str = "skip",
     problems = load_json(path)
     if not isinstance(problems, dict):
         raise ValueError(f"{path}: expected a JSON object mapping problem id -> problem")
-    root = os.fspath(media_root) if media_root is not None else os.path.join(
-        os.path.dirname(os.path.abspath(path)), "images")
+    root = MediaRoot(os.fspath(media_root) if media_root is not None else os.path.join(
+        os.path.dirname(os.path.abspath(path)), "images"), allow_absolute, max_media_bytes)
     if splits_path is None:
         cand = os.path.join(os.path.dirname(os.path.abspath(path)), "pid_splits.json")
         splits_path = cand if os.path.isfile(cand) else None

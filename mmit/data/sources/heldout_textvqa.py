@@ -16,8 +16,9 @@ turn = the most frequent answer, ``meta["answers"]`` = all 10. Ids: ``question_i
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+from mmit.data.normalize import scalar_id
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (check_args, default_root, load_json, media_item,
@@ -26,12 +27,13 @@ from mmit.data.stats import SkipCounter
 
 
 def read_textvqa(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-                 load_bytes: bool = False) -> Iterator[Sample]:
+                 load_bytes: bool = False, *, allow_absolute: bool = False,
+                 max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a TextVQA annotation file as eval samples (see module docstring). Raises
     ``FileNotFoundError``, ``ValueError`` (malformed JSON, no ``data`` list), ``SampleError``
     under ``missing="error"``."""
     path = check_args("heldout-textvqa", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
     top = load_json(path)
     data = top.get("data") if isinstance(top, dict) else None
     if not isinstance(data, list):
@@ -48,7 +50,7 @@ def read_textvqa(path, media_root=None, missing: str = "skip", stats: Optional[S
         extra = {}
         if isinstance(ocr, list):
             extra = {"prompt_key": "textvqa", "fields": {"ocr_tokens": ", ".join(map(str, ocr))}}
-        sid = str(rec.get("question_id", index))
+        sid = scalar_id(rec.get("question_id", index), where)  # an object id is bad-id
         return vqa_sample(sid, rec["question"], list(answers), media, task="textvqa",
                           source="heldout-textvqa", where=where, image_id=rec["image_id"],
                           **extra)

@@ -20,8 +20,9 @@ list) for ranking. Sample: ``<video>\\nQuestion: {question} Short answer:``, ans
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
+from mmit.data.normalize import scalar_id
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (INSTRUCTBLIP_PROMPTS, check_args, default_root,
@@ -41,10 +42,11 @@ def load_answer_list(path) -> List[str]:
 
 def _reader(fmt: str, task: str, default_pattern: Optional[str]):
     def read(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-             load_bytes: bool = False, *, answer_list=None,
+             load_bytes: bool = False, *, allow_absolute: bool = False,
+             max_media_bytes: Optional[Dict[str, int]] = None, answer_list=None,
              video_pattern: Optional[str] = default_pattern) -> Iterator[Sample]:
         path = check_args(fmt, path, missing)
-        root = default_root(path, media_root)
+        root = default_root(path, media_root, allow_absolute, max_media_bytes)
         data = load_json(path)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of question records")
@@ -61,7 +63,7 @@ def _reader(fmt: str, task: str, default_pattern: Optional[str]):
             media = [media_item("video", video, root, where, load_bytes)]
             fields = {"question": str(rec["question"]).strip()}
             answer = str(rec["answer"]).strip()
-            sid = str(rec.get("question_id", rec.get("id", rid)))
+            sid = scalar_id(rec.get("question_id", rec.get("id", rid)), where)  # else bad-id
             return eval_sample(sid, INSTRUCTBLIP_PROMPTS["vqa"].format(**fields), answer, media,
                                task=task, source=fmt, where=where, options=options,
                                answers=[answer], fields=fields,

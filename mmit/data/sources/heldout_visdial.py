@@ -21,7 +21,7 @@ file's ``split``, e.g. ``val2018``). Ids: ``"<image_id>-<round>"``.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -36,7 +36,8 @@ def _q(text: str) -> str:
 
 
 def read_visdial(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-                 load_bytes: bool = False, *,
+                 load_bytes: bool = False, *, allow_absolute: bool = False,
+                 max_media_bytes: Optional[Dict[str, int]] = None,
                  image_pattern: str = "VisualDialog_{split}_{image_id:012d}.jpg"
                  ) -> Iterator[Sample]:
     """Read a VisDial 1.0 file as one eval sample per dialog round (see module docstring).
@@ -46,7 +47,7 @@ def read_visdial(path, media_root=None, missing: str = "skip", stats: Optional[S
     ``missing-media``).
     """
     path = check_args("heldout-visdial", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
     top = load_json(path)
     data = top.get("data") if isinstance(top, dict) else None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list)

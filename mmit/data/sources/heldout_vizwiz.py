@@ -16,7 +16,7 @@ Images: ``media_root/<image>`` (default: the annotation folder). Sample: prompt
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -26,12 +26,13 @@ from mmit.data.stats import SkipCounter
 
 
 def read_vizwiz(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-                load_bytes: bool = False) -> Iterator[Sample]:
+                load_bytes: bool = False, *, allow_absolute: bool = False,
+                max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a VizWiz-VQA annotation list as eval samples (see module docstring). Raises
     ``FileNotFoundError``, ``ValueError`` (malformed JSON / not a list), ``SampleError`` under
     ``missing="error"``."""
     path = check_args("heldout-vizwiz", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
     data = load_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of VizWiz records")

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+from mmit.data.normalize import scalar_id
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (check_args, default_root, load_json, media_item,
@@ -40,7 +41,8 @@ def default_annotations(path: str) -> str:
 
 
 def read_vqav2(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-               load_bytes: bool = False, *, annotations=None,
+               load_bytes: bool = False, *, allow_absolute: bool = False,
+               max_media_bytes: Optional[Dict[str, int]] = None, annotations=None,
                image_pattern: str = "COCO_{data_subtype}_{image_id:012d}.jpg"
                ) -> Iterator[Sample]:
     """Read VQA v2 questions with their annotations as eval samples (see module docstring).
@@ -53,7 +55,7 @@ def read_vqav2(path, media_root=None, missing: str = "skip", stats: Optional[Ski
     if not os.path.isfile(ann_path):
         raise FileNotFoundError(f"heldout-vqav2 annotations file not found: {ann_path} (pass "
                                 f"annotations=...)")
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
     qs, anns = load_json(path), load_json(ann_path)
     if not isinstance(qs, dict) or not isinstance(qs.get("questions"), list):
         raise ValueError(f"{path}: expected an object with a 'questions' list")
@@ -75,7 +77,8 @@ def read_vqav2(path, media_root=None, missing: str = "skip", stats: Optional[Ski
             raise SampleError(f"{where}: cannot name the image of {q['image_id']!r}: {e}",
                               "invalid-record") from None
         media = [media_item("image", rel, root, where, load_bytes)]
-        sample = vqa_sample(str(q["question_id"]), q["question"], answers, media, task="vqav2",
+        sid = scalar_id(q["question_id"], where)  # an object id is bad-id
+        sample = vqa_sample(sid, q["question"], answers, media, task="vqav2",
                             source="heldout-vqav2", where=where, image_id=q["image_id"],
                             answer_type=ann.get("answer_type"),
                             question_type=ann.get("question_type"))

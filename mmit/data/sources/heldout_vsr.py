@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
@@ -47,7 +47,8 @@ def _ids(value: Any, where: str, key: str) -> list:
 
 
 def read_vsr(path, media_root=None, missing: str = "skip", stats: Optional[SkipCounter] = None,
-             load_bytes: bool = False) -> Iterator[Sample]:
+             load_bytes: bool = False, *, allow_absolute: bool = False,
+             max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a VSR split file as eval samples (see module docstring).
 
     Raises ``FileNotFoundError`` (file absent), ``ValueError`` (malformed JSON, naming the line);
@@ -55,7 +56,7 @@ def read_vsr(path, media_root=None, missing: str = "skip", stats: Optional[SkipC
     label other than 0/1; ``missing-media``), else those records are counted in ``stats``.
     """
     path = check_args("heldout-vsr", path, missing)
-    root = default_root(path, media_root)
+    root = default_root(path, media_root, allow_absolute, max_media_bytes)
 
     def convert(rec, where, index) -> Sample:
         need(rec, ("image", "caption", "label"), where)

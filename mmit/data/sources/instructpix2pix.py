@@ -41,7 +41,9 @@ are files (``load_bytes`` reads them unchanged).
 
 Skip reasons: ``missing-prompt`` (no ``prompt.json``: every seed of that folder),
 ``invalid-record`` (no/empty ``edit``, malformed ``prompt.json``, null image cell),
-``missing-media``, ``undecodable-image`` (image bytes that are not an image).
+``missing-media``, ``undecodable-image`` (image bytes that are not an image),
+``media-outside-root`` (a seed folder or image file whose real location is outside ``media_root``:
+every seed of such a folder), ``media-too-large``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.normalize import check_missing_policy
+from mmit.data.record_io import load_json_document
+from mmit.data.media_resolve import MediaRoot, inside_root, media_policy, outside_error
 from mmit.data.sources._media_helpers import (attach_bytes, attach_file, image_cell_bytes, report,
                                               validated)
 from mmit.data.stats import SkipCounter
@@ -96,12 +100,7 @@ def _seed_list(dataset: str, seeds_json: Optional[str]) -> List[Tuple[str, List[
             raise FileNotFoundError(f"{dataset}: no seeds.json and no sub-folder with a "
                                     f"prompt.json (not an InstructPix2Pix dataset folder)")
         return out
-    try:
-        with open(seeds_json, "rb") as f:
-            data = json.loads(f.read())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{seeds_json}: malformed JSON at line {e.lineno}, column {e.colno}: "
-                         f"{e.msg}") from None
+    data = load_json_document(seeds_json)  # one-line ValueError: malformed, too deep, not UTF-8
     ok = isinstance(data, list) and all(
         isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], list)
         for x in data)
@@ -114,11 +113,11 @@ def _generation_meta(folder: str) -> Dict[str, Dict[str, Any]]:
     path = os.path.join(folder, "metadata.jsonl")
     out: Dict[str, Dict[str, Any]] = {}
     if os.path.isfile(path):
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # malformed, too deep
                     continue  # optional provenance: a broken line only loses that seed's meta
                 if isinstance(rec, dict) and "seed" in rec:
                     out[str(rec["seed"])] = rec
@@ -132,9 +131,11 @@ def _read_prompt(folder: str, where: str) -> Dict[str, Any]:
             prompt = json.load(f)
     except FileNotFoundError:
         raise SampleError(f"{where}: prompt.json not found: {path}", "missing-prompt") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # also UnicodeDecodeError
         raise SampleError(f"{where}: unreadable prompt.json {path}: {e}",
                           "invalid-record") from None
+    except RecursionError:
+        raise SampleError(f"{where}: {path} is nested too deep for the JSON parser", "too-deep") from None
     if not isinstance(prompt, dict):
         raise SampleError(f"{where}: {path} is not a JSON object", "invalid-record")
     return prompt
@@ -146,6 +147,8 @@ def _iter_seeds(path: str, root: str, missing: str, counter: SkipCounter, load_b
         folder = os.path.join(root, d)
         where = f"{path}: folder {d!r}"
         try:
+            if not media_policy(root)[0] and not inside_root(folder, root):
+                raise outside_error(where, d, root, folder)  # its prompt.json is not read either
             prompt = _read_prompt(folder, where)
         except SampleError as e:
             if missing == "error" and seed_ids:
@@ -167,7 +170,7 @@ def _iter_seeds(path: str, root: str, missing: str, counter: SkipCounter, load_b
                     meta["generation"] = gen_meta[seed]
                 sample = edit_sample(sid, prompt.get("edit"), inp, out, meta, swhere)
                 for m in sample.media:
-                    attach_file(m, swhere, load_bytes)
+                    attach_file(m, swhere, load_bytes, root)
             except SampleError as e:
                 report(e, missing, counter, sid)
                 continue
@@ -193,9 +196,9 @@ def _media_from_cell(cell: Any, where: str, root: str, load_bytes: bool) -> Medi
     data, path = image_cell_bytes(cell, where, root)
     m = Media("image", path=path)
     if data is not None:
-        attach_bytes(m, data, where)
+        attach_bytes(m, data, where, root)
     else:
-        attach_file(m, where, load_bytes)
+        attach_file(m, where, load_bytes, root)
     return m
 
 
@@ -231,7 +234,9 @@ def _iter_parquet(files: List[str], columns: List[Dict[str, str]], root: str, mi
 def read_instructpix2pix(path: PathLike, media_root: Optional[PathLike] = None,
                          missing: str = "skip", stats: Optional[SkipCounter] = None,
                          load_bytes: bool = False, *,
-                         columns: Optional[Mapping[str, str]] = None) -> Iterator[Sample]:
+                         columns: Optional[Mapping[str, str]] = None,
+                         allow_absolute: bool = False,
+                         max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read an InstructPix2Pix dataset (seeds layout or parquet) as image-editing samples.
 
     Args:
@@ -245,6 +250,10 @@ def read_instructpix2pix(path: PathLike, media_root: Optional[PathLike] = None,
             always carry their bytes); ``Media.ext`` is sniffed from content.
         columns: parquet column names overriding :data:`PARQUET_COLUMNS` (keys ``input``,
             ``edit``, ``edited``, ``input_caption``, ``output_caption``).
+        allow_absolute: accept image files (and seed folders) outside ``media_root``: absolute
+            struct-cell paths, ``..``, symlinks leading out; by default ``media-outside-root``.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns:
         A lazy iterator of :class:`Sample` (convention in the module docstring).
@@ -252,7 +261,7 @@ def read_instructpix2pix(path: PathLike, media_root: Optional[PathLike] = None,
     Raises:
         FileNotFoundError: ``path`` missing / not an InstructPix2Pix layout (at call time).
         ValueError: malformed ``seeds.json``, parquet without the needed columns (names the file
-            and the columns found), bad ``missing``.
+            and the columns found), bad ``missing`` or ``max_media_bytes``.
         SampleError: under ``missing="error"``, naming the file/folder and the seed or row.
     """
     check_missing_policy(missing)
@@ -270,6 +279,7 @@ def read_instructpix2pix(path: PathLike, media_root: Optional[PathLike] = None,
 
         root = os.fspath(media_root) if media_root is not None else os.path.dirname(
             os.path.abspath(files[0]))
+        root = MediaRoot(root, allow_absolute, max_media_bytes)
         cols = [_parquet_columns(f, pq.read_schema(f).names, columns or {}) for f in files]
         return _iter_parquet(files, cols, root, missing, counter, load_bytes)
     if os.path.isdir(path):
@@ -278,7 +288,8 @@ def read_instructpix2pix(path: PathLike, media_root: Optional[PathLike] = None,
         seeds_json = seeds_json if os.path.isfile(seeds_json) else None
     else:
         dataset, seeds_json = os.path.dirname(os.path.abspath(path)), path
-    root = os.fspath(media_root) if media_root is not None else dataset
+    root = MediaRoot(os.fspath(media_root) if media_root is not None else dataset,
+                     allow_absolute, max_media_bytes)
     seeds = _seed_list(dataset, seeds_json)
     return _iter_seeds(seeds_json or dataset, root, missing, counter, load_bytes, seeds)
 

@@ -61,7 +61,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from mmit.data.normalize import (add_media_placeholders, apply_policy, check_first_turn, normalize_turns,
                                  open_annotation, record_extras, record_identity)
-from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
+from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -108,7 +108,8 @@ def lamm_record_to_sample(record: Any, index: int, where: str, media_root: str,
 
     ``benchmark_task`` is the task name used for benchmark records (the file's stem). Raises
     :class:`SampleError`: ``invalid-record``, ``bad-role``, ``no-turns``, ``first-turn-not-user``,
-    ``missing-media``, and the checks of :func:`~mmit.data.media_resolve.load_media`
+    ``missing-media``, ``media-outside-root``, and the checks of
+    :func:`~mmit.data.media_resolve.attach_media`
     (``unsupported-pointcloud``, ``undecodable-pointcloud``, ``undecodable-image``,
     ``image-too-large``).
     """
@@ -139,15 +140,16 @@ def lamm_record_to_sample(record: Any, index: int, where: str, media_root: str,
     media = [_media(record, where, media_root)]
     sample = Sample(id=sid, turns=add_media_placeholders(turns, media), media=media, task=task,
                     source="lamm", meta=meta)
-    if load_bytes:
-        for m in media:
-            load_media(m, where, max_pixels)
+    for m in media:
+        attach_media(m, where, media_root, load_bytes, max_pixels,
+                     written=m.meta.get("original_path"))
     return sample
 
 
 def read_lamm(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
               stats: Optional[SkipCounter] = None, load_bytes: bool = False,
-              max_pixels: Optional[int] = None) -> Iterator[Sample]:
+              max_pixels: Optional[int] = None, *, allow_absolute: bool = False,
+              max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a LAMM 2D/3D instruction file or a LAMM-Benchmark meta file (``source="lamm"``).
 
     Args:
@@ -160,11 +162,17 @@ def read_lamm(path: PathLike, media_root: Optional[PathLike] = None, missing: st
         load_bytes: read media into ``Media.data`` (images sniffed; ``.npy`` headers checked,
             ``Media.meta["shape"]`` / ``["dtype"]`` set).
         max_pixels: with ``load_bytes``, reject images above this many pixels.
+        allow_absolute: accept media outside ``media_root`` (absolute paths, ``..``, symlinks
+            leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time),
-    ``ValueError`` (malformed JSON, naming file and line; bad ``missing``).
+    ``ValueError`` (malformed JSON, naming file and line; bad ``missing`` or
+    ``max_media_bytes``).
     """
     path, root = open_annotation(path, media_root, missing, "LAMM", default_media_root)
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
     bench_task = os.path.splitext(os.path.basename(path))[0]
 

@@ -14,77 +14,36 @@ including ~40k text-only records), and any file in the same shape (ShareGPT4V, V
                        {"from": "gpt", "value": "The bus in the image is white and red."}]}
 
 * ``id``: string (int ids, as in some re-hosted copies, become ``str``; leading zeros already lost
-  there cannot be restored). Missing → the record's 0-based index.
+  there cannot be restored). Missing → the record's 0-based index. Any other type (an object, a
+  list, a float) is a ``bad-id`` skip; an id an earlier record had is a ``duplicate-id`` skip (the
+  first record is kept).
 * ``image``: optional; a relative path (against ``media_root``) or a list of paths for several images.
 * ``conversations``: ``{"from": "human"|"gpt", "value"}`` or ``{"role", "content"}`` turns.
 * ``task_name`` (Vision-Flan) becomes :attr:`Sample.task`; all other extra fields go to
   :attr:`Sample.meta`.
 
 Normalisation rules: :mod:`mmit.data.normalize` (roles, ``<image>`` moved to the front, leading
-non-user turn rejected) followed by :meth:`Sample.validate` (alternation, placeholder count).
+non-user turn rejected) followed by :meth:`Sample.validate` (alternation, placeholder count, empty
+answers, encoding). Reading the file: :func:`mmit.data.record_io.iter_json_records` (a record nested
+too deep is a ``too-deep`` skip, a JSONL line with bytes that are not UTF-8 a ``bad-encoding`` skip; a
+file that is not UTF-8 at all, or not JSON, is a one-line ``ValueError``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
-from mmit.data.media import read_media_bytes, sniff_ext
-from mmit.data.normalize import (check_first_turn, normalize_turns, open_annotation, place_image_placeholders,
-                                 record_extras, record_identity)
+from mmit.data.media_resolve import MediaRoot, attach_media
+from mmit.data.normalize import (IdSet, check_first_turn, normalize_turns, open_annotation,
+                                 place_image_placeholders, record_extras, record_identity)
+from mmit.data.record_io import iter_json_records  # noqa: F401  (re-exported: other readers import it here)
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.stats import SkipCounter
 
 PathLike = Union[str, "os.PathLike[str]"]
 _USED = ("id", "image", "conversations", "task_name")
-
-
-def iter_json_records(path: str) -> Iterator[Tuple[int, Any, Optional[int]]]:
-    """Yield ``(index, record, line)`` from a JSON list file or a JSONL file.
-
-    ``line`` is the 1-based line number for JSONL input and None for a JSON list. A file whose first
-    non-blank character is ``[`` is a JSON list; otherwise it is read as JSONL (blank lines skipped),
-    unless the whole file is one JSON object, which is one record.
-
-    Raises ``ValueError`` naming ``path`` and the line/column of the first syntax error, or when the
-    top level is neither a list nor an object.
-    """
-    with open(path, "r", encoding="utf-8-sig") as f:
-        text = f.read()
-    head = text.lstrip()[:1]
-    if head == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: "
-                             f"{e.msg}") from None
-        for i, rec in enumerate(data):
-            yield i, rec, None
-        return
-    if head == "{":
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None  # JSONL (or broken): the line-by-line pass below reports the exact line
-        if isinstance(whole, dict):
-            yield 0, whole, 1
-            return
-    elif head:
-        raise ValueError(f"{path}: expected a JSON list of records or JSONL objects, file starts "
-                         f"with {head!r}")
-    index = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {lineno}: malformed JSON at column {e.colno}: "
-                             f"{e.msg}") from None
-        yield index, rec, lineno
-        index += 1
 
 
 def _image_paths(value: Any, where: str) -> List[str]:
@@ -108,10 +67,17 @@ def llava_record_to_sample(record: Any, index: int, where: str, media_root: str,
         media_root: folder that relative image paths are joined to.
         load_bytes: read each image file into ``Media.data`` and sniff ``Media.ext``.
 
+    Every image must lie inside ``media_root`` (a
+    :class:`~mmit.data.media_resolve.MediaRoot` may allow absolute paths) and pass
+    :func:`~mmit.data.media_resolve.attach_media` (size cap; content when ``load_bytes``).
+
     Raises:
-        SampleError: ``invalid-record`` (not an object, no ``conversations``, bad ``image``/``id``),
-            ``bad-role``, ``no-turns``, ``first-turn-not-user``, ``roles-not-alternating``,
-            ``image-count-mismatch``, ``missing-media`` (file absent or unreadable).
+        SampleError: ``invalid-record`` (not an object, no ``conversations``, bad ``image``),
+            ``bad-id``, ``bad-role``, ``no-turns``, ``first-turn-not-user``, ``roles-not-alternating``,
+            ``image-count-mismatch``, ``empty-answer``, ``bad-encoding``, ``too-deep``,
+            ``special-token-in-text`` (a media placeholder in an answer), the reason of a
+            :class:`~mmit.data.record_io.BadRecord`, ``missing-media`` (file absent or unreadable),
+            ``media-outside-root``, ``media-too-large``, ``undecodable-image`` (``load_bytes``).
     """
     sid, where = record_identity(record, index, where)
     if "conversations" not in record:
@@ -132,20 +98,14 @@ def llava_record_to_sample(record: Any, index: int, where: str, media_root: str,
     except SampleError as e:
         raise SampleError(f"{where}: {e}", e.reason) from None
     for m in media:
-        if load_bytes:
-            try:
-                m.data = read_media_bytes(m.path)
-            except OSError as e:
-                raise SampleError(f"{where}: cannot read image file {m.path}: "
-                                  f"{e.strerror or e}", "missing-media") from None
-            m.ext = sniff_ext(m.data)
-        elif not os.path.isfile(m.path):
-            raise SampleError(f"{where}: image file not found: {m.path}", "missing-media")
+        attach_media(m, where, media_root, load_bytes, written=m.meta["original_path"])
     return sample
 
 
 def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
-               stats: Optional[SkipCounter] = None, load_bytes: bool = False) -> Iterator[Sample]:
+               stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
+               allow_absolute: bool = False,
+               max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a LLaVA-format JSON / JSONL file as normalised, validated samples (``source="llava"``).
 
     Args:
@@ -158,23 +118,32 @@ def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: s
             ``invalid-record``, ``roles-not-alternating``, ...) and skipped. ``"error"``: raise.
         stats: counter to add skips to (a fresh one is used when None).
         load_bytes: also read each image into ``Media.data`` and set ``Media.ext`` from content.
+        allow_absolute: accept images outside ``media_root`` (absolute paths, ``..``, symlinks
+            leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns:
         A lazy iterator of :class:`Sample`, in file order.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (raised at call time, not on first ``next``).
-        ValueError: malformed JSON (message names the file and line/column) or bad ``missing``.
+        ValueError: malformed JSON (message names the file and line/column), a file that is
+            not UTF-8, bad ``missing``
+            or ``max_media_bytes``.
         SampleError: under ``missing="error"``, naming the file, record index and id.
     """
     path, root = open_annotation(path, media_root, missing, "LLaVA")
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:
+        ids = IdSet()
         for index, record, line in iter_json_records(path):
             where = f"{path}: record {index}" + (f" (line {line})" if line is not None else "")
             try:
                 sample = llava_record_to_sample(record, index, where, root, load_bytes)
+                ids.check(sample.id, where)
             except SampleError as e:
                 if missing == "error":
                     raise

@@ -50,15 +50,15 @@ are not an image).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import check_missing_policy
-from mmit.data.media_resolve import decode_base64
+from mmit.data.normalize import check_missing_policy, unique_samples
+from mmit.data.record_io import load_json_document
+from mmit.data.media_resolve import MediaRoot, decode_base64
 from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 
@@ -68,12 +68,8 @@ _INDEX_NAMES = ("__index_level_0__", "image_id", "id", "key", "index")
 
 
 def _load_json(path: str, what: str) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed {what} JSON at line {e.lineno}, column {e.colno}: "
-                         f"{e.msg}") from None
+    """One-line ``ValueError`` naming the file for malformed, too deep or non-UTF-8 JSON."""
+    return load_json_document(path, f"{what} JSON")
 
 
 class ImageStore:
@@ -82,16 +78,25 @@ class ImageStore:
     Args:
         location: ``*.json`` (``{id: base64}``), ``*.parquet`` (column ``base64``; the id is the
             pandas index column or a column named ``image_id``/``id``/``key``), or a folder.
+        allow_absolute: folder stores: accept files whose real location (symlinks resolved) is
+            outside the folder; by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes (``media-too-large`` skips), for files and
+            decoded base64 alike.
 
     Raises:
         FileNotFoundError: ``location`` does not exist.
-        ValueError: malformed JSON / wrong top-level type / parquet without ``base64`` or id column.
+        ValueError: malformed JSON / wrong top-level type / parquet without ``base64`` or id
+            column / bad ``max_media_bytes``.
     """
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, allow_absolute: bool = False,
+                 max_media_bytes: Optional[Dict[str, int]] = None):
         self.location = location
         self.kind = "folder" if os.path.isdir(location) else (
             "parquet" if location.lower().endswith(".parquet") else "json")
+        self.root = MediaRoot(location if self.kind == "folder" else
+                              os.path.dirname(os.path.abspath(location)), allow_absolute,
+                              max_media_bytes)
         if self.kind == "folder":
             self._files = {}
             for name in sorted(os.listdir(location)):
@@ -138,18 +143,19 @@ class ImageStore:
     def media(self, image_id: str, where: str, load_bytes: bool) -> Media:
         """The :class:`Media` for ``image_id`` (bytes always set for base64 stores).
 
-        Raises :class:`SampleError`: ``missing-media``, ``bad-base64``, ``undecodable-image``."""
+        Raises :class:`SampleError`: ``missing-media``, ``media-outside-root``,
+        ``media-too-large``, ``bad-base64``, ``undecodable-image``."""
         if image_id not in self:
             raise SampleError(f"{where}: image id {image_id!r} not in image store "
                               f"{self.location}", "missing-media")
         if self.kind == "folder":
             m = Media(kind="image", path=self._files[image_id], meta={"image_id": image_id})
-            attach_file(m, where, load_bytes)
+            attach_file(m, where, load_bytes, self.root)
             return m
         text = (self._b64[image_id] if self.kind == "json"
                 else self._col[self._rows[image_id]].as_py())
         m = Media(kind="image", meta={"image_id": image_id})
-        attach_bytes(m, decode_base64(text, f"{where}: image {image_id!r}"), where)
+        attach_bytes(m, decode_base64(text, f"{where}: image {image_id!r}"), where, self.root)
         return m
 
 
@@ -248,7 +254,9 @@ def mimicit_record_to_sample(iid: str, in_context: Any, data: Dict[str, Any], st
 def read_mimic_it(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
                   stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
                   images: Optional[PathLike] = None, train_config: Optional[PathLike] = None,
-                  in_context: str = "turns", task: Optional[str] = None) -> Iterator[Sample]:
+                  in_context: str = "turns", task: Optional[str] = None,
+                  allow_absolute: bool = False,
+                  max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a MIMIC-IT instruction file (+ image store + train config) as samples
     (``source="mimic-it"``; see the module docstring for the mapping).
 
@@ -267,6 +275,8 @@ def read_mimic_it(path: PathLike, media_root: Optional[PathLike] = None, missing
         in_context: ``"turns"`` (examples become earlier turns, their images media) or ``"meta"``
             (only their ids, in ``meta["in_context_ids"]``).
         task: value for :attr:`Sample.task` (default: the instruction id's prefix).
+        allow_absolute, max_media_bytes: the media policy of :class:`ImageStore` (folder files
+            must lie inside the store folder unless ``allow_absolute``; size caps).
 
     Raises:
         FileNotFoundError: instruction file, image store or train config missing (at call time).
@@ -290,7 +300,7 @@ def read_mimic_it(path: PathLike, media_root: Optional[PathLike] = None, missing
                          f"object keyed by instruction id")
     data = doc["data"]
     ids = _train_ids(data, cfg)
-    store = ImageStore(store_path)
+    store = ImageStore(store_path, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:
@@ -304,7 +314,7 @@ def read_mimic_it(path: PathLike, media_root: Optional[PathLike] = None, missing
                 continue
             yield sample
 
-    return gen()
+    return unique_samples(gen(), missing, counter, path)  # a repeated id is a duplicate-id skip
 
 
 FORMATS.register("mimic-it", read_mimic_it)

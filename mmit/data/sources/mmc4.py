@@ -15,8 +15,9 @@ Input: JSONL, one document per line (``docs_shard_0_v2.jsonl``; also ``.jsonl.gz
      "similarity_matrix": [[0.12, 0.31, ...], ...], "could_have_url_duplicate": 0}
 
 * ``image_base64`` (OpenFlamingo's shards carry it) is used when present (``Media.path`` None, bytes
-  always set); otherwise ``image_name`` is a file under ``media_root`` (absolute names and names that
-  leave ``media_root`` with ``..`` are ``invalid-record``).
+  always set); otherwise ``image_name`` is a file under ``media_root`` (absolute names, names that
+  leave ``media_root`` with ``..`` and symlinks leading out are ``media-outside-root`` unless
+  ``allow_absolute``).
 * ``matched_text_index`` / ``matched_sim`` (MMC4's image-to-sentence assignment) say where an image goes;
   an entry without them falls back to its ``similarity_matrix`` row (argmax and its value, as
   OpenFlamingo's ``preprocess_interleaved`` computes).
@@ -41,10 +42,11 @@ Output, one :class:`Sample` per document (``source="mmc4"``, ``task="interleaved
 ``similarity_matrix`` (large) is not kept.
 
 Skip reasons (each skipped line counted once, so records in = yielded + skipped): ``malformed-json``
-(message names ``file:line``), ``invalid-record`` (not an object, bad ``text_list`` / ``image_info``
-entry, index out of range, path outside ``media_root``), ``no-text`` (no non-blank sentence),
-``no-matched-image`` (no image passes the rules), ``missing-media``, ``bad-base64``,
-``undecodable-image``.
+(message names ``file:line``), ``bad-encoding`` (a line that is not UTF-8), ``too-deep`` (nested too
+deep for the JSON parser), ``bad-id``, ``duplicate-id``, ``invalid-record`` (not an object, bad ``text_list`` / ``image_info``
+entry, index out of range), ``no-text`` (no non-blank sentence),
+``no-matched-image`` (no image passes the rules), ``missing-media``, ``media-outside-root``,
+``media-too-large``, ``bad-base64``, ``undecodable-image``.
 
 Not replicated from OpenFlamingo: its ``--mmc4_min_num_images``, the random drop of half the
 one-image documents, the zero-padding of the image tensor to ``max_num_images`` and truncation at
@@ -61,8 +63,8 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.constants import IMAGE_PLACEHOLDER
-from mmit.data.media_resolve import decode_base64, resolve_media_path
-from mmit.data.normalize import open_annotation, record_extras, record_identity
+from mmit.data.media_resolve import MediaRoot, decode_base64, resolve_media_path
+from mmit.data.normalize import open_annotation, record_extras, record_identity, unique_samples
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
@@ -121,7 +123,9 @@ def iter_jsonl_lines(path: str) -> Iterator[Tuple[str, int, Any]]:
                 try:
                     record: Any = json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError as e:
-                    record = SampleError(f"{where}: not UTF-8 at byte {e.start}", "malformed-json")
+                    record = SampleError(f"{where}: not UTF-8 at byte {e.start}", "bad-encoding")
+                except RecursionError:
+                    record = SampleError(f"{where}: nested too deep for the JSON parser", "too-deep")
                 except json.JSONDecodeError as e:
                     record = SampleError(f"{where}: malformed JSON at column {e.colno}: {e.msg}",
                                          "malformed-json")
@@ -156,14 +160,13 @@ def _match(info: Dict[str, Any], k: int, record: Dict[str, Any], n_text: int, wh
 
 
 def _confined(name: Any, root: str, where: str) -> str:
-    """``image_name`` as a path inside ``root`` (symlinks are followed, not checked). Raises
-    ``invalid-record`` for a non-string, absolute or ``..``-escaping name, ``missing-media`` when absent."""
+    """``image_name`` as a path inside ``root``, symlinks resolved
+    (:func:`~mmit.data.media_resolve.resolve_media_path`). Raises ``invalid-record`` for a
+    non-string name, ``media-outside-root`` for an absolute, ``..``-escaping or symlinked-out name
+    (unless ``root`` allows absolute media), ``missing-media`` when absent."""
     if not isinstance(name, str) or not name.strip():
         raise SampleError(f"{where}: 'image_name' must be a non-empty string, got {name!r}", "invalid-record")
-    norm = os.path.normpath(name)
-    if os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep):
-        raise SampleError(f"{where}: image_name {name!r} is outside media_root {root}", "invalid-record")
-    return resolve_media_path(norm, root, where, coco=False)[0]
+    return resolve_media_path(os.path.normpath(name), root, where, coco=False)[0]
 
 
 def _media(info: Dict[str, Any], k: int, root: str, where: str, load_bytes: bool) -> Media:
@@ -172,13 +175,13 @@ def _media(info: Dict[str, Any], k: int, root: str, where: str, load_bytes: bool
     meta = {key: info[key] for key in _MEDIA_META if key in info}
     if "image_base64" in info:
         m = Media(kind="image", meta=meta)
-        attach_bytes(m, decode_base64(info["image_base64"], f"{where}: image_info[{k}]"), where)
+        attach_bytes(m, decode_base64(info["image_base64"], f"{where}: image_info[{k}]"), where, root)
         return m
     if "image_name" not in info:
         raise SampleError(f"{where}: image_info[{k}] has neither 'image_name' nor 'image_base64'",
                           "invalid-record")
     m = Media(kind="image", path=_confined(info["image_name"], root, f"{where}: image_info[{k}]"), meta=meta)
-    attach_file(m, where, load_bytes)
+    attach_file(m, where, load_bytes, root)
     return m
 
 
@@ -254,7 +257,8 @@ def mmc4_record_to_sample(record: Any, index: int, where: str, media_root: str, 
 def read_mmc4(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
               stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
               sim_threshold: float = DEFAULT_SIM_THRESHOLD, max_images: int = DEFAULT_MAX_IMAGES,
-              min_image_bytes: int = 0) -> Iterator[Sample]:
+              min_image_bytes: int = 0, allow_absolute: bool = False,
+              max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read an MMC4 JSONL file (or ``.gz`` / ``.zip``) as one document sample per line (``source="mmc4"``).
 
     Args:
@@ -264,16 +268,21 @@ def read_mmc4(path: PathLike, media_root: Optional[PathLike] = None, missing: st
         load_bytes: read image files into ``Media.data`` and sniff ``Media.ext``.
         sim_threshold, max_images, min_image_bytes: the image rules (module docstring); pass them to
             ``mmit convert`` as ``--reader-option sim_threshold=0.3``.
+        allow_absolute: accept image files outside ``media_root`` (absolute names, ``..``,
+            symlinks leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns:
         A lazy iterator of samples in file order; each non-blank line is yielded or counted once.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (at call time). ValueError: bad ``missing``,
-        ``max_images < 1`` or a zip without a JSONL member. SampleError: under ``missing="error"``,
+        ``max_images < 1``, bad ``max_media_bytes`` or a zip without a JSONL member. SampleError: under ``missing="error"``,
         naming ``file:line``.
     """
     path, root = open_annotation(path, media_root, missing, "MMC4")
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     if int(max_images) < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     counter = stats if stats is not None else SkipCounter()
@@ -291,7 +300,7 @@ def read_mmc4(path: PathLike, media_root: Optional[PathLike] = None, missing: st
                 continue
             yield sample
 
-    return gen()
+    return unique_samples(gen(), missing, counter, path)  # a repeated id is a duplicate-id skip
 
 
 FORMATS.register("mmc4", read_mmc4)

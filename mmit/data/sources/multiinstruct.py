@@ -68,8 +68,9 @@ import os
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from mmit.data.normalize import apply_policy, open_annotation, place_image_placeholders, record_extras
-from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
+from mmit.data.normalize import (apply_policy, open_annotation, place_image_placeholders, record_extras,
+                                 scalar_id)
+from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -289,12 +290,12 @@ def multiinstruct_record_to_sample(record: Any, index: int, where: str, media_ro
     """Normalise one MultiInstruct record (module docstring). Raises :class:`SampleError`:
     ``invalid-record`` (not an object, missing/non-string ``prompt``/``target``/``task_name``/
     ``image_path``, bad ``options``/``region``), ``missing-media``, and the media checks of
-    :func:`~mmit.data.media_resolve.load_media`."""
+    :func:`~mmit.data.media_resolve.attach_media` (``media-outside-root``, ...)."""
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
                           "invalid-record")
     task = _str_field(record, "task_name", where)
-    uid = record.get("unique_id", index)
+    uid = scalar_id(record.get("unique_id", index), where)  # an object id is bad-id
     sid = f"{task}/{uid}"
     where = f"{where} (id {sid!r})"
     prompt = _str_field(record, "prompt", where)
@@ -324,16 +325,17 @@ def multiinstruct_record_to_sample(record: Any, index: int, where: str, media_ro
     turns = place_image_placeholders([Turn("user", prompt), Turn("assistant", target)], 1)
     sample = Sample(id=sid, turns=turns, media=media, task=task, source="multiinstruct",
                     meta=meta)
-    if load_bytes:
-        for m in media:
-            load_media(m, where, max_pixels)
+    for m in media:
+        attach_media(m, where, media_root, load_bytes, max_pixels,
+                     written=m.meta.get("original_path"))
     return sample
 
 
 def read_multiinstruct(path: PathLike, media_root: Optional[PathLike] = None,
                        missing: str = "skip", stats: Optional[SkipCounter] = None,
-                       load_bytes: bool = False, max_pixels: Optional[int] = None
-                       ) -> Iterator[Sample]:
+                       load_bytes: bool = False, max_pixels: Optional[int] = None, *,
+                       allow_absolute: bool = False,
+                       max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a MultiInstruct ``train.jsonl`` / ``test.jsonl`` as validated samples
     (``source="multiinstruct"``).
 
@@ -347,11 +349,18 @@ def read_multiinstruct(path: PathLike, media_root: Optional[PathLike] = None,
         stats: counter to add skips to (a fresh one when None).
         load_bytes: read each image into ``Media.data``, ``Media.ext`` sniffed from content.
         max_pixels: with ``load_bytes``, also reject images above this many pixels.
+        allow_absolute: accept media outside ``media_root`` (absolute paths, ``..``, symlinks
+            leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time) for a
-    missing ``path``, ``ValueError`` for malformed JSON (file and line) or a bad ``missing``.
+    missing ``path``, ``ValueError`` for malformed JSON (file and line) or a bad ``missing`` or
+    ``max_media_bytes``. The authors' absolute ``image_path`` values are re-rooted under
+    ``media_root`` (alternatives); the absolute path itself is read only with ``allow_absolute``.
     """
     path, root = open_annotation(path, media_root, missing, "MultiInstruct")
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
 
     def items() -> Iterator[Tuple[int, Any, str]]:

@@ -46,7 +46,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.data.normalize import (apply_policy, check_first_turn, normalize_turns, open_annotation,
                                  place_image_placeholders, record_extras, record_identity)
-from mmit.data.media_resolve import load_media, resolve_media_path, strip_dot_slash
+from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -104,7 +104,8 @@ def sharegpt4v_record_to_sample(record: Any, index: int, where: str, media_root:
                                 max_pixels: Optional[int] = None) -> Sample:
     """Normalise one ShareGPT4V record (module docstring). Raises :class:`SampleError`:
     ``invalid-record``, ``bad-role``, ``no-turns``, ``first-turn-not-user``, ``missing-media``
-    and the checks of :func:`~mmit.data.media_resolve.load_media` (``undecodable-image``,
+    ``media-outside-root``, ``media-too-large`` and the checks of
+    :func:`~mmit.data.media_resolve.load_media` (``undecodable-image``,
     ``image-too-large``); placeholder and alternation problems surface from
     :meth:`Sample.validate`."""
     sid, where = record_identity(record, index, where)
@@ -127,15 +128,16 @@ def sharegpt4v_record_to_sample(record: Any, index: int, where: str, media_root:
         media.append(Media(kind="image", path=resolved, meta=meta))
     sample = Sample(id=sid, turns=place_image_placeholders(turns, len(media)), media=media,
                     source="sharegpt4v", meta=record_extras(record, _USED))
-    if load_bytes:
-        for m in media:
-            load_media(m, where, max_pixels)
+    for m in media:
+        attach_media(m, where, media_root, load_bytes, max_pixels,
+                     written=m.meta.get("original_path"))
     return sample
 
 
 def read_sharegpt4v(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
                     stats: Optional[SkipCounter] = None, load_bytes: bool = False,
-                    max_pixels: Optional[int] = None) -> Iterator[Sample]:
+                    max_pixels: Optional[int] = None, *, allow_absolute: bool = False,
+                    max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a ShareGPT4V JSON (cap100k, share-captioner 1246k or mix665k) as validated samples
     (``source="sharegpt4v"``).
 
@@ -148,11 +150,16 @@ def read_sharegpt4v(path: PathLike, media_root: Optional[PathLike] = None, missi
         stats: counter to add skips to (a fresh one when None).
         load_bytes: read each image into ``Media.data``; ``Media.ext`` sniffed from content.
         max_pixels: with ``load_bytes``, reject images above this many pixels.
+        allow_absolute: accept media outside ``media_root`` (absolute paths, ``..``, symlinks
+            leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time),
-    ``ValueError`` (malformed JSON naming file and line; bad ``missing``).
+    ``ValueError`` (malformed JSON naming file and line; bad ``missing`` or ``max_media_bytes``).
     """
     path, root = open_annotation(path, media_root, missing, "ShareGPT4V", default_media_root)
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
 
     def items() -> Iterator[Tuple[int, Any, str]]:

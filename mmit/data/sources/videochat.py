@@ -57,13 +57,12 @@ Skip reasons: ``invalid-record`` (none of ``image``/``video``/``audio``, both ``
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
-from mmit.data.media import media_kind
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import add_media_placeholders, open_annotation
-from mmit.data.media_resolve import resolve_media_path
+from mmit.data.normalize import add_media_placeholders, open_annotation, record_identity, unique_samples
+from mmit.data.media_resolve import MediaRoot, resolve_media_path
 from mmit.data.sources._media_helpers import attach_file, report, validated
 from mmit.data.sources.llava import iter_json_records
 from mmit.data.stats import SkipCounter
@@ -99,27 +98,18 @@ def _media_path(record: dict, key: str, where: str) -> str:
     return rel
 
 
-def _load_audio(media: Media, where: str, load_bytes: bool) -> None:
-    """:func:`attach_file` for an audio item: with ``load_bytes`` the content must be audio or a
-    video (whose audio track is meant); whether that video has a track is decided when decoding."""
-    attach_file(media, where, load_bytes)
-    if load_bytes and media_kind(media.ext) not in ("audio", "video"):
-        raise SampleError(f"{where}: {media.path} is neither audio nor a video (content: "
-                          f"{media.ext or 'unknown'}, {len(media.data)} bytes)",
-                          "undecodable-audio")
-
-
 def videochat_record_to_sample(record: Any, index: int, where: str, media_root: str,
                                load_bytes: bool = False, task: Optional[str] = None) -> Sample:
     """Normalise one VideoChat record (see module docstring).
 
+    Every file is confined to ``media_root`` and checked by
+    :func:`~mmit.data.sources._media_helpers.attach_file` (an audio item may be audio or a video,
+    whose audio track is meant; whether that video has a track is decided when decoding).
+
     Raises :class:`SampleError`: ``invalid-record``, ``no-turns``, ``missing-media``,
-    ``undecodable-image``, ``undecodable-video``, ``undecodable-audio``."""
-    if not isinstance(record, dict):
-        raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
-                          "invalid-record")
-    sid = str(record.get("id", index))
-    where = f"{where} (id {sid!r})"
+    ``media-outside-root``, ``media-too-large``, ``undecodable-image``, ``undecodable-video``,
+    ``undecodable-audio``."""
+    sid, where = record_identity(record, index, where)  # not an object, bad-id, unreadable record
     kinds = [k for k in ("image", "video") if k in record]
     if len(kinds) > 1 or (not kinds and "audio" not in record):
         raise SampleError(f"{where}: a record needs exactly one of 'image' or 'video', or an "
@@ -148,19 +138,17 @@ def videochat_record_to_sample(record: Any, index: int, where: str, media_root: 
         if how is not None:
             m.meta["resolved_by"] = how
     for m in media:
-        if m.kind != "audio":
-            if load_bytes:
-                attach_file(m, where, load_bytes)
-        elif load_bytes and media[0].kind == "video" and media[0].path == m.path:
+        if m.kind == "audio" and media[0].kind == "video" and media[0].path == m.path:
             m.data, m.ext = media[0].data, media[0].ext  # the video's own track: read once
         else:
-            _load_audio(m, where, load_bytes)
+            attach_file(m, where, load_bytes, media_root)
     return sample
 
 
 def read_videochat(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
                    stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
-                   task: Optional[str] = None) -> Iterator[Sample]:
+                   task: Optional[str] = None, allow_absolute: bool = False,
+                   max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a VideoChat instruction JSON / JSONL file as samples (``source="videochat"``).
 
     Args:
@@ -174,12 +162,17 @@ def read_videochat(path: PathLike, media_root: Optional[PathLike] = None, missin
             sniff ``Media.ext`` (``jpg``, ``png``, ``mp4``, ``wav``, ...); also checks a video is a
             video and an audio is audio or a video.
         task: value for :attr:`Sample.task` (VideoChat files carry none).
+        allow_absolute: accept media outside ``media_root`` (absolute paths, ``..``, symlinks
+            leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Raises:
         FileNotFoundError: ``path`` missing (at call time). ValueError: malformed JSON (file, line).
         SampleError: under ``missing="error"``, naming the file, record index and id.
     """
     path, root = open_annotation(path, media_root, missing, "VideoChat")
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:
@@ -193,7 +186,7 @@ def read_videochat(path: PathLike, media_root: Optional[PathLike] = None, missin
                 continue
             yield sample
 
-    return gen()
+    return unique_samples(gen(), missing, counter, path)  # a repeated id is a duplicate-id skip
 
 
 FORMATS.register("videochat", read_videochat)

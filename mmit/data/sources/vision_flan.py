@@ -49,9 +49,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from mmit.data.normalize import (apply_policy, check_first_turn, normalize_turns, open_annotation,
+from mmit.data.normalize import (apply_policy, scalar_id, check_first_turn, normalize_turns, open_annotation,
                                  place_image_placeholders, record_extras)
-from mmit.data.media_resolve import load_media, resolve_media_path
+from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -125,16 +125,12 @@ def vision_flan_record_to_sample(record: Any, index: int, where: str, media_root
                                  max_pixels: Optional[int] = None) -> Sample:
     """Normalise one Vision-Flan record of any layout (module docstring). Raises
     :class:`SampleError`: ``invalid-record``, ``bad-role``, ``no-turns``,
-    ``first-turn-not-user``, ``missing-media`` and the checks of
-    :func:`~mmit.data.media_resolve.load_media`."""
+    ``first-turn-not-user``, ``missing-media``, ``media-outside-root`` and the checks of
+    :func:`~mmit.data.media_resolve.attach_media`."""
     if not isinstance(record, dict):
         raise SampleError(f"{where}: record is not a JSON object ({type(record).__name__})",
                           "invalid-record")
-    rid = record.get("id", record.get("instance_id", index))
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise SampleError(f"{where}: id must be a string or integer, got {rid!r}",
-                          "invalid-record")
-    sid = str(rid)
+    sid = scalar_id(record.get("id", record.get("instance_id", index)), where)  # else bad-id
     where = f"{where} (id {sid!r})"
     turns, image, used, layout = _turns_and_fields(record, where)
     task = record.get("task_name")
@@ -158,16 +154,17 @@ def vision_flan_record_to_sample(record: Any, index: int, where: str, media_root
     media = [Media(kind="image", path=resolved, meta=mmeta)]
     sample = Sample(id=sid, turns=place_image_placeholders(turns, 1), media=media, task=task,
                     source="vision-flan", meta=meta)
-    if load_bytes:
-        for m in media:
-            load_media(m, where, max_pixels)
+    for m in media:
+        attach_media(m, where, media_root, load_bytes, max_pixels,
+                     written=m.meta.get("original_path"))
     return sample
 
 
 def read_vision_flan(path: PathLike, media_root: Optional[PathLike] = None,
                      missing: str = "skip", stats: Optional[SkipCounter] = None,
-                     load_bytes: bool = False, max_pixels: Optional[int] = None
-                     ) -> Iterator[Sample]:
+                     load_bytes: bool = False, max_pixels: Optional[int] = None, *,
+                     allow_absolute: bool = False,
+                     max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
     """Read a Vision-Flan file in any of its three layouts (``source="vision-flan"``).
 
     Args:
@@ -180,11 +177,16 @@ def read_vision_flan(path: PathLike, media_root: Optional[PathLike] = None,
         stats: counter to add skips to (a fresh one when None).
         load_bytes: read each image into ``Media.data``; ``Media.ext`` sniffed from content.
         max_pixels: with ``load_bytes``, reject images above this many pixels.
+        allow_absolute: accept media outside ``media_root`` (absolute paths, ``..``, symlinks
+            leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
 
     Returns a lazy iterator in file order. Raises ``FileNotFoundError`` (at call time),
-    ``ValueError`` (malformed JSON; bad ``missing``).
+    ``ValueError`` (malformed JSON; bad ``missing`` or ``max_media_bytes``).
     """
     path, root = open_annotation(path, media_root, missing, "Vision-Flan")
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
     counter = stats if stats is not None else SkipCounter()
 
     def to_sample(index: int, record: Any, where: str) -> Sample:

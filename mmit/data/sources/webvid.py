@@ -24,21 +24,28 @@ be a folder, whose ``*.csv``/``*.tsv`` files are read in name order (Video-LLaMA
   ``task = "captioning"``, ``source = "webvid"``.
 
 Skip reasons: ``invalid-record`` (wrong field count, empty ``videoid`` or caption),
+``duplicate-id`` (a ``videoid`` an earlier row had, over all files read; the first row is kept),
+``malformed-csv`` (an unclosed quote: the field would swallow the next rows; its line is skipped and
+the next lines are read as rows), ``field-too-large`` (a field over ``max_field_chars``),
+``bad-encoding`` (a row with bytes that are not UTF-8; a file that is not UTF-8 at all is a one-line
+``ValueError``): :mod:`mmit.data.record_io`,
 ``missing-media`` (most WebVid URLs are dead, so many videos are never downloaded),
-``undecodable-video`` (``load_bytes``: the file is not a video).
+``media-outside-root`` (the video's real location, symlinks resolved, is outside ``media_root``),
+``media-too-large``, ``undecodable-video`` (not a video container with a video stream: checked
+with a PyAV probe of the file's header, also without ``load_bytes``).
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from typing import Dict, Iterator, List, Optional, Union
 
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
-from mmit.data.normalize import check_missing_policy
-from mmit.data.media_resolve import resolve_media_path
+from mmit.data.normalize import IdSet, check_missing_policy
+from mmit.data.record_io import MAX_CSV_FIELD_CHARS, BadRecord, iter_csv_dicts, read_csv_header
+from mmit.data.media_resolve import MediaRoot, resolve_media_path
 from mmit.data.sources._media_helpers import VIDEO_PLACEHOLDER, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 
@@ -127,14 +134,15 @@ def _row_to_sample(row: Dict[str, Optional[str]], cols: Dict[str, str], where: s
     media.path, _ = resolve_media_path(rel, media_root, where, alternatives=[f"{vid}.mp4"],
                                        coco=False)
     media.meta["original_path"] = os.path.relpath(media.path, media_root)
-    if load_bytes:
-        attach_file(media, where, load_bytes)
+    attach_file(media, where, load_bytes, media_root)  # confined, size-capped, probed as video
     return sample
 
 
 def read_webvid(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
                 stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
-                prompt: Optional[str] = None) -> Iterator[Sample]:
+                prompt: Optional[str] = None, allow_absolute: bool = False,
+                max_media_bytes: Optional[Dict[str, int]] = None,
+                max_field_chars: int = MAX_CSV_FIELD_CHARS) -> Iterator[Sample]:
     """Read WebVid caption CSV(s) as video-caption samples (``source="webvid"``).
 
     Args:
@@ -145,10 +153,17 @@ def read_webvid(path: PathLike, media_root: Optional[PathLike] = None, missing: 
         stats: skip counter (a fresh one when None).
         load_bytes: read each video into ``Media.data`` (bytes unchanged), ``Media.ext`` sniffed.
         prompt: optional instruction text after ``<video>\\n`` in the user turn.
+        allow_absolute: accept videos outside ``media_root`` (a ``page_dir`` or ``videoid`` with
+            ``..``, symlinks leading out); by default they are ``media-outside-root`` skips.
+        max_media_bytes: per-kind size caps in bytes lowering
+            :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
+        max_field_chars: longest CSV field accepted, in characters (default 16 MiB; Python's
+            ``csv`` stops at 131,072); a longer one is a ``field-too-large`` skip.
 
     Raises:
         FileNotFoundError: ``path`` missing (at call time). ValueError: no header, or no
-            ``videoid``/caption column (names the file and the header found).
+            ``videoid``/caption column (names the file and the header found), a header that
+            cannot be read, a file that is not UTF-8.
         SampleError: under ``missing="error"``, naming the file, line and videoid.
     """
     check_missing_policy(missing)
@@ -158,24 +173,31 @@ def read_webvid(path: PathLike, media_root: Optional[PathLike] = None, missing: 
         root = os.fspath(media_root)
     else:
         root = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    for file in files:  # header errors surface at call time, not midway through a run
-        with open(file, "r", encoding="utf-8-sig", newline="") as f:
-            _columns(csv.DictReader(f, delimiter=_delimiter(file)).fieldnames, file)
+    root = MediaRoot(root, allow_absolute, max_media_bytes)
+    # header errors surface at call time, not midway through a run
+    columns = {file: _columns(read_csv_header(file, _delimiter(file), max_field_chars), file)
+               for file in files}
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:
+        ids = IdSet()
         for file in files:
-            with open(file, "r", encoding="utf-8-sig", newline="") as f:
-                reader = csv.DictReader(f, delimiter=_delimiter(file))
-                cols = _columns(reader.fieldnames, file)
-                for row in reader:
-                    where = f"{file}: line {reader.line_num}"
-                    try:
-                        sample = _row_to_sample(row, cols, where, root, load_bytes, prompt)
-                    except SampleError as e:
-                        report(e, missing, counter, row.get(cols["videoid"]) or reader.line_num)
-                        continue
-                    yield sample
+            cols = columns[file]
+            for line, row in iter_csv_dicts(file, _delimiter(file), max_field_chars=max_field_chars):
+                where = f"{file}: line {line}"
+                if isinstance(row, BadRecord):
+                    e = row.error(f"{file}")
+                    if missing == "error":
+                        raise e
+                    counter.add(e.reason, line, str(e), n=row.lines)
+                    continue
+                try:
+                    sample = _row_to_sample(row, cols, where, root, load_bytes, prompt)
+                    ids.check(sample.id, where)
+                except SampleError as e:
+                    report(e, missing, counter, row.get(cols["videoid"]) or line)
+                    continue
+                yield sample
 
     return gen()
 
