@@ -204,13 +204,15 @@ def test_duplicate_and_non_scalar_ids_are_counted(tmp_path, capsys):
     # old: the second "a" was written too (0 skipped); list/float/empty ids were `invalid-record`
     p = jsonl(tmp_path / "a.jsonl", [rec("a"), rec("a", a="Again."), rec({"a": 1}), rec([1]), rec(1.5),
                                      rec(""), rec(7)])
-    code, stats, _ = convert(capsys, "llava", p, tmp_path / "out")
+    code, stats, _ = convert(capsys, "llava", p, tmp_path / "out", "--reader-option", "unique_ids=true")
     assert code == 0 and stats["written"] == 2
     assert stats["skipped"] == {"bad-id": 4, "duplicate-id": 1}
+    # LLaVA's ids are image ids (LLaVA-Instruct-150K: ~158k records on ~81k images): repeats are kept by default
+    assert [s.id for s in get_reader("llava")(p)] == ["a", "a", "7"]
     from mmit.data.normalize import allow_duplicate_ids
 
-    with allow_duplicate_ids():  # for sources whose "id" is an image id (LLaVA-Instruct-150K)
-        assert [s.id for s in get_reader("llava")(p)] == ["a", "a", "7"]
+    with allow_duplicate_ids():
+        assert [s.id for s in get_reader("llava")(p, unique_ids=True)] == ["a", "a", "7"]
 
 
 def test_object_id_is_not_turned_into_a_string(tmp_path):
@@ -236,8 +238,38 @@ def test_empty_or_whitespace_answers_are_counted_unless_allowed(tmp_path, capsys
     s.validate(allow_empty_answers=True)
     from mmit.data.sample import allow_empty_answers
 
-    with allow_empty_answers(True):  # what a config flag (data.allow_empty_answers) switches on
+    with allow_empty_answers(True):  # what data.allow_empty_answers / --allow-empty-answers switch on
         assert len(list(get_reader("llava")(p))) == 4
+    code, stats, _ = convert(capsys, "llava", p, tmp_path / "out2", "--allow-empty-answers")
+    assert code == 0 and stats["written"] == 4 and stats["skipped"] == {}
+
+
+def test_data_allow_empty_answers_reaches_the_training_reader_and_processor(tmp_path):
+    from mmit.config.schema import load_config
+    from mmit.data.stats import SkipCounter
+    from mmit.training.data import SampleStream
+
+    p = jsonl(tmp_path / "a.jsonl", [rec("x"), rec("e", a=" ")])
+    cfg = load_config(str(ROOT / "configs" / "llava" / "tiny_demo.yaml"),
+                      ["--data.format=llava", f"--data.path={p}", f"--data.media_root={tmp_path}"])
+    assert cfg.data.allow_empty_answers is False
+    stats = SkipCounter()
+    assert len(SampleStream(cfg.data, 0, stats=stats)) == 1 and stats.as_dict() == {"empty-answer": 1}
+    cfg.data.allow_empty_answers = True
+    stream = SampleStream(cfg.data, 0, stats=SkipCounter())
+    assert len(stream) == 2
+    from mmit.data.processor import Processor
+
+    class Echo(Processor):
+        def __call__(self, sample):
+            sample.validate()
+            return sample.id
+
+    proc, skips = Echo(), SkipCounter()
+    samples = list(stream.epoch(0))
+    assert sorted(filter(None, (proc.try_call(s, skips) for s in samples))) == ["x"]
+    proc.allow_empty_answers = True
+    assert sorted(proc.try_call(s, skips) for s in samples) == ["e", "x"]
 
 
 @pytest.fixture(scope="module")

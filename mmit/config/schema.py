@@ -60,6 +60,9 @@ class DataConfig:
     #: A sample that does not fit ``max_length`` without cutting an image, or whose labels are all
     #: masked: ``skip`` (counted and logged) or ``error``.
     overflow: Literal["skip", "error"] = "skip"
+    #: Keep samples whose answer is empty or whitespace (they would learn only the end-of-turn token);
+    #: by default each is a counted ``empty-answer`` skip.
+    allow_empty_answers: bool = False
     #: Shuffle buffer (samples) for shards; 0 disables. Source formats shuffle the whole list.
     shuffle_buffer: int = 1000
     #: Resampled mode for shards (sample shards with replacement: an endless stream, for several epochs).

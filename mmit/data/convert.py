@@ -50,6 +50,7 @@ from mmit.data.shard_build import (REENCODE, SHARD_FORMAT_VERSION, ShardOptions,
 from mmit.data.sample import Sample
 from mmit.data.shards import (TMP_SUFFIX, atomic_write, complete_shard_stats,
                               dump_json, read_stats, sample_json)
+from mmit.data.sample import allow_empty_answers as allow_empty_answers_in
 from mmit.data.sources import available_formats, get_reader
 from mmit.data.stats import SkipCounter
 from mmit.registry import UnknownNameError
@@ -117,7 +118,7 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
             quality: int = 95, check: str = "header", overwrite: bool = False,
             max_pixels: int = MAX_PIXELS, distributor: str = "local",
             ray_address: Optional[str] = None, reader_options: Optional[Dict[str, Any]] = None,
-            progress: bool = True) -> Dict[str, Any]:
+            progress: bool = True, allow_empty_answers: bool = False) -> Dict[str, Any]:
     """Convert a source annotation file (+ media) into webdataset shards in ``output``.
 
     Args:
@@ -144,6 +145,8 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
         distributor: ``local`` or ``ray`` (:mod:`mmit.data.distribute`); ray_address: cluster.
         reader_options: extra keyword arguments for the reader.
         progress: show a tqdm bar (auto-hidden when stderr is not a terminal).
+        allow_empty_answers: keep records whose answer is empty or whitespace (default: counted
+            ``empty-answer`` skips, :meth:`~mmit.data.sample.Sample.validate`).
 
     Returns:
         The ``_stats.json`` dict (sizes in bytes, ``seconds`` wall time, ``reused_shards``).
@@ -189,7 +192,7 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
                 "media_root": None if media_root is None else os.path.abspath(media_root),
                 "reader_options": dict(reader_options or {}), "shard_size": int(shard_size),
                 "max_records": max_records, "sample_rate": float(sample_rate), "seed": int(seed),
-                **opts.fingerprint()}
+                **({"allow_empty_answers": True} if allow_empty_answers else {}), **opts.fingerprint()}
     os.makedirs(output, exist_ok=True)
     with OutputLock(output):  # released on return, exceptions and SIGTERM
         return _convert_locked(format, input, output, media_root, reader, opts, manifest,
@@ -198,7 +201,7 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
                                sample_rate=float(sample_rate), seed=int(seed), reencode=reencode,
                                quality=int(quality), distributor=distributor,
                                ray_address=ray_address, reader_options=reader_options,
-                               progress=progress)
+                               progress=progress, allow_empty_answers=allow_empty_answers)
 
 
 def _convert_locked(format: str, input: str, output: str, media_root: Optional[str],
@@ -207,7 +210,7 @@ def _convert_locked(format: str, input: str, output: str, media_root: Optional[s
                     check: str, max_records: Optional[int], sample_rate: float, seed: int,
                     reencode: Optional[str], quality: int, distributor: str,
                     ray_address: Optional[str], reader_options: Optional[Dict[str, Any]],
-                    progress: bool) -> Dict[str, Any]:
+                    progress: bool, allow_empty_answers: bool = False) -> Dict[str, Any]:
     """The body of :func:`convert` (same arguments, validated), run while this process holds
     the output folder's :class:`~mmit.data.distribute.OutputLock`."""
     dist = get_distributor(distributor, workers, ray_address)
@@ -231,16 +234,17 @@ def _convert_locked(format: str, input: str, output: str, media_root: Optional[s
                         written=sum(x.stats["written"] for x in results.values()))
 
     def tasks() -> Iterator[ShardTask]:
-        samples = reader(input, media_root=media_root, missing=missing, stats=intake,
-                         **(reader_options or {}))
-        for index, chunk in enumerate(chunk_records(samples, intake, int(shard_size))):
-            digest = task_digest(index, chunk, opts)
-            old = complete_shard_stats(os.path.join(output, f"{index:05d}.tar"), digest)
-            if old is not None:
-                reused.append(index)
-                done(ShardResult(index, old, SkipCounter().merge(old.get("skipped", {}))))
-            else:
-                yield ShardTask(index, chunk, opts, digest)
+        with allow_empty_answers_in(allow_empty_answers):  # readers validate each sample (empty-answer)
+            samples = reader(input, media_root=media_root, missing=missing, stats=intake,
+                             **(reader_options or {}))
+            for index, chunk in enumerate(chunk_records(samples, intake, int(shard_size))):
+                digest = task_digest(index, chunk, opts)
+                old = complete_shard_stats(os.path.join(output, f"{index:05d}.tar"), digest)
+                if old is not None:
+                    reused.append(index)
+                    done(ShardResult(index, old, SkipCounter().merge(old.get("skipped", {}))))
+                else:
+                    yield ShardTask(index, chunk, opts, digest)
 
     try:
         for r in dist.map(build_shard, tasks()):
@@ -317,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-absolute-media", action="store_true",
                    help="read media outside --media-root too (absolute paths, '..', symlinks leading "
                    "out); without it they are counted skips 'media-outside-root'")
+    p.add_argument("--allow-empty-answers", action="store_true",
+                   help="keep records whose answer is empty or whitespace (default: counted skips 'empty-answer')")
     p.add_argument("--output", required=True, help="output folder for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default 1000)")
     p.add_argument("--workers", type=int, default=None,
@@ -365,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         distributor=a.distributor, ray_address=a.ray_address,
                         reader_options=dict(a.reader_option, **({"allow_absolute": True} if
                                                                 a.allow_absolute_media else {})),
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, allow_empty_answers=a.allow_empty_answers)
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except (_ArgError, UnknownNameError, OSError, ValueError, ImportError) as e:

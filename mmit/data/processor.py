@@ -87,6 +87,8 @@ class Processor:
 
     tokenizer: Any = None
     overflow: str = "skip"
+    #: ``data.allow_empty_answers`` (set by the trainer): keep samples with an empty answer.
+    allow_empty_answers: bool = False
     #: The family's name in error messages (``unsupported-media``); default: the class name.
     family: str = ""
 
@@ -104,8 +106,11 @@ class Processor:
         reason) and None returned, under ``'error'`` it propagates."""
         if self.overflow not in ("skip", "error"):
             raise ValueError(f"data.overflow must be skip or error, not {self.overflow!r}")
+        from mmit.data.sample import allow_empty_answers
+
         try:
-            return self(sample)
+            with allow_empty_answers(self.allow_empty_answers):
+                return self(sample)
         except SampleError as e:
             if self.overflow == "error":
                 raise

@@ -52,8 +52,11 @@ class SampleStream:
                 raise FileNotFoundError(f"data.path not found: {cfg.path}")
             reader = get_reader(cfg.format)
             # allow_absolute=False: media confined to media_root (module docstring)
-            self._records = list(reader(cfg.path, media_root=cfg.media_root, missing=cfg.missing_media,
-                                        stats=self.stats, allow_absolute=False))
+            from mmit.data.sample import allow_empty_answers
+
+            with allow_empty_answers(cfg.allow_empty_answers):  # readers validate each sample themselves
+                self._records = list(reader(cfg.path, media_root=cfg.media_root, missing=cfg.missing_media,
+                                            stats=self.stats, allow_absolute=False))
         elif not cfg.path:
             raise ValueError("data.path is empty: give a shard folder, glob or brace pattern")
 

@@ -148,6 +148,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     stats = SkipCounter()
     stream = SampleStream(cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes, stats)
     pre = family.processor(cfg, model, tokenizer)
+    pre.allow_empty_answers = cfg.data.allow_empty_answers
     per_step = tc.batch_size * tc.gradient_accumulation_steps
     if tc.max_steps > 0:
         total_steps = tc.max_steps

@@ -105,7 +105,7 @@ def llava_record_to_sample(record: Any, index: int, where: str, media_root: str,
 def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: str = "skip",
                stats: Optional[SkipCounter] = None, load_bytes: bool = False, *,
                allow_absolute: bool = False,
-               max_media_bytes: Optional[Dict[str, int]] = None) -> Iterator[Sample]:
+               max_media_bytes: Optional[Dict[str, int]] = None, unique_ids: bool = False) -> Iterator[Sample]:
     """Read a LLaVA-format JSON / JSONL file as normalised, validated samples (``source="llava"``).
 
     Args:
@@ -122,6 +122,9 @@ def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: s
             leading out); by default they are ``media-outside-root`` skips.
         max_media_bytes: per-kind size caps in bytes lowering
             :data:`~mmit.data.media.MAX_MEDIA_BYTES` (``media-too-large`` skips).
+        unique_ids: refuse a repeated ``id`` (``duplicate-id`` skip). Off by default: LLaVA's files
+            use the COCO image id as ``id`` (LLaVA-Instruct-150K and mix665k have ~158k records on
+            ~81k images), so repeats are normal there; shard keys include the record's position.
 
     Returns:
         A lazy iterator of :class:`Sample`, in file order.
@@ -138,12 +141,13 @@ def read_llava(path: PathLike, media_root: Optional[PathLike] = None, missing: s
     counter = stats if stats is not None else SkipCounter()
 
     def gen() -> Iterator[Sample]:
-        ids = IdSet()
+        ids = IdSet() if unique_ids else None
         for index, record, line in iter_json_records(path):
             where = f"{path}: record {index}" + (f" (line {line})" if line is not None else "")
             try:
                 sample = llava_record_to_sample(record, index, where, root, load_bytes)
-                ids.check(sample.id, where)
+                if ids is not None:
+                    ids.check(sample.id, where)
             except SampleError as e:
                 if missing == "error":
                     raise
