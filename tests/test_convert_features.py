@@ -4,10 +4,12 @@ Every conversion also checks records_in == written + sum(skipped)."""
 
 import io
 import json
+import struct
 import subprocess
 import sys
 import textwrap
 import wave
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -344,13 +346,26 @@ def test_cli_flags_and_help(big, capsys):
 
 
 def test_check_decode_catches_truncated_jpeg_that_header_check_passes(big):
+    # issue 16: the header check now refuses a truncated JPEG too (no end-of-image marker); what
+    # only a full decode finds is damage inside complete chunks, e.g. a PNG whose IDAT stream
+    # stops early (every chunk and CRC intact)
     good = (big["root"] / "0.jpg").read_bytes()
     (big["root"] / "0.jpg").write_bytes(good[: len(good) * 2 // 3])
     n0 = sum(1 for p in range(big["n"]) if p % 7 != 3 and p % 5 == 0)  # records using 0.jpg
     header = run(big, "header", check="header")
     decode = run(big, "decode", check="decode")
+    assert header["skipped"] == {"missing-media": big["missing"], "undecodable-image": n0}
+    assert decode["skipped"] == header["skipped"]
+    resized = run(big, "resized", resize_max_side=16)  # a transcode decodes: caught as well
+    assert resized["skipped"]["undecodable-image"] == n0
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    short_idat = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 30, 8, 2, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    (big["root"] / "0.jpg").write_bytes(short_idat)
+    header = run(big, "header2", check="header")
+    decode = run(big, "decode2", check="decode")
     assert header["skipped"] == {"missing-media": big["missing"]}
     assert decode["skipped"] == {"missing-media": big["missing"], "undecodable-image": n0}
     assert decode["written"] == header["written"] - n0
-    resized = run(big, "resized", resize_max_side=16)  # a transcode decodes: caught as well
-    assert resized["skipped"]["undecodable-image"] == n0

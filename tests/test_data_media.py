@@ -183,16 +183,20 @@ def test_undecodable_bytes_name_the_file():
 
 
 def test_truncated_jpeg_header_check_vs_full_decode():
-    """The documented trade-off: the header check passes a truncated JPEG, a full decode does not."""
+    """A truncated JPEG (no end-of-image marker) is refused by the header check too (issue 16: it
+    used to pass and was only dropped at training time); damage that keeps the file's length only
+    shows in a full decode (tests/fuzz/test_image_completeness.py has more)."""
     arr = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     data = encode(Image.fromarray(arr), "JPEG", quality=95)
+    assert check_image(data, "ok.jpg") == ImageInfo(64, 64, "jpg")
     cut = data[: len(data) // 2]
-    assert check_image(cut, "cut.jpg") == ImageInfo(64, 64, "jpg")
+    for full in (False, True):
+        with pytest.raises(SampleError) as e:
+            check_image(cut, "cut.jpg", full=full)
+        assert e.value.reason == "undecodable-image" and "cut.jpg" in str(e.value)
     with pytest.raises(SampleError) as e:
         decode_image(cut, "cut.jpg")
     assert e.value.reason == "undecodable-image" and "cut.jpg" in str(e.value)
-    with pytest.raises(SampleError):
-        check_image(cut, "cut.jpg", full=True)
 
 
 def test_png_crc_error_caught_by_header_check():

@@ -156,15 +156,22 @@ def inside_root(path: str, root: str) -> bool:
     """Whether the real location of ``path`` (symlinks resolved) is ``root``'s real location or
     lies below it. Pure path work plus ``realpath``'s ``lstat`` calls; nothing is opened."""
     base = root.real if isinstance(root, MediaRoot) else os.path.realpath(root)
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except ValueError:  # a NUL byte in the path: no such file, anywhere
+        return False
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def outside_error(where: str, written: str, root: str, path: str) -> SampleError:
     """The ``media-outside-root`` :class:`SampleError` for media path ``written`` (found at
     ``path``) that leaves ``root``."""
+    try:
+        real = os.path.realpath(path)
+    except ValueError:  # a NUL byte
+        real = repr(path)
     return SampleError(f"{where}: media path {written!r} leads outside the media root {root} (to "
-                       f"{os.path.realpath(path)}); refused unless absolute media are allowed "
+                       f"{real}); refused unless absolute media are allowed "
                        f"(mmit convert --allow-absolute-media, reader option allow_absolute=True)",
                        "media-outside-root")
 

@@ -15,6 +15,9 @@ traceback: text decoding, JSON / JSONL records and CSV rows for the source reade
   into its elements, and elements deeper than ``max_depth`` (:data:`MAX_JSON_DEPTH`) are ``too-deep``
   skips while the others are read. Parsed records whose extra fields nest deeper than
   :data:`~mmit.data.sample.MAX_META_DEPTH` are refused by ``Sample.validate`` (``too-deep``).
+* **Numbers**: a record holding an integer longer than Python converts (4300 digits) is a
+  ``number-too-large`` skip (JSONL line, JSON list element); in a whole-file document
+  (:func:`load_json_document`) it is a one-line ``ValueError`` naming the file.
 * **CSV** (:func:`read_csv_header`, :func:`iter_csv_dicts`). The ``csv`` field size limit is raised
   to ``max_field_chars`` (:data:`MAX_CSV_FIELD_CHARS`, 16 MiB); a longer field is a
   ``field-too-large`` skip. No field may span lines (``multiline_fields=False``): a quoted field
@@ -41,6 +44,10 @@ from mmit.data.sample import SampleError, has_lone_surrogate
 #: Elements of a JSON list nested deeper than this are ``too-deep`` skips (when the parser cannot
 #: read the list whole); LLaVA-style records nest 3-5 levels.
 MAX_JSON_DEPTH = 64
+
+#: Skip reason of a JSON record holding an integer with more digits than Python converts
+#: (``sys.get_int_max_str_digits()``, 4300 by default): ``json.loads`` raises a plain ``ValueError``.
+NUMBER_TOO_LARGE = "number-too-large"
 
 #: Default upper bound on one CSV field, in characters (Python's ``csv`` default is 131,072).
 MAX_CSV_FIELD_CHARS = 16 * 1024 * 1024
@@ -160,6 +167,8 @@ def _list_elements(text: str, path: str, max_depth: int) -> Iterator[Tuple[int, 
             return BadRecord("too-deep", f"nested too deep for the JSON parser, starting at line {line}")
         except json.JSONDecodeError as err:
             raise _json_error(path, err, s, text) from None
+        except ValueError as err:  # an integer longer than int() converts (sys.get_int_max_str_digits)
+            return BadRecord(NUMBER_TOO_LARGE, f"record starting at line {line}: {err}")
 
     end = None
     for m in _TOKEN.finditer(text, text.index("[")):
@@ -213,7 +222,7 @@ def iter_json_records(path: str, max_depth: int = MAX_JSON_DEPTH
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise _json_error(path, e) from None
-        except RecursionError:
+        except (RecursionError, ValueError):  # too deep, or an integer too long: element by element
             data = None
         if data is None:
             yield from _list_elements(text, path, max_depth)
@@ -224,7 +233,7 @@ def iter_json_records(path: str, max_depth: int = MAX_JSON_DEPTH
     if head == "{":
         try:
             whole = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             whole = None  # JSONL (or broken): the line-by-line pass below reports the exact line
         if isinstance(whole, dict):
             yield 0, whole, 1
@@ -246,6 +255,8 @@ def iter_json_records(path: str, max_depth: int = MAX_JSON_DEPTH
                                  f"{e.msg}") from None
             except RecursionError:
                 rec = BadRecord("too-deep", f"line {lineno} is nested too deep for the JSON parser")
+            except ValueError as e:  # an integer longer than int() converts
+                rec = BadRecord(NUMBER_TOO_LARGE, f"line {lineno}: {e}")
         yield index, rec, lineno
         index += 1
 
@@ -265,6 +276,8 @@ def load_json_document(path: str, what: str = "JSON") -> Any:
         raise ValueError(f"{path}: malformed {what} at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise ValueError(f"{path}: {what} nested too deep for the JSON parser") from None
+    except ValueError as e:  # an integer longer than int() converts (sys.get_int_max_str_digits)
+        raise ValueError(f"{path}: unreadable {what}: {e}") from None
 
 
 # -- CSV -------------------------------------------------------------------------------------------

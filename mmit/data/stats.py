@@ -14,6 +14,17 @@ from typing import Dict, List, Mapping, Optional, Union
 _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
+def _utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates (a non-UTF-8 byte read with ``surrogateescape``, a ``\\ud800``
+    escape in JSON) written as ``\\udcff``: skip messages quote ids and paths from the input, and
+    ``_stats.json`` must still encode as UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class SkipCounter:
     """Counts skipped records by reason and keeps the first few messages per reason for the log.
 
@@ -57,7 +68,7 @@ class SkipCounter:
             kept = self.examples.setdefault(reason, [])
             if len(kept) < self.max_examples:
                 text = message if message is not None else ""
-                kept.append(f"{sample_id}: {text}" if sample_id is not None else text)
+                kept.append(_utf8_safe(f"{sample_id}: {text}" if sample_id is not None else text))
 
     @property
     def total(self) -> int:

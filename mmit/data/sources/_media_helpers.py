@@ -17,8 +17,10 @@ this module adapts them to these readers:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Optional, Tuple
 
+from mmit.data.media import check_image
 from mmit.data.media_check import check_media_bytes
 from mmit.data.media_resolve import attach_media, media_policy
 from mmit.data.normalize import MEDIA_PLACEHOLDERS
@@ -56,7 +58,8 @@ def attach_file(m: Media, where: str, load_bytes: bool, root: str) -> None:
 
 
 def attach_bytes(m: Media, data: bytes, where: str, root: Optional[str] = None) -> None:
-    """Set ``m.data`` (unchanged) and ``m.ext`` (sniffed) from in-memory bytes.
+    """Set ``m.data`` (unchanged) and ``m.ext`` (sniffed) from in-memory bytes; images also get
+    :func:`mmit.data.media.check_image`'s header check (a truncated image is refused here).
 
     ``root``: the reader's media root, whose :class:`~mmit.data.media_resolve.MediaRoot` size caps
     apply (default caps without one). Raises :class:`SampleError` ``media-too-large`` or
@@ -66,6 +69,11 @@ def attach_bytes(m: Media, data: bytes, where: str, root: Optional[str] = None) 
     src = m.path or m.meta.get("image_id") or "in-memory bytes"
     caps = media_policy(root)[1] if root is not None else None
     ext = check_media_bytes(data, m.kind, f"{where}: {src}", caps)
+    if m.kind == "image":
+        # the bytes are in memory anyway: the header check that `mmit convert` runs while building
+        # the shard, here, so that a failure names the annotation file and record (a shard builder
+        # only knows the sample id). The pixel cap stays with convert (its max_pixels).
+        check_image(data, f"{where}: {src}", max_pixels=sys.maxsize)
     m.data, m.ext = data, ext
 
 

@@ -36,13 +36,17 @@ def _records(data, path):
     """``(record_id, {image, captions, extra}, where)`` from either layout."""
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         caps = {}
-        for a in data.get("annotations") or []:
-            if isinstance(a, dict) and "image_id" in a:
+        annotations = data.get("annotations")
+        for a in annotations if isinstance(annotations, list) else []:
+            # an id that is a list or an object (a bad file) matches no image: its image is then
+            # a bad-id (or no-answer) skip, never a TypeError
+            if isinstance(a, dict) and not isinstance(a.get("image_id", []), (list, dict)):
                 caps.setdefault(a["image_id"], []).append(a.get("caption"))
         for i, im in enumerate(data["images"]):
             iid = im.get("id", i) if isinstance(im, dict) else i
             rec = {"image": im.get("file_name") if isinstance(im, dict) else None,
-                   "captions": caps.get(iid, []), "image_id": iid,
+                   "captions": [] if isinstance(iid, (list, dict)) else caps.get(iid, []),
+                   "image_id": iid,
                    "domain": im.get("domain") if isinstance(im, dict) else None}
             yield iid, rec, f"{path}: image {i} (id {iid!r})"
     elif isinstance(data, list):

@@ -57,6 +57,9 @@ def read_iconqa(path, media_root=None, missing: str = "skip", stats: Optional[Sk
             return eval_sample(pid, INSTRUCTBLIP_PROMPTS["vqa"].format(**fields), str(answer),
                                media, task="iconqa", source="heldout-iconqa", where=where,
                                fields=fields, answers=[str(answer)], **extra)
+        if not isinstance(choices, list):
+            raise SampleError(f"{where}: choices must be a list, got {type(choices).__name__}",
+                              "invalid-record")
         choices = [str(c) for c in choices]
         if all(c.lower().endswith(_IMAGE_EXTS) for c in choices):
             raise SampleError(f"{where}: the choices are images ({choices[0]}, ...)",

@@ -75,6 +75,9 @@ def read_scienceqa(path, media_root=None, missing: str = "skip",
         pids = list(problems)
     elif splits_path is not None:
         splits = load_json(os.fspath(splits_path))
+        if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+            raise ValueError(f"{splits_path}: expected a JSON object mapping split name -> list "
+                             f"of problem ids")
         if split not in splits:
             raise ValueError(f"{splits_path}: no split {split!r} (has: {', '.join(splits)})")
         pids = [str(p) for p in splits[split]]
@@ -99,6 +102,9 @@ def read_scienceqa(path, media_root=None, missing: str = "skip",
             raise SampleError(f"{where}: text-only problem (image is null; IMG subset only)",
                               "no-image")
         psplit = prob.get("split") or split or ""
+        if (image and not isinstance(image, str)) or not isinstance(psplit, str):
+            raise SampleError(f"{where}: image {image!r} and split {psplit!r} must be strings",
+                              "invalid-record")
         media = ([media_item("image", os.path.join(psplit, pid, image), root, where, load_bytes)]
                  if image else [])
         context = str(prob.get("hint") or "").strip()

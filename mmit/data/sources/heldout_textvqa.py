@@ -42,7 +42,7 @@ def read_textvqa(path, media_root=None, missing: str = "skip", stats: Optional[S
     def convert(rec, where, index) -> Sample:
         need(rec, ("image_id", "question"), where)
         answers = rec.get("answers") or []
-        if not all(isinstance(a, str) for a in answers):
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
             raise SampleError(f"{where}: answers must be strings, got {answers!r}",
                               "invalid-record")
         media = [media_item("image", f"{rec['image_id']}.jpg", root, where, load_bytes)]

@@ -68,12 +68,18 @@ def read_visdial(path, media_root=None, missing: str = "skip", stats: Optional[S
             raise SampleError(f"{where}: round is not an object with a question", "invalid-record")
         if rnd.get("gt_index") is None or not rnd.get("answer_options"):
             raise SampleError(f"{where}: no gt_index / answer_options (test split?)", "no-label")
+        if not isinstance(rnd["answer_options"], list):
+            raise SampleError(f"{where}: answer_options must be a list of answer indices",
+                              "invalid-record")
         opts = [text(answers, a, where, "answer option") for a in rnd["answer_options"]]
         gt = rnd["gt_index"]
         if isinstance(gt, bool) or not isinstance(gt, int) or not 0 <= gt < len(opts):
             raise SampleError(f"{where}: gt_index {gt!r} out of range", "invalid-record")
         history = [str(dialog.get("caption", "")).strip().rstrip(".") + "."]
-        for prev in dialog["dialog"][:r]:
+        for k, prev in enumerate(dialog["dialog"][:r]):
+            if not isinstance(prev, dict):
+                raise SampleError(f"{where}: round {k + 1} of the history is not an object",
+                                  "invalid-record")
             history.append(f"{_q(text(questions, prev.get('question'), where, 'question'))} "
                            f"{text(answers, prev.get('answer'), where, 'answer')}.")
         fields = {"history": " ".join(history),

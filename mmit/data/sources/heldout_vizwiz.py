@@ -40,6 +40,8 @@ def read_vizwiz(path, media_root=None, missing: str = "skip", stats: Optional[Sk
     def convert(rec, where, index) -> Sample:
         need(rec, ("image", "question"), where)
         answers = []
+        if not isinstance(rec.get("answers") or [], list):
+            raise SampleError(f"{where}: answers must be a list", "invalid-record")
         for a in rec.get("answers") or []:
             text = a.get("answer") if isinstance(a, dict) else a
             if not isinstance(text, str):

@@ -61,12 +61,17 @@ def read_vqav2(path, media_root=None, missing: str = "skip", stats: Optional[Ski
         raise ValueError(f"{path}: expected an object with a 'questions' list")
     if not isinstance(anns, dict) or not isinstance(anns.get("annotations"), list):
         raise ValueError(f"{ann_path}: expected an object with an 'annotations' list")
-    by_qid = {a.get("question_id"): a for a in anns["annotations"] if isinstance(a, dict)}
+    # ids that are lists or objects (a broken file) match no question
+    by_qid = {a.get("question_id"): a for a in anns["annotations"]
+              if isinstance(a, dict) and not isinstance(a.get("question_id"), (list, dict))}
     subtype = qs.get("data_subtype", "")
 
     def convert(q, where, qid) -> Sample:
         need(q, ("question_id", "image_id", "question"), where)
-        ann = by_qid.get(q["question_id"]) or {}
+        qid = q["question_id"]
+        ann = (None if isinstance(qid, (list, dict)) else by_qid.get(qid)) or {}
+        if not isinstance(ann.get("answers") or [], list):
+            raise SampleError(f"{where}: the annotation's answers must be a list", "invalid-record")
         answers = [a.get("answer") if isinstance(a, dict) else a
                    for a in ann.get("answers") or []]
         if not all(isinstance(a, str) for a in answers):

@@ -147,6 +147,9 @@ def _iter_seeds(path: str, root: str, missing: str, counter: SkipCounter, load_b
         folder = os.path.join(root, d)
         where = f"{path}: folder {d!r}"
         try:
+            if not isinstance(d, str) or not d.strip() or "\x00" in d:
+                raise SampleError(f"{where}: folder name must be a non-empty string without NUL "
+                                  f"bytes", "invalid-record")
             if not media_policy(root)[0] and not inside_root(folder, root):
                 raise outside_error(where, d, root, folder)  # its prompt.json is not read either
             prompt = _read_prompt(folder, where)
@@ -202,18 +205,55 @@ def _media_from_cell(cell: Any, where: str, root: str, load_bytes: bool) -> Medi
     return m
 
 
-def _iter_parquet(files: List[str], columns: List[Dict[str, str]], root: str, missing: str,
-                  counter: SkipCounter, load_bytes: bool) -> Iterator[Sample]:
+def _unreadable(file: str, e: BaseException) -> ValueError:
+    """The one-line error for a parquet file pyarrow cannot read (truncated, not parquet, a
+    corrupt page); pyarrow's own messages do not name the file."""
+    return ValueError(f"{file}: unreadable parquet file: "
+                      f"{' '.join(str(e).split()) or type(e).__name__}")
+
+
+def _parquet_batches(file: str, columns: List[str]) -> Iterator[List[Any]]:
+    """The rows of ``file`` in batches of 64; any pyarrow failure is :func:`_unreadable`. A row
+    holding a string that is not UTF-8 (pyarrow does not check when it reads) is a
+    ``bad-encoding`` :class:`SampleError` in its place, for the caller to count."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        batches = pq.ParquetFile(file).iter_batches(batch_size=64, columns=columns)
+        start = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            try:
+                rows: List[Any] = batch.to_pylist()
+            except UnicodeDecodeError:
+                rows = []
+                for i in range(batch.num_rows):
+                    try:
+                        rows.extend(batch.slice(i, 1).to_pylist())
+                    except UnicodeDecodeError as e:
+                        rows.append(SampleError(f"{file}: row {start + i}: a string that is not "
+                                                f"UTF-8: {e}", "bad-encoding"))
+            start += batch.num_rows
+            yield rows
+    except (OSError, pa.lib.ArrowException) as e:
+        raise _unreadable(file, e) from None
+
+
+def _iter_parquet(files: List[str], columns: List[Dict[str, str]], root: str, missing: str,
+                  counter: SkipCounter, load_bytes: bool) -> Iterator[Sample]:
     for file, cols in zip(files, columns):
         stem = os.path.splitext(os.path.basename(file))[0]
         row = 0
-        pf = pq.ParquetFile(file)
-        for batch in pf.iter_batches(batch_size=64, columns=sorted(set(cols.values()))):
-            for rec in batch.to_pylist():
+        for batch in _parquet_batches(file, sorted(set(cols.values()))):
+            for rec in batch:
                 sid, where = f"{stem}/{row}", f"{file}: row {row}"
                 try:
+                    if isinstance(rec, SampleError):
+                        raise rec
                     inp = _media_from_cell(rec[cols["input"]], f"{where} {cols['input']}", root,
                                            load_bytes)
                     out = _media_from_cell(rec[cols["edited"]], f"{where} {cols['edited']}", root,
@@ -275,12 +315,19 @@ def read_instructpix2pix(path: PathLike, media_root: Optional[PathLike] = None,
     else:
         files = [path] if path.endswith(".parquet") else []
     if files:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         root = os.fspath(media_root) if media_root is not None else os.path.dirname(
             os.path.abspath(files[0]))
         root = MediaRoot(root, allow_absolute, max_media_bytes)
-        cols = [_parquet_columns(f, pq.read_schema(f).names, columns or {}) for f in files]
+        cols = []
+        for f in files:
+            try:
+                names = pq.read_schema(f).names
+            except (OSError, pa.lib.ArrowException) as e:
+                raise _unreadable(f, e) from None
+            cols.append(_parquet_columns(f, names, columns or {}))
         return _iter_parquet(files, cols, root, missing, counter, load_bytes)
     if os.path.isdir(path):
         dataset = path

@@ -114,9 +114,14 @@ class ImageStore:
             self._open_parquet(location)
 
     def _open_parquet(self, location: str) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(location)
+        try:
+            table = pq.read_table(location)
+        except (OSError, pa.lib.ArrowException) as e:  # pyarrow's messages do not name the file
+            raise ValueError(f"{location}: unreadable parquet file: "
+                             f"{' '.join(str(e).split()) or type(e).__name__}") from None
         names = table.column_names
         if "base64" not in names:
             raise ValueError(f"{location}: MIMIC-IT image parquet needs a 'base64' column "
@@ -129,7 +134,11 @@ class ImageStore:
             raise ValueError(f"{location}: no image-id column (pandas index or one of "
                              f"{_INDEX_NAMES}); columns: {names}")
         self._col = table.column("base64")
-        self._rows = {str(k): i for i, k in enumerate(table.column(id_col).to_pylist())}
+        try:
+            ids = table.column(id_col).to_pylist()
+        except UnicodeDecodeError as e:  # pyarrow does not check UTF-8 when it reads a file
+            raise ValueError(f"{location}: image-id column {id_col!r} is not UTF-8: {e}") from None
+        self._rows = {str(k): i for i, k in enumerate(ids)}
 
     def __contains__(self, image_id: str) -> bool:
         if self.kind == "folder":
@@ -152,8 +161,12 @@ class ImageStore:
             m = Media(kind="image", path=self._files[image_id], meta={"image_id": image_id})
             attach_file(m, where, load_bytes, self.root)
             return m
-        text = (self._b64[image_id] if self.kind == "json"
-                else self._col[self._rows[image_id]].as_py())
+        try:
+            text = (self._b64[image_id] if self.kind == "json"
+                    else self._col[self._rows[image_id]].as_py())
+        except UnicodeDecodeError as e:  # a parquet string cell that is not UTF-8
+            raise SampleError(f"{where}: image {image_id!r}: base64 cell is not UTF-8 text: {e}",
+                              "bad-base64") from None
         m = Media(kind="image", meta={"image_id": image_id})
         attach_bytes(m, decode_base64(text, f"{where}: image {image_id!r}"), where, self.root)
         return m

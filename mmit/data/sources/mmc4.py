@@ -43,10 +43,12 @@ Output, one :class:`Sample` per document (``source="mmc4"``, ``task="interleaved
 
 Skip reasons (each skipped line counted once, so records in = yielded + skipped): ``malformed-json``
 (message names ``file:line``), ``bad-encoding`` (a line that is not UTF-8), ``too-deep`` (nested too
-deep for the JSON parser), ``bad-id``, ``duplicate-id``, ``invalid-record`` (not an object, bad ``text_list`` / ``image_info``
+deep for the JSON parser), ``number-too-large`` (an integer of more than 4300 digits), ``bad-id``,
+``duplicate-id``, ``invalid-record`` (not an object, bad ``text_list`` / ``image_info``
 entry, index out of range), ``no-text`` (no non-blank sentence),
 ``no-matched-image`` (no image passes the rules), ``missing-media``, ``media-outside-root``,
-``media-too-large``, ``bad-base64``, ``undecodable-image``.
+``media-too-large``, ``bad-base64``, ``undecodable-image``. A damaged ``.gz`` / ``.zip`` (cut short, a
+bad CRC) is a one-line ``ValueError`` naming the file and the last line read.
 
 Not replicated from OpenFlamingo: its ``--mmc4_min_num_images``, the random drop of half the
 one-image documents, the zero-padding of the image tensor to ``max_num_images`` and truncation at
@@ -59,12 +61,14 @@ import gzip
 import json
 import os
 import zipfile
+import zlib
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.constants import IMAGE_PLACEHOLDER
 from mmit.data.media_resolve import MediaRoot, decode_base64, resolve_media_path
 from mmit.data.normalize import open_annotation, record_extras, record_identity, unique_samples
+from mmit.data.record_io import NUMBER_TOO_LARGE
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
@@ -110,11 +114,32 @@ def iter_jsonl_lines(path: str) -> Iterator[Tuple[str, int, Any]]:
     non-blank lines from 0 across members. A line that is not UTF-8 JSON yields a
     :class:`SampleError` (reason ``malformed-json``, naming ``file:line`` and the column) as its record,
     so the caller can count it and go on. Streams: one line in memory at a time.
+
+    Raises ``ValueError`` naming the file (and the last line read) for a damaged archive: a
+    truncated or corrupt gzip stream, a zip whose directory or member data is broken.
     """
+    last = ["no line read"]
+    try:
+        yield from _jsonl_lines(path, last)
+    except _ARCHIVE_ERRORS as e:
+        raise ValueError(f"{path}: unreadable archive (last line read: {last[0]}): "
+                         f"{' '.join(str(e).split()) or type(e).__name__}") from None
+
+
+#: What a damaged .gz / .zip raises while it is read (BadGzipFile is an OSError; a truncated gzip
+#: stream raises EOFError; a bad zip BadZipFile, zlib.error, or NotImplementedError / RuntimeError
+#: for an unsupported compression method or an encrypted member).
+_ARCHIVE_ERRORS = (EOFError, OSError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+                   RuntimeError)
+
+
+def _jsonl_lines(path: str, last: List[str]) -> Iterator[Tuple[str, int, Any]]:
+    """The body of :func:`iter_jsonl_lines`; ``last[0]`` is set to each line's ``file:line``."""
     index = 0
     with _members(path) as members:
         for label, stream in members:
             for lineno, raw in enumerate(stream, start=1):
+                last[0] = f"{label}:{lineno}"
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
                 if not raw.strip():
@@ -129,6 +154,8 @@ def iter_jsonl_lines(path: str) -> Iterator[Tuple[str, int, Any]]:
                 except json.JSONDecodeError as e:
                     record = SampleError(f"{where}: malformed JSON at column {e.colno}: {e.msg}",
                                          "malformed-json")
+                except ValueError as e:  # an integer longer than int() converts (4300 digits)
+                    record = SampleError(f"{where}: {e}", NUMBER_TOO_LARGE)
                 yield where, index, record
                 index += 1
 
