@@ -150,6 +150,32 @@ class SpliceDecoderMixin:
                                  **generate_kwargs)
 
 
+def packed_attention_mask(llm, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The attention mask for rows that pack several samples (:mod:`mmit.training.batching`).
+
+    position_ids LongTensor ``[B,T]`` (0 where each sample starts; padding counts 0, 1, ... again);
+    attention_mask ``[B,T]`` (1 = token, 0 = padding). Token ``i`` may attend to ``j`` iff ``j <= i``,
+    both lie in the same sample and ``j`` is no padding (every token also sees itself, so no row of the
+    mask is empty). Returned in the form ``llm.config._attn_implementation`` reads (transformers >= 5
+    passes a 4-D mask through unchanged): ``sdpa`` / ``flex`` and others: bool ``[B,1,T,T]`` (True =
+    attend); ``eager``: additive ``dtype`` ``[B,1,T,T]`` (0 / ``finfo(dtype).min``); ``flash_attention_*``:
+    None (transformers then finds the samples from ``position_ids`` itself: varlen kernels).
+    """
+    impl = str(getattr(getattr(llm, "config", None), "_attn_implementation", None) or "eager")
+    if impl.startswith("flash"):
+        return None
+    T = position_ids.shape[-1]
+    seg = (position_ids == 0).cumsum(-1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (seg.unsqueeze(-1) == seg.unsqueeze(-2)) & causal & attention_mask.bool().unsqueeze(-2)
+    allowed |= torch.eye(T, dtype=torch.bool, device=position_ids.device)
+    allowed = allowed.unsqueeze(1)
+    if impl != "eager":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a model without parameters)."""
     p: Optional[torch.Tensor] = next(model.parameters(), None)

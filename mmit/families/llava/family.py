@@ -46,4 +46,5 @@ class LlavaFamily(ModelFamily):
         supervised token (the processor never lets one through)."""
         if not has_supervision(batch.labels):
             raise RuntimeError(f"batch with no supervised token: {batch.ids}")
-        return model(batch.input_ids, batch.attention_mask, batch.labels, batch.values("image")).loss
+        return model(batch.input_ids, batch.attention_mask, batch.labels, batch.values("image"),
+                     position_ids=batch.extra.get("position_ids")).loss  # packed rows (data.packing)

@@ -19,7 +19,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmit.data.batch import Batch
-from mmit.models.interface import MultimodalModel, SpliceDecoderMixin, enable_activation_checkpointing
+from mmit.models.interface import (MultimodalModel, SpliceDecoderMixin, enable_activation_checkpointing,
+                                   packed_attention_mask)
 
 
 class LlavaLM(SpliceDecoderMixin, MultimodalModel):
@@ -75,15 +76,24 @@ class LlavaLM(SpliceDecoderMixin, MultimodalModel):
         return self.embed(batch.input_ids, batch.values("image"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None, **kwargs):
+                labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, **kwargs):
         """Causal-LM forward.
 
         input_ids LongTensor ``[B,T]``; attention_mask ``[B,T]`` (1 = token, 0 = padding); labels
         ``[B,T]`` with -100 where no loss is taken (shifted inside the LLM); pixel_values
-        ``[I,3,H,W]`` for the images of all samples in order, or None. Returns the LLM's
-        ``CausalLMOutputWithPast`` (``loss`` a scalar mean over supervised tokens, ``logits [B,T,V]``).
+        ``[I,3,H,W]`` for the images of all samples in order, or None. position_ids ``[B,T]``: packed
+        rows (:func:`mmit.training.batching.pack_sequences`, positions restart at 0 per sample); the
+        mask then becomes block-diagonal causal (:func:`mmit.models.interface.packed_attention_mask`),
+        so samples of one row never see each other. Returns the LLM's ``CausalLMOutputWithPast``
+        (``loss`` a scalar mean over supervised tokens, ``logits [B,T,V]``).
         """
         embeds = self.embed(input_ids, pixel_values)
+        if position_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            attention_mask = packed_attention_mask(self.llm, position_ids, attention_mask, embeds.dtype)
+            kwargs["position_ids"] = position_ids
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

@@ -91,6 +91,28 @@ class LlavaProcessor(Processor):
         ``media["image"]`` ``[I,3,H,W]`` in sample order. Raises ``ValueError`` on no items."""
         return self._batch(items, left=False)
 
+    def collate_packed(self, rows: Sequence[Sequence[Dict[str, Any]]]) -> Batch:
+        """Pack items several to a row (``data.packing``, :mod:`mmit.training.batching`): each row is
+        its items' tokens back to back, right-padded to the longest row.
+
+        ``input_ids`` / ``attention_mask`` / ``labels`` ``[R,T]`` (labels -100 on padding and on each
+        item's first token: nothing is predicted across a sample boundary); ``extra["position_ids"]``
+        ``[R,T]`` restarting at 0 for every item (the model builds a block-diagonal causal mask from
+        them); ``media["image"]`` in row then token order, ``sample_index`` the row; ``ids`` one per
+        row, the items' ids joined with ``+``. Raises ``ValueError`` on no rows or an empty row.
+        """
+        from mmit.training.batching import pack_sequences
+
+        input_ids, mask, labels, position_ids = pack_sequences(
+            [[(it["input_ids"], it.get("labels")) for it in row] for row in rows], self.tokenizer.pad_token_id)
+        pixels = [it["pixel_values"] for row in rows for it in row if it.get("pixel_values") is not None]
+        media = {}
+        if pixels:
+            media["image"] = media_tensors(torch.cat(pixels),
+                                           span_starts(input_ids, self.image_token_id, self.num_image_tokens))
+        return Batch(ids=["+".join(str(it["id"]) for it in row) for row in rows], input_ids=input_ids,
+                     attention_mask=mask, labels=labels, media=media, extra={"position_ids": position_ids})
+
     # -- inference ---------------------------------------------------------------------------------
     def prompt(self, turns: Sequence[Turn], media: Sequence[Any] = (), sample_id: str = "prompt") -> Dict[str, Any]:
         """The prompt's ids (template + generation prompt, ``<image>`` expanded) and its images:
