@@ -6,6 +6,9 @@ Layout of one checkpoint folder::
     config.yaml          resolved RunConfig (the family's ``checkpoint_config``; relative paths resolve here)
     model.safetensors    the weights that train in this stage (all of them after ``full``), gathered as a
                          full state dict (``accelerator.get_state_dict``: whole tensors under FSDP/ZeRO-3)
+    llm_adapter/         with ``train.lora``: the LLM's LoRA adapters in peft's format (adapter_model.safetensors,
+                         adapter_config.json); model.safetensors then holds the other weights that train, under
+                         the names of the model without adapters (:mod:`mmit.training.lora`)
     tokenizer/           tokenizer with its chat template
     optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True)
     scheduler.pt         lr-scheduler state (likewise)
@@ -37,6 +40,7 @@ from torch import nn
 
 from mmit.config.paths import absolutise
 from mmit.config.schema import RunConfig, save_config
+from mmit.training.lora import ADAPTER_DIR, base_aliases, load_adapter, save_adapter, split_adapter_weights
 
 STATE_FILE = "trainer_state.json"
 _STEP_RX = re.compile(r"^step-(\d+)$")
@@ -66,22 +70,33 @@ def select_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module, only_t
 
 
 def save_weights(model: nn.Module, path: str | Path, only_trainable: bool = True,
-                 state_dict: Optional[Dict[str, torch.Tensor]] = None, keep: Collection[str] = ()) -> None:
+                 state_dict: Optional[Dict[str, torch.Tensor]] = None, keep: Collection[str] = (),
+                 adapter_dir: Optional[Path] = None) -> None:
     """Write the trainable parameters and those named in ``keep`` (or all parameters) to a safetensors
     file, keyed by parameter name; taken from ``state_dict`` when given (a gathered full state dict),
-    else from the model."""
+    else from the model. With ``adapter_dir``, LoRA adapters of ``model.llm`` go there in peft's format
+    and the rest to ``path`` under the names of the model without adapters (``keep`` may use either)."""
+    if adapter_dir is not None:
+        aliases = base_aliases(model)  # ``keep`` names frozen weights by their names without adapters
+        keep = set(keep) | {name for plain, name in aliases.items() if plain in keep}
     weights = (trainable_state_dict(model, only_trainable, keep) if state_dict is None
                else select_weights(state_dict, model, only_trainable, keep))
+    if adapter_dir is not None:
+        adapter, weights = split_adapter_weights(model, weights)
+        if adapter:
+            save_adapter(model, adapter_dir, adapter)
     save_file(weights, str(path), metadata={"format": "pt"})
 
 
 def load_weights(model: nn.Module, path: str | Path) -> int:
     """Load a (partial) state dict from safetensors. Every key in the file must exist in the model
-    with the same shape; raises ``KeyError`` / ``ValueError`` naming the file otherwise. Returns the
+    with the same shape; raises ``KeyError`` / ``ValueError`` naming the file otherwise. A name of the
+    model without LoRA adapters also finds its weight under an adapter's ``base_layer``. Returns the
     number of tensors loaded."""
     sd = load_file(str(path))
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
+    params.update({plain: params[name] for plain, name in base_aliases(model).items()})
     unknown = [k for k in sd if k not in params]
     if unknown:
         raise KeyError(f"{path}: {len(unknown)} tensor(s) not in the model, e.g. {unknown[:3]}")
@@ -125,6 +140,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RunConfig, token
 
     ``model`` is the unwrapped model (names, ``requires_grad``); ``state_dict`` its gathered full state
     dict (default: read from ``model``). ``keep``: frozen parameters saved too (:func:`save_weights`).
+    LoRA adapters of ``model.llm`` go to ``llm_adapter/`` in peft's format, the rest to
+    ``model.safetensors`` under the names of the model without adapters.
     ``extra(model, folder)`` writes family-specific files (e.g. EMA weights) before the folder is marked
     complete."""
     path = Path(path)
@@ -132,7 +149,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RunConfig, token
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_config(cfg, tmp / "config.yaml")
-    save_weights(model, tmp / "model.safetensors", only_trainable, state_dict, keep)
+    save_weights(model, tmp / "model.safetensors", only_trainable, state_dict, keep, adapter_dir=tmp / ADAPTER_DIR)
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     if extra is not None:
         extra(model, tmp)
@@ -252,9 +269,13 @@ def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.floa
         dtype: the dtype the family builds the model in.
         trust_remote_code: allow the model folders the config names to run their own Python code.
 
+    A checkpoint with ``llm_adapter/`` gets its LoRA adapters back on ``model.llm``
+    (:func:`~mmit.training.lora.load_adapter`; never quantized, also after QLoRA).
+
     Returns ``(model, tokenizer, cfg)``; the model is in eval mode. Raises ``FileNotFoundError`` (no
     checkpoint), ``ValueError`` (a refused tag or a bad config, naming the file; custom code that
-    transformers will not run without ``trust_remote_code``) and ``OSError`` (a missing model folder).
+    transformers will not run without ``trust_remote_code``; adapters that do not fit the model) and
+    ``OSError`` (a missing model folder).
     """
     from transformers import AutoTokenizer
 
@@ -270,5 +291,6 @@ def load_model_from_checkpoint(path: str | Path, dtype: torch.dtype = torch.floa
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"), trust_remote_code=trust_remote_code)
     load_weights(model, ckpt / "model.safetensors")
     family.load_extra(model, ckpt, cfg)
+    load_adapter(model, ckpt)
     model.eval()
     return model, tokenizer, cfg
