@@ -71,6 +71,8 @@ def cmd_train(argv: List[str]) -> int:
     if resume:
         cfg.train.resume = True
     run_dir = train(cfg)
+    if os.environ.get("RANK", "0") != "0":  # several processes (torchrun / accelerate launch): one prints
+        return 0
     print(f"run folder: {run_dir}  (final weights: {run_dir / 'final'}, metrics: {run_dir / 'metrics.jsonl'}, "
           f"plot: {run_dir / 'loss.png'})")
     return 0

@@ -9,7 +9,8 @@ from mmit.registry import Registry, UnknownNameError
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 #: Run configs (``mmit train``); configs/eval/ holds evaluation task and suite files, tested with the evaluator.
-CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if "eval" not in p.relative_to(CONFIG_ROOT).parts)
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml")  # run configs (eval suites and accelerate launch files are not)
+                 if not {"eval", "accelerate"} & set(p.relative_to(CONFIG_ROOT).parts))
 
 
 def test_unknown_name_lists_close_matches():

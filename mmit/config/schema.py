@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import draccus
 
+from mmit.config.lora import LoRAConfig
+
 log = logging.getLogger("mmit.config")
 
 #: Training stages (:attr:`TrainConfig.stage`); each family supports a subset (``ModelFamily.stages``).
@@ -69,6 +71,16 @@ class DataConfig:
     resampled: bool = False
     #: DataLoader worker processes (0: in the main process; exact resume needs 0).
     num_workers: int = 0
+    #: Batch multimodal and text-only samples apart and similar lengths together (LLaVA's
+    #: ``group_by_modality_length``; seeded per epoch, resumable: :mod:`mmit.training.batching`).
+    group_by_modality_length: bool = False
+    #: Token budget per batch (rows x longest row, padding included); ``train.batch_size`` stays the
+    #: cap on samples per batch. Null: batches of ``train.batch_size`` samples. Set ``train.max_steps``:
+    #: an epoch's step count is estimated from ``batch_size``.
+    max_tokens_per_batch: Optional[int] = None
+    #: Pack several samples into each row of ``model.max_length`` tokens (per-sample position ids, no
+    #: attention across samples; families with decoder-only splice fusion: llava).
+    packing: bool = False
 
 
 @dataclass
@@ -110,6 +122,8 @@ class TrainConfig:
     report_to: Literal["tensorboard", "none"] = "tensorboard"
     #: Show a progress bar (loss, lr, tokens/s, ETA).
     progress_bar: bool = True
+    #: LoRA / QLoRA adapters on the LLM (:class:`~mmit.config.lora.LoRAConfig`); off by default.
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

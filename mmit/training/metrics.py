@@ -10,7 +10,9 @@ from typing import Dict, List, Optional
 
 class MetricsLogger:
     """Append-only metrics for one run folder. On resume, lines past the resumed step are dropped so
-    ``metrics.jsonl`` reads as one uninterrupted run."""
+    ``metrics.jsonl`` reads as one uninterrupted run; a new run deletes the old file. Create it on the
+    main process only (the others use :class:`NullMetrics`): a second logger would delete or
+    interleave the main one's lines. Raises ``ValueError`` for an unknown ``report_to``."""
 
     def __init__(self, run_dir: str | Path, report_to: str = "tensorboard", resume_step: Optional[int] = None):
         self.run_dir = Path(run_dir)
@@ -42,6 +44,16 @@ class MetricsLogger:
         self._f.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NullMetrics:
+    """What the processes other than the main one log: nothing (no file is opened or deleted)."""
+
+    def log(self, step: int, values: Dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def read_metrics(path: str | Path) -> List[dict]:

@@ -1,6 +1,10 @@
 """The training loop (accelerate): stages, AdamW + warmup/cosine, gradient accumulation, clipping,
 mixed precision, checkpoints with exact mid-epoch resume, progress bar and metrics.
 
+One process or several (``torchrun`` / ``accelerate launch``: DDP, FSDP2, DeepSpeed ZeRO-2/3, picked by
+the accelerate config; :mod:`mmit.training.distributed`): every process trains on its own share of the
+data (:mod:`mmit.training.split`); only the main process logs, prints and writes files.
+
 Entry point: :func:`train` (``mmit train --config_path ...``).
 """
 
@@ -9,14 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
@@ -26,7 +31,13 @@ from mmit.families import ModelFamily, get_family
 from mmit.training.checkpoint import (latest_checkpoint, load_training_state, load_weights, prune_checkpoints,
                                       resolve_checkpoint_dir, save_checkpoint)
 from mmit.training.data import SampleStream, batches, to_device
-from mmit.training.metrics import MetricsLogger, loss_fell, plot_loss, read_metrics
+from mmit.training.distributed import (DEEPSPEED_DIR, SavedState, build_accelerator, check_launch,
+                                       fill_deepspeed_config, find_unused_parameters,
+                                       freeze_unused_encoder_parameters, gather_rank_states, load_optimizer_state,
+                                       optimizer_state, rank_entry, rng_state, save_deepspeed_state, save_rank_rng,
+                                       set_fsdp_wrap_classes, set_rank_rng)
+from mmit.training.lora import apply_lora, load_adapter
+from mmit.training.metrics import MetricsLogger, NullMetrics, loss_fell, plot_loss, read_metrics
 from mmit.training.optim import build_optimizer, build_scheduler
 from mmit.training.params import apply_trainable, parameter_table
 
@@ -70,20 +81,37 @@ def resolve_precision(precision: str) -> str:
     return table[precision]
 
 
-def _setup_logging(run_dir: Path) -> None:
+def _setup_logging(run_dir: Path, main: bool = True, rank: int = 0) -> None:
+    """The ``mmit`` logger of a run. Main process: INFO and up to ``<run_dir>/train.log`` and to stderr
+    (``[mmit] ...``). Other processes: errors only, to stderr (``[mmit rank N] ...``), so a run of N
+    processes logs and prints once."""
     root = logging.getLogger("mmit")
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if main else logging.ERROR)
     for h in list(root.handlers):
         if getattr(h, "_mmit_run", False):
             root.removeHandler(h)
-    fh = logging.FileHandler(run_dir / "train.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    fh._mmit_run = True
-    root.addHandler(fh)
+    if main:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh._mmit_run = True
+        root.addHandler(fh)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
         sh = logging.StreamHandler()
-        sh.setFormatter(logging.Formatter("[mmit] %(message)s"))
+        sh.setFormatter(logging.Formatter("[mmit] %(message)s" if main else f"[mmit rank {rank}] %(message)s"))
         root.addHandler(sh)
+
+
+def _minus(a: dict, b: dict) -> dict:
+    """Counts of ``a`` less those of ``b`` (skip reasons), zeros dropped."""
+    return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
+
+
+def _global(accelerator, loss: float, tokens: int):
+    """A step's (mean loss, units) over all processes (one all-reduce; as is with one process)."""
+    if accelerator.num_processes == 1:
+        return loss, tokens
+    t = accelerator.reduce(torch.tensor([loss, float(tokens)], dtype=torch.float64, device=accelerator.device), "sum")
+    return float(t[0]) / accelerator.num_processes, int(round(float(t[1])))
 
 
 def train_step(accelerator: Accelerator, model, optimizer, scheduler, micro_batches, trainable,
@@ -91,16 +119,20 @@ def train_step(accelerator: Accelerator, model, optimizer, scheduler, micro_batc
     """One optimizer step over ``micro_batches`` (gradient accumulation): forward under autocast,
     backward of loss / n, gradient sync only on the last micro-batch, clipping, AdamW, lr schedule.
 
-    The loss of a micro-batch is ``family.loss(model, batch)``. Returns ``(mean loss over the
-    micro-batches, grad norm before clipping or None)``.
+    The loss of a micro-batch is ``family.loss(model, batch)``; ``accelerator`` was built with
+    ``gradient_accumulation_steps = len(micro_batches)`` and divides it by that in ``backward`` (a
+    DeepSpeed engine does so itself, and steps on its own accumulation boundary). Returns ``(mean loss
+    over the micro-batches, grad norm before clipping or None)``.
     """
     n = len(micro_batches)
+    if accelerator.gradient_accumulation_steps != n:
+        raise ValueError(f"accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches, got {n}")
     step_loss = 0.0
     for i, batch in enumerate(micro_batches):
         inputs = to_device(batch, accelerator.device)
         with (nullcontext() if i == n - 1 else accelerator.no_sync(model)), accelerator.autocast():
             loss = family.loss(model, inputs)
-        accelerator.backward(loss / n)
+        accelerator.backward(loss)
         step_loss += float(loss.detach()) / n
     grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm) if max_grad_norm > 0 else None
     optimizer.step()
@@ -115,20 +147,24 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     ``stop_after_steps`` ends the run early after that optimizer step, as an interruption would
     (used by the resume test). Raises ``ValueError`` for inconsistent settings,
     :class:`NoUsableSampleError` (a ``ValueError``) when every sample is skipped (the message names the
-    skip reasons and counts), and ``FileNotFoundError`` for missing data or weights.
+    skip reasons and counts), and ``FileNotFoundError`` for missing data or weights; ``ValueError``
+    also for a launch that started fewer processes than asked, FSDP version 1, and a resume with
+    another number of processes than the checkpoint's.
     """
     tc = cfg.train
+    check_launch()
     run_dir = Path(tc.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir)
-    accelerator = Accelerator(mixed_precision=resolve_precision(tc.precision), cpu=not torch.cuda.is_available())
+    dist = PartialState(cpu=not torch.cuda.is_available())  # the Accelerator comes once the data is known
+    _setup_logging(run_dir, dist.is_main_process, dist.process_index)
     set_seed(tc.seed)
-    save_config(cfg, run_dir / "config.yaml")
+    if dist.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
 
     family = get_family(cfg.family)
-    if accelerator.is_main_process:
+    if dist.is_main_process:
         family.prepare_data(cfg)
-    accelerator.wait_for_everyone()
+    dist.wait_for_everyone()
     model, tokenizer = family.build(cfg)
     keep = set()  # frozen weights that `build` cannot give back: every checkpoint holds them too
     if cfg.model.init_from:
@@ -139,21 +175,36 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
         log.info("initialised %d tensors from %s", n, src)
     trains = apply_trainable(model, family.trainable_modules(cfg))
     family.prepare_for_training(model, cfg)  # after freezing: it may unfreeze parts (adapters, new token rows)
+    apply_lora(model, cfg, trains)  # train.lora: adapters on model.llm, its own weights frozen (QLoRA: 4-bit)
     keep |= {n for n, _ in model.named_parameters() if n.split(".")[0] in family.persistent_modules(cfg)}
+    for where, names in freeze_unused_encoder_parameters(model).items():  # DDP would wait for their gradients
+        log.info("%s: %d tensor(s) after select_layer never reach the features: frozen", where, len(names))
     table, _ = parameter_table(model, list(trains))
     log.info("stage %s, parameters:\n%s", tc.stage, table)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
     stats = SkipCounter()
-    stream = SampleStream(cfg.data, tc.seed, accelerator.process_index, accelerator.num_processes, stats)
+    stream = SampleStream(cfg.data, tc.seed, dist.process_index, dist.num_processes, stats, block=tc.batch_size)
     pre = family.processor(cfg, model, tokenizer)
     pre.allow_empty_answers = cfg.data.allow_empty_answers
     per_step = tc.batch_size * tc.gradient_accumulation_steps
     if tc.max_steps > 0:
         total_steps = tc.max_steps
     else:
-        total_steps = max(1, math.ceil(tc.epochs * len(stream) / per_step))
+        total_steps = max(1, math.ceil(tc.epochs * len(stream) / per_step))  # len: the same on every process
+    find_unused, why = find_unused_parameters(stream.mixed_media() if dist.num_processes > 1 else False)
+    accelerator = build_accelerator(resolve_precision(tc.precision), tc.gradient_accumulation_steps, find_unused)
+    kind = accelerator.distributed_type
+    if accelerator.num_processes > 1:
+        log.info("%d processes (%s), data split by %s%s", accelerator.num_processes, kind.value, stream.split,
+                 f"; DDP find_unused_parameters={find_unused} ({why})" if kind in (
+                     DistributedType.MULTI_CPU, DistributedType.MULTI_GPU) else "")
+    if kind == DistributedType.FSDP:
+        log.info("FSDP: %s layers sharded one by one", ", ".join(set_fsdp_wrap_classes(model)) or "no")
+    if kind == DistributedType.DEEPSPEED:
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin, tc.batch_size, tc.gradient_accumulation_steps,
+                              tc.max_grad_norm, accelerator.num_processes, model)
 
     step, epoch, pos, tokens_seen = 0, 0, 0, 0
     ckpt = latest_checkpoint(run_dir) if tc.resume else None
@@ -162,42 +213,71 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     if ckpt is not None:
         load_weights(model, ckpt / "model.safetensors")
         family.load_extra(model, ckpt, cfg)
+        load_adapter(model, ckpt, inject=False)  # the LoRA adapters (llm_adapter/), when the run has them
 
-    # The optimizer is built after ``prepare`` (FSDP/DeepSpeed may replace the parameters), over the
-    # family's parameter groups; its state is restored after that.
-    model = accelerator.prepare(model)
-    optimizer = build_optimizer(family.param_groups(accelerator.unwrap_model(model), cfg), tc)
+    # The optimizer is built over the family's parameter groups of the model as built and prepared
+    # together with it (FSDP2 swaps its sharded parameters in, DeepSpeed wraps it in its engine; FSDP1,
+    # which needs the optimizer after wrapping, is refused); its state is restored after that.
+    optimizer = build_optimizer(family.param_groups(model, cfg), tc)
     scheduler = build_scheduler(optimizer, tc, total_steps)
-    optimizer = accelerator.prepare(optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
     if ckpt is not None:
-        state = load_training_state(ckpt, optimizer, scheduler)
-        step, epoch, pos, tokens_seen = state["step"], state["epoch"], state["position"], state["tokens_seen"]
-        stats.merge(state.get("skipped", {}))
+        state = load_training_state(ckpt, None, scheduler)  # rank 0's RNG; each rank's below
+        load_optimizer_state(accelerator, model, optimizer, ckpt)
+        mine = rank_entry(state, rank, world, ckpt)
+        set_rank_rng(ckpt, rank)
+        step, epoch, pos, tokens_seen = state["step"], mine["epoch"], mine["position"], state["tokens_seen"]
+        own = mine.get("skipped") or {}  # per rank: this process's own; else the total, the reader's included
+        stats.merge(own if "ranks" in state else _minus(own, stream.read_stats.as_dict()))
         log.info("resumed from %s: step %d, epoch %d, sample position %d", ckpt, step, epoch, pos)
 
-    def trainer_state() -> dict:
-        return {"step": step, "epoch": epoch, "position": pos, "tokens_seen": tokens_seen,
-                "total_steps": total_steps, "skipped": stats.as_dict()}
+    def trainer_state(ranks: list) -> dict:
+        """Step and data position (rank 0's on top; every rank's under ``ranks`` with several processes)."""
+        skipped = SkipCounter().merge(stream.read_stats)
+        for r in ranks:
+            skipped.merge(r["skipped"])
+        out = {"step": step, "epoch": epoch, "position": pos, "tokens_seen": tokens_seen,
+               "total_steps": total_steps, "skipped": skipped.as_dict()}
+        if world > 1:
+            out.update(world_size=world, ranks=[{k: r[k] for k in ("epoch", "position", "skipped")} for r in ranks])
+        return out
 
     def checkpoint(path: Path, with_optimizer: bool) -> None:
-        state_dict = accelerator.get_state_dict(model)  # every rank takes part (FSDP/ZeRO-3 gather)
+        """Every process takes part (gathers under FSDP/ZeRO-3); the main process writes."""
+        ranks = gather_rank_states(accelerator, {"epoch": epoch, "position": pos, "rng": rng_state(),
+                                                 "skipped": _minus(stats.as_dict(), stream.read_stats.as_dict())})
+        state_dict = accelerator.get_state_dict(model)
+        opt_state = ds_dir = None
+        if with_optimizer:
+            ds_dir = save_deepspeed_state(accelerator, model, path.with_name(path.name + ".deepspeed"))
+            opt_state = None if ds_dir else optimizer_state(accelerator, model, optimizer)
+            accelerator.wait_for_everyone()
+
+        def extra(m, folder: Path) -> None:
+            family.save_extra(m, folder)
+            save_rank_rng(folder, ranks)
+            if ds_dir is not None:
+                os.replace(ds_dir, folder / DEEPSPEED_DIR)
+
         if accelerator.is_main_process:
             save_checkpoint(path, model=accelerator.unwrap_model(model), cfg=family.checkpoint_config(cfg),
-                            tokenizer=tokenizer, trainer_state=trainer_state(),
-                            optimizer=optimizer if with_optimizer else None,
-                            scheduler=scheduler if with_optimizer else None, extra=family.save_extra,
+                            tokenizer=tokenizer, trainer_state=trainer_state(ranks),
+                            optimizer=SavedState(opt_state) if opt_state is not None else None,
+                            scheduler=scheduler if with_optimizer else None, extra=extra,
                             state_dict=state_dict, keep=keep)
 
-    metrics = MetricsLogger(run_dir, tc.report_to if accelerator.is_main_process else "none",
-                            resume_step=step if ckpt is not None else None)
+    metrics = (MetricsLogger(run_dir, tc.report_to, resume_step=step if ckpt is not None else None)
+               if accelerator.is_main_process else NullMetrics())
     data_iter = batches(stream, pre, tc.batch_size, epoch, pos, cfg.data.num_workers)
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (tc.progress_bar and accelerator.is_main_process),
                dynamic_ncols=True, mininterval=2.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+    samples, first_step_end, steps_here = 0, None, 0
     model.train()
     while step < total_steps:
-        micro_batches = []
+        micro_batches, step_tokens = [], 0
         for _ in range(tc.gradient_accumulation_steps):
             try:
                 batch, epoch, pos = next(data_iter)
@@ -207,13 +287,17 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                 bar.close()
                 metrics.close()
                 raise no_usable_sample_error(stats, cfg.data.path) from None
-            n_tok = family.count(batch)
-            window_tokens += n_tok
-            tokens_seen += n_tok
+            step_tokens += family.count(batch)
+            samples += len(batch.ids)
             micro_batches.append(batch)
         step_loss, grad_norm = train_step(accelerator, model, optimizer, scheduler, micro_batches, trainable,
                                           tc.max_grad_norm, family)
+        step_loss, step_tokens = _global(accelerator, step_loss, step_tokens)
+        window_tokens += step_tokens
+        tokens_seen += step_tokens
         step += 1
+        steps_here += 1
+        first_step_end = first_step_end or time.perf_counter()
         family.on_step_end(accelerator.unwrap_model(model), step)
         window_loss += step_loss
         window_n += 1
@@ -223,8 +307,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                    f"{family.unit}_per_s": window_tokens / max(dt, 1e-9), f"{family.unit}_seen": tokens_seen}
             if grad_norm is not None:
                 rec["grad_norm"] = float(grad_norm)
-            if accelerator.is_main_process:
-                metrics.log(step, rec)
+            metrics.log(step, rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
                             per_s=f"{rec[f'{family.unit}_per_s']:.0f}")
             window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
@@ -240,18 +323,25 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
             return run_dir
     bar.close()
     metrics.close()
+    per_step_s = (time.perf_counter() - first_step_end) / (steps_here - 1) if steps_here > 1 else None
     checkpoint(run_dir / "final", with_optimizer=False)
+    seen = gather_rank_states(accelerator, {"samples": samples,
+                                            "skipped": _minus(stats.as_dict(), stream.read_stats.as_dict())})
     if accelerator.is_main_process:
         png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        summary = {"steps": step, f"{family.unit}_seen": tokens_seen, "skipped": stats.as_dict(),
-                   "skipped_total": stats.total, "loss_png": str(png) if png else None}
+        skips = SkipCounter().merge(stream.read_stats)  # the reader's skips once, every process's own
+        for r in seen:
+            skips.merge(r["skipped"])
+        summary = {"steps": step, f"{family.unit}_seen": tokens_seen, "skipped": skips.as_dict(),
+                   "skipped_total": skips.total, "loss_png": str(png) if png else None, "processes": world,
+                   "samples_per_process": [r["samples"] for r in seen], "seconds_per_step": per_step_s}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         first, last = loss_fell(read_metrics(run_dir / "metrics.jsonl"))
         summary.update(loss_first_10pct=first, loss_last_10pct=last)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         log.info("mean loss: first 10%% of logged steps %.4f, last 10%% %.4f (ratio %.3f)", first, last,
                  last / max(first, 1e-12))
-        if stats:
-            log.warning("skipped %d sample(s) by reason: %s", stats.total, stats.as_dict())
+        if skips:
+            log.warning("skipped %d sample(s) by reason: %s", skips.total, skips.as_dict())
         log.info("done: %d steps; final weights in %s", step, run_dir / "final")
     return run_dir
