@@ -240,7 +240,7 @@ def test_sample_without_final_answer_is_rejected(llama_model):
     assert e.value.reason == "no-answer"
     stats = SkipCounter()
     assert pre.try_call(_sample(answer="  "), stats) is None
-    assert stats.as_dict() == {"no-supervised-tokens": 1}
+    assert stats.as_dict() == {"empty-answer": 1}  # Sample.validate refuses a whitespace answer
     # a multi-turn sample: earlier turns (placeholders removed) form the instruction, the last answer is learned
     multi = Sample(id="m", media=_sample().media, turns=[
         Turn("user", "<image>\nWhat is it?"), Turn("assistant", "A dog."), Turn("user", "What colour?"),

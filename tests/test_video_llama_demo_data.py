@@ -203,8 +203,8 @@ def test_audio_content_checked_with_load_bytes(root):
     recs = [{"audio": "audio/page.wav", "QA": [{"q": "q", "a": "a"}]},
             {"audio": "images/dog_running.jpg", "QA": [{"q": "q", "a": "a"}]},
             {"audio": "audio/car.wav", "QA": [{"q": "q", "a": "a"}]}]
-    out, stats = _read(root, recs)  # not opened: accepted
-    assert len(out) == 3 and stats.total == 0
+    out, stats = _read(root, recs)  # probed with PyAV even without load_bytes (issue 16)
+    assert [s.id for s in out] == ["2"] and stats.as_dict() == {"undecodable-audio": 2}
     out, stats = _read(root, recs, load_bytes=True)
     assert [s.id for s in out] == ["2"] and stats.as_dict() == {"undecodable-audio": 2}
 

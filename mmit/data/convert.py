@@ -193,6 +193,10 @@ def convert(format: str, input: str, output: str, media_root: Optional[str] = No
                 "reader_options": dict(reader_options or {}), "shard_size": int(shard_size),
                 "max_records": max_records, "sample_rate": float(sample_rate), "seed": int(seed),
                 **({"allow_empty_answers": True} if allow_empty_answers else {}), **opts.fingerprint()}
+    if distributor == "ray":
+        from mmit.data.distribute import import_ray
+
+        import_ray()  # ImportError naming the extra before anything is written
     os.makedirs(output, exist_ok=True)
     with OutputLock(output):  # released on return, exceptions and SIGTERM
         return _convert_locked(format, input, output, media_root, reader, opts, manifest,
