@@ -15,10 +15,10 @@ import torch
 
 from mmit.constants import IGNORE_INDEX
 from mmit.data.batch import Batch, media_tensors, pad_rows, span_starts
-from mmit.data.collate import expand_image_tokens
+from mmit.data.collate import expand_image_tokens, truncate_keeping_media
 from mmit.data.media import MAX_PIXELS
 from mmit.data.processor import Processor, require_images
-from mmit.data.sample import Sample, SampleError, Turn
+from mmit.data.sample import Sample, Turn
 from mmit.templates import stop_token_ids
 from mmit.templates.labels import answer_ids_in_context, encode_conversation, encode_prompt
 
@@ -57,17 +57,9 @@ class LlavaProcessor(Processor):
         sample.validate()
         ids, labels = encode_conversation(self.tokenizer, sample.turns, self.template, sample.id)
         ids, labels, last_end = expand_image_tokens(ids, labels, self.image_token_id, self.num_image_tokens)
-        if len(ids) > self.max_length:
-            if last_end > self.max_length:
-                n_img = sum(1 for m in sample.media if m.kind == "image")
-                raise SampleError(
-                    f"sample {sample.id!r}: {n_img} image(s) x {self.num_image_tokens} tokens end at token "
-                    f"{last_end}, beyond max_length {self.max_length} (full length {len(ids)}); images are never cut",
-                    "too-long-for-images")
-            ids, labels = ids[:self.max_length], labels[:self.max_length]
-        if all(l == IGNORE_INDEX for l in labels):
-            raise SampleError(f"sample {sample.id!r}: no supervised token left after truncation to "
-                              f"{self.max_length} tokens", "no-supervised-tokens")
+        n_img = sum(1 for m in sample.media if m.kind == "image")
+        ids, labels = truncate_keeping_media(ids, labels, last_end, self.max_length, sample.id,
+                                             f"{n_img} image(s) x {self.num_image_tokens} tokens")
         images = self._images(sample)
         pixel_values = self.image_transform(images) if images else None
         return {"id": sample.id, "input_ids": torch.tensor(ids, dtype=torch.long),

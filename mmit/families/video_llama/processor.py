@@ -32,7 +32,7 @@ import torch
 
 from mmit.constants import IGNORE_INDEX, MEDIA_PLACEHOLDERS
 from mmit.data.batch import Batch, media_tensors, pad_rows, span_starts
-from mmit.data.collate import expand_image_tokens
+from mmit.data.collate import expand_image_tokens, truncate_keeping_media
 from mmit.data.media import MAX_PIXELS, decode_image
 from mmit.data.processor import Processor, media_bytes, unsupported_media
 from mmit.data.sample import Sample, SampleError, Turn
@@ -173,15 +173,8 @@ class VideoLlamaProcessor(Processor):
         turns, order = self.render(sample.turns, self.decode_media(sample), sample.id)
         ids, labels = encode_conversation(self.tokenizer, turns, self.template, sample.id)
         ids, labels, last_end = self._expand(ids, labels)
-        if len(ids) > self.max_length:
-            if last_end > self.max_length:
-                raise SampleError(f"sample {sample.id!r}: {len(order)} media item(s) end at token {last_end}, beyond "
-                                  f"max_length {self.max_length} (full length {len(ids)}); media spans are never cut",
-                                  "too-long-for-images")
-            ids, labels = ids[:self.max_length], labels[:self.max_length]
-        if all(lab == IGNORE_INDEX for lab in labels):
-            raise SampleError(f"sample {sample.id!r}: no supervised token left after truncation to "
-                              f"{self.max_length} tokens", "no-supervised-tokens")
+        ids, labels = truncate_keeping_media(ids, labels, last_end, self.max_length, sample.id,
+                                             f"{len(order)} media item(s)")
         return {"id": sample.id, "input_ids": torch.tensor(ids, dtype=torch.long),
                 "labels": torch.tensor(labels, dtype=torch.long),
                 "media": [(kind, self._tensor(kind, v)) for kind, v in order]}
