@@ -56,7 +56,7 @@ def main(argv: List[str]) -> int:
         from mmit.training.checkpoint import resolve_checkpoint_dir
 
         checkpoint = str(resolve_checkpoint_dir(checkpoint))
-        model, processor, _ = load_for_inference(checkpoint, trust_remote_code=True)
+        model, processor, _ = load_for_inference(checkpoint, trust_remote_code=trust_remote_code)
         loaded = {"model": model, "processor": processor}
     results = run_suite(config_path, checkpoint, output, argv, progress=not quiet, **loaded)
     print(format_table(results))
