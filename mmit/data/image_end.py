@@ -1,0 +1,128 @@
+"""Whether an image file is complete: each format's end marker, found without decoding pixels.
+
+JPEG must reach its EOI marker (walking the marker segments, so a thumbnail's EOI inside APP1 does not
+count), PNG a complete ``IEND`` chunk, GIF the 0x3B trailer, WebP the size its RIFF header announces.
+Bytes after the end (padding, an appended video) are allowed. Used by the default ``--check header``
+image check (:func:`mmit.data.media.check_image`); a truncated file is an ``undecodable-image`` skip.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+
+
+def _jpeg_end(data: bytes) -> Optional[str]:
+    """None when the JPEG reaches its EOI marker (FF D9), else what is missing.
+
+    Walks the marker segments from SOI (lengths skipped: an EXIF thumbnail's own EOI does not
+    count) and searches each scan's entropy-coded data for the marker after it, as libjpeg reads
+    the file. Bytes before a marker that libjpeg would skip ("extraneous bytes") are skipped;
+    bytes after EOI (padding, a Motion Photo's appended video) are allowed. Without its EOI,
+    Pillow refuses to decode a JPEG ("image file is truncated") unless LOAD_TRUNCATED_IMAGES.
+    """
+    n, pos = len(data), 2
+    while True:
+        m = _JPEG_MARKER.search(data, pos)
+        if m is None:
+            return "no end-of-image marker (FF D9): the file ends inside the image data"
+        code, pos = data[m.end() - 1], m.end()  # pos: first byte after the marker code
+        if code == 0xFF:  # fill byte: the marker code comes later
+            pos -= 1
+            continue
+        if code == 0xD9:
+            return None
+        if code in (0x01, 0xD8):  # TEM, a stray SOI: no length field
+            continue
+        if pos + 2 > n:
+            return f"marker FF {code:02X} at byte {m.end() - 2} is cut off"
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2 or pos + length > n:
+            return (f"segment FF {code:02X} at byte {m.end() - 2} needs {length} bytes, the "
+                    f"file ends after {n - pos}")
+        pos += length  # SOS: the search for the next marker skips the scan's entropy-coded data
+
+
+def _png_end(data: bytes) -> Optional[str]:
+    """None when the chunk walk from the signature reaches a complete ``IEND`` chunk."""
+    n, pos = len(data), 8
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        ctype = data[pos + 4:pos + 8]
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > n:
+            return (f"chunk {ctype!r} at byte {pos} needs {12 + length} bytes, the file ends "
+                    f"after {n - pos}")
+        if ctype == b"IEND":
+            return None
+        pos = end
+    return "no IEND chunk: the file ends after the last complete chunk"
+
+
+def _gif_end(data: bytes) -> Optional[str]:
+    """None when the block walk (extensions, images and their data sub-blocks) reaches the GIF
+    trailer (0x3B). Unknown bytes between blocks are skipped, as Pillow does."""
+    n = len(data)
+    if n < 13:
+        return "the logical screen descriptor is cut off"
+    flags, pos = data[10], 13
+    if flags & 0x80:
+        pos += 3 << ((flags & 7) + 1)  # global colour table
+    while pos < n:
+        block = data[pos]
+        if block == 0x3B:
+            return None
+        if block == 0x21:  # extension: label, then data sub-blocks
+            pos += 2
+        elif block == 0x2C:  # image descriptor (10 bytes), local colour table, LZW code size
+            if pos + 10 > n:
+                break
+            local = data[pos + 9]
+            pos += 10 + ((3 << ((local & 7) + 1)) if local & 0x80 else 0) + 1
+        else:
+            pos += 1
+            continue
+        while pos < n:  # data sub-blocks: a length byte, that many bytes; 0 ends them
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+        else:
+            break
+        if pos > n:
+            break
+    return "no GIF trailer (0x3B): the file ends inside a block"
+
+
+def _webp_end(data: bytes) -> Optional[str]:
+    """None when the file holds the bytes its RIFF header announces (one missing pad byte is
+    tolerated) and every chunk in it is complete."""
+    n = len(data)
+    riff_end = 8 + int.from_bytes(data[4:8], "little")
+    if n + 1 < riff_end:
+        return f"the RIFF header announces {riff_end} bytes, the file has {n}"
+    end, pos = min(n, riff_end), 12
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos + 4:pos + 8], "little")
+        if pos + 8 + size > end:
+            return (f"chunk {data[pos:pos + 4]!r} at byte {pos} needs {8 + size} bytes, the file "
+                    f"ends after {end - pos}")
+        pos += 8 + size + (size & 1)
+    return None
+
+
+_END_CHECKS = {"jpg": _jpeg_end, "png": _png_end, "gif": _gif_end, "webp": _webp_end}
+
+
+def truncation_error(data: bytes, ext: Optional[str]) -> Optional[str]:
+    """Why the encoded image ``data`` of type ``ext`` (``jpg``, ``png``, ``gif``, ``webp``; other
+    types are not checked) is cut short, or None when its end is in the file.
+
+    Structural only, no pixels decoded: JPEG's EOI marker, PNG's ``IEND`` chunk, GIF's trailer,
+    WebP's RIFF size. Data after that end (zero padding, appended metadata or video) is allowed.
+    Part of :func:`check_image`.
+    """
+    fn = _END_CHECKS.get(ext or "")
+    return None if fn is None else fn(bytes(data))
