@@ -134,7 +134,7 @@ def test_overflow_error_policy_raises_with_sample_id(tmp_path):
     cfg = tiny_run_config(tmp_path, max_steps=2)
     cfg.model.template, cfg.model.max_length = "plain", 12
     cfg.data.overflow = "error"
-    with pytest.raises(SampleError, match="images are never cut"):
+    with pytest.raises(SampleError, match="media spans are never cut"):
         train(cfg)
 
 

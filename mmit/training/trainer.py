@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -96,9 +97,27 @@ def _setup_logging(run_dir: Path, main: bool = True, rank: int = 0) -> None:
         fh._mmit_run = True
         root.addHandler(fh)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        sh = logging.StreamHandler()
+        sh = _StderrHandler()
         sh.setFormatter(logging.Formatter("[mmit] %(message)s" if main else f"[mmit rank {rank}] %(message)s"))
+        sh._mmit_run = True
         root.addHandler(sh)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record, not the one at creation: a
+    handler bound to a stream that was later closed (a test's captured stderr, a redirected notebook
+    cell) fails every later record with ``I/O operation on closed file``."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def _minus(a: dict, b: dict) -> dict:
