@@ -59,16 +59,23 @@ class QFormerConfig:
 
     #: Learned query tokens M (the connector's output length per image).
     num_query_tokens: int = 32
+    #: Q-Former width (BERT-base: 768).
     hidden_size: int = 768
+    #: Q-Former layers.
     num_hidden_layers: int = 12
+    #: Attention heads per layer.
     num_attention_heads: int = 12
+    #: Feed-forward width.
     intermediate_size: int = 3072
     #: A layer cross-attends to the image features when ``layer_idx % cross_attention_frequency == 0``.
     cross_attention_frequency: int = 2
     #: The Q-Former's word vocabulary (bert-base-uncased 30522, +1 for LAVIS's ``[DEC]`` = 30523).
     vocab_size: int = 30523
+    #: Longest instruction the Q-Former's position table holds (tokens).
     max_position_embeddings: int = 512
+    #: Dropout on hidden states (training only).
     hidden_dropout_prob: float = 0.1
+    #: Dropout on attention weights (training only).
     attention_probs_dropout_prob: float = 0.1
     #: Feed the instruction to the Q-Former (InstructBLIP); False is BLIP-2 (queries only).
     text_input: bool = True

@@ -34,6 +34,7 @@ class LoRAConfig:
     #: ``4bit``: QLoRA, the LLM's linear layers held in 4 bits through bitsandbytes (a CUDA GPU and
     #: ``pip install 'mmit[qlora]'`` needed); ``none``: the base weights keep the run's dtype.
     quantize: Literal["none", "4bit"] = "none"
-    #: 4-bit data type (QLoRA: ``nf4``) and double quantization of the scales (QLoRA: on).
+    #: 4-bit data type (QLoRA: ``nf4``).
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    #: Double quantization of the 4-bit scales (QLoRA: on).
     double_quant: bool = True

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 import draccus
 
 from mmit.config.lora import LoRAConfig
+from mmit.config.trackers import parse_report_to
 
 log = logging.getLogger("mmit.config")
 
@@ -88,38 +89,59 @@ class TrainConfig:
     #: What trains; the family says what each stage means and which it supports (``align``: the
     #: connector only, ``finetune``: connector + LLM, ``full``: everything, tower included).
     stage: Stage = "finetune"
+    #: Run folder: config.yaml, metrics.jsonl, checkpoints/, final/ (created if missing).
     output_dir: str = "runs/llava"
+    #: Seed of the weights' init, data order and dropout (a resumed run continues the same stream).
     seed: int = 42
     #: Per-device micro-batch size.
     batch_size: int = 16
+    #: Micro-batches per optimizer step (effective batch: batch_size x this x processes).
     gradient_accumulation_steps: int = 1
     #: Optimizer steps to run; -1 means ``epochs`` passes over the data.
     max_steps: int = -1
+    #: Passes over the data when ``max_steps`` is -1 (fractions allowed).
     epochs: float = 1.0
+    #: Peak learning rate (AdamW), reached after the warmup.
     lr: float = 2e-5
     #: Learning rate of the connector's parameter group (LLaVA's ``mm_projector_lr``; the family names
     #: the group: projector, Q-Former, ...); None means ``lr``.
     projector_lr: Optional[float] = None
+    #: AdamW decoupled weight decay.
     weight_decay: float = 0.0
+    #: AdamW first-moment decay.
     adam_beta1: float = 0.9
+    #: AdamW second-moment decay.
     adam_beta2: float = 0.999
+    #: AdamW epsilon.
     adam_eps: float = 1e-8
+    #: Fraction of the optimizer steps spent in linear warmup from 0 (0 to 1).
     warmup_ratio: float = 0.03
     #: ``cosine`` (with linear warmup) or ``constant`` (with linear warmup).
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    #: Clip the gradients' global L2 norm to this (0: no clipping).
     max_grad_norm: float = 1.0
     #: ``auto`` (fp32 on CPU, bf16 on GPUs that support it, else fp16), ``fp32``, ``bf16``, ``fp16``.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: Recompute activations in the backward pass (less memory, about a third more compute).
     gradient_checkpointing: bool = False
     #: Save a checkpoint every N optimizer steps (0: only at the end).
     save_steps: int = 0
     #: Keep at most this many step checkpoints (0: keep all).
     save_total_limit: int = 2
+    #: Write loss, lr and throughput to metrics.jsonl every N optimizer steps.
     logging_steps: int = 1
     #: Continue from the latest checkpoint in ``output_dir`` (``mmit train --resume`` sets this).
     resume: bool = False
-    #: ``tensorboard`` writes event files beside ``metrics.jsonl``; ``none`` only the JSONL.
-    report_to: Literal["tensorboard", "none"] = "tensorboard"
+    #: Where metrics go besides ``metrics.jsonl`` (always written): ``tensorboard`` (event files in the
+    #: run folder), ``wandb``, ``mlflow``, several comma-separated (``tensorboard,wandb``), or ``none``.
+    #: wandb and mlflow go through accelerate's trackers; their offline modes work with no network
+    #: (``WANDB_MODE=offline``; mlflow logs to ``<output_dir>/mlflow.db`` unless
+    #: ``MLFLOW_TRACKING_URI`` is set).
+    report_to: str = "tensorboard"
+    #: wandb project / mlflow experiment name (``report_to`` wandb or mlflow).
+    tracker_project: str = "mmit"
+    #: The run's name in wandb / mlflow; empty: the output folder's name.
+    run_name: str = ""
     #: Show a progress bar (loss, lr, tokens/s, ETA).
     progress_bar: bool = True
     #: LoRA / QLoRA adapters on the LLM (:class:`~mmit.config.lora.LoRAConfig`); off by default.
@@ -279,6 +301,7 @@ def _load(config_path: Optional[str], args: Sequence[str], allow_include: bool, 
     if notes:
         log.warning("%sconfig written before the family split: %s", where, "; ".join(notes))
     asked = pop_trust_requests(d)
+    check_keys(run_config_class(family), d, args, config_path)
     parser = _DataArgumentParser(run_config_class(family), d)
     try:
         cfg = parser.parse_args(list(args))
@@ -290,8 +313,28 @@ def _load(config_path: Optional[str], args: Sequence[str], allow_include: bool, 
     return cfg, asked, parser.cli_keys
 
 
-def load_config(config_path: Optional[str] = None, args: Sequence[str] = (), *, allow_include: bool = True
-                ) -> RunConfig:
+def cli_keys_of(args: Sequence[str]) -> List[str]:
+    """The dotted keys of ``--a.b=c`` / ``--a.b c`` overrides, in order."""
+    return [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and len(a) > 2]
+
+
+def check_keys(cls: type, file_data: Dict[str, Any], args: Sequence[str], config_path: Optional[str]) -> None:
+    """Unknown keys in the file's data or among the overrides -> ``ValueError`` with "did you mean"
+    (:mod:`mmit.config.suggest`: mmit's own fields and the flag names of LLaVA and LLaMA-Factory)."""
+    from mmit.config.fields import config_fields, section_names
+    from mmit.config.suggest import flat_keys, unknown_key_message
+
+    known = [f.name for f in config_fields(cls)] + section_names(cls)
+    known_set = set(known)
+    for origin, keys in ((config_path or "", flat_keys(file_data)), ("", cli_keys_of(args))):
+        bad = [k for k in keys if k not in known_set and k != draccus.utils.CONFIG_ARG]
+        bad = [k for k in bad if not any(k.startswith(b + ".") for b in bad)]  # an unknown section once
+        if bad:
+            raise ValueError(unknown_key_message(bad, known, origin))
+
+
+def load_config(config_path: Optional[str] = None, args: Sequence[str] = (), *, allow_include: bool = True,
+                check: bool = True) -> RunConfig:
     """Read ``config_path`` (YAML) and apply ``--a.b=c`` overrides into the family's RunConfig class.
 
     The file is data (:func:`mmit.config.yamlio.read_yaml`): PyYAML's safe loader, Python and custom
@@ -305,12 +348,34 @@ def load_config(config_path: Optional[str] = None, args: Sequence[str] = (), *, 
         args: ``--section.field=value`` overrides (values read as YAML, safe tags only).
         allow_include: accept ``!include`` in the file.
 
-    Raises ``ValueError`` naming the file and the offending key for unknown keys, bad values or a
+    ``config_path`` may also name a shipped config (``llava/tiny_demo``,
+    :func:`mmit.config.shipped.resolve_config_path`) when no such file exists. With ``check`` every
+    value is checked before anything is built (:func:`mmit.config.validate.check_values`: ranges,
+    registry names, local paths, optional packages).
+
+    Raises ``ValueError`` naming the file and the offending key for unknown keys (with "did you mean",
+    also for LLaVA's and LLaMA-Factory's flag names: :mod:`mmit.config.suggest`), bad values or a
     stage the family does not have, naming file, line and column for YAML errors and refused tags
     (never quoting another file's content), :class:`~mmit.registry.UnknownNameError` for an unknown
     family (with close matches), and ``FileNotFoundError`` for a missing file.
     """
+    if config_path is not None:
+        from mmit.config.shipped import resolve_config_path
+
+        config_path = resolve_config_path(config_path)
     cfg, asked, cli_keys = _load(config_path, args, allow_include, "this config")
+    if check:
+        from mmit.config.validate import check_values
+        from mmit.families import get_family_class
+
+        try:
+            check_values(cfg, get_family_class(cfg.family).stages)
+        except ValueError as e:
+            raise ValueError(f"{config_path + ': ' if config_path else ''}{e}") from None
+    try:
+        parse_report_to(cfg.train.report_to)
+    except ValueError as e:
+        raise ValueError(f"{config_path or 'command line'}: {e}") from None
     ignored = [k for k in asked if k not in cli_keys]
     if ignored:
         log.warning("%s: ignored %s: a config file cannot allow custom model code; to run it, pass %s on the "

@@ -37,6 +37,9 @@ class Bleu(Metric):
     options = ("tokenizer",)
 
     def compute(self, records, **options) -> Dict[str, float]:
+        from mmit.extras import require
+
+        require("pycocoevalcap", "the BLEU metric")  # a missing package names its extra
         from pycocoevalcap.bleu.bleu import Bleu as CocoBleu
 
         check_options(self.name, options, self.options)

@@ -55,6 +55,9 @@ class ClipSimilarity(nn.Module):
 
     def __init__(self, source: str = "ViT-L-14:openai", device: str | torch.device = "cpu"):
         super().__init__()
+        from mmit.extras import require
+
+        require("open_clip", "the CLIP metrics")  # a missing package names its extra
         import open_clip
 
         from mmit.models.encoders.open_clip_tower import parse_open_clip_source

@@ -170,6 +170,9 @@ def load_components(dcfg, dtype: torch.dtype = torch.float32):
     """``(unet, vae, text_encoder, tokenizer, noise_scheduler)`` from ``dcfg.pretrained_model_name_or_path``
     (hub id, local Stable Diffusion folder, or ``tiny-sd``), with the UNet widened to 8 input channels.
     Raises ``OSError`` / ``FileNotFoundError`` from the libraries when the folder lacks a component."""
+    from mmit.extras import require
+
+    require("diffusers", "the instructpix2pix family")  # a missing package names its extra
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

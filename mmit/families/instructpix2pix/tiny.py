@@ -84,6 +84,9 @@ def build_tiny_clip_tokenizer(model_max_length: int = TINY_SD_MAX_TOKENS):
 
 
 def _build_tiny_sd(out: Path) -> None:
+    from mmit.extras import require
+
+    require("diffusers", "the tiny-sd model")  # a missing package names its extra
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

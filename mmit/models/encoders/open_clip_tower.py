@@ -73,6 +73,9 @@ class OpenCLIPVisionTower(VisionTower):
 
     def __init__(self, cfg: VisionTowerConfig, model_name: str, pretrained: Optional[str] = None):
         super().__init__(cfg)
+        from mmit.extras import require
+
+        require("open_clip", "an open_clip vision tower")  # a missing package names its extra
         import open_clip
         from open_clip.transformer import VisionTransformer
 

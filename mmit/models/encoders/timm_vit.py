@@ -54,6 +54,9 @@ class TimmViTTower(VisionTower):
 
     def __init__(self, cfg: VisionTowerConfig, model_name: str):
         super().__init__(cfg)
+        from mmit.extras import require
+
+        require("timm", "a timm vision tower")  # a missing package names its extra
         import timm
         from timm.data import create_transform, resolve_data_config
 
