@@ -3,9 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_OUT ?= demo_out
+# Fixed: the demo configs (configs/llava/tiny_demo_heldout.yaml, configs/eval/procedural/*.yaml) name demo_out/.
+DEMO_OUT := demo_out
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench browser
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml
 	# that mmit never imports unless that encoder is built; its torchaudio/pytorchvideo deps are not needed.
 	$(BIN)/pip install -q ftfy regex 'iopath>=0.1.10' portalocker 'einops>=0.6'
 	$(BIN)/pip install -q --no-deps imagebind-unofficial==0.1.1
+	# lmms-eval for the adapter test (its dependencies for the model/task API come with the [lmms-eval]
+	# extra inside [test]); decord only because lmms-eval's llava_hf model imports it at the top.
+	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3 decord==0.6.0
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -43,8 +47,16 @@ demo: $(STAMP)
 	$(BIN)/mmit eval --config_path configs/eval/procedural.yaml --checkpoint $(DEMO_OUT)/run \
 		--output $(DEMO_OUT)/eval --quiet
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
+
+# Debian's chromium for the web demo test (playwright drives it; playwright's own browser download is
+# never used). Installed when missing and apt-get can run; otherwise that one test skips
+# (.ci/run sets MMIT_REQUIRE_BROWSER=1, which turns the skip into a failure).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ; } \
+		|| echo "chromium not installed: the web demo test will skip"
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py

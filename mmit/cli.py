@@ -13,13 +13,15 @@ import os
 import sys
 from typing import List, Optional
 
-USAGE = """usage: mmit <command> [options]
+USAGE = """usage: mmit <command> [options]     (mmit --version: the installed version)
 
 commands:
-  train     train from a config:   mmit train --config_path configs/llava/tiny_demo.yaml [--train.max_steps=4 ...] [--resume]
+  train     train from a config:   mmit train --config_path llava/tiny_demo [--train.max_steps=4 ...] [--resume]  (a YAML file or a shipped config's name)
   convert   source files -> webdataset shards:   mmit convert --format llava --input FILE --media-root DIR --output DIR
   inspect   look at converted shards:   mmit inspect OUT_DIR
-  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] [--video PATH ...] [--audio PATH ...] --prompt TEXT [--json] [--trust-remote-code]
+  generate  answer a prompt:       mmit generate --checkpoint DIR [--image PATH ...] [--video PATH ...] [--audio PATH ...] --prompt TEXT [--temperature T ...] [--json] [--trust-remote-code]
+  chat      talk to a checkpoint:  mmit chat --checkpoint DIR [--image PATH] [--temperature T --top-p P --num-beams N --max-new-tokens N]
+  serve     web demo + OpenAI API: mmit serve --checkpoint DIR [--host 127.0.0.1 --port 8000]   (pip install 'mmit[serve]')
   eval      zero-shot evaluation:  mmit eval --config_path configs/eval/SUITE.yaml --checkpoint DIR --output DIR [--trust-remote-code]
   edit      edit an image (instructpix2pix family):  mmit edit --checkpoint DIR --image PATH --prompt TEXT --output PNG
   export    to another toolkit's folder:   mmit export --checkpoint DIR --format FORMAT --output DIR
@@ -43,15 +45,9 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(argv: List[str]) -> int:
+    """``mmit train``: read and check the config (keys, values, paths, data) before anything is built."""
     from mmit.config.schema import load_config
-    from mmit.training.trainer import train
 
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: mmit train --config_path FILE [--resume] [--section.field=value ...]\n"
-              "Every field of mmit.config.schema.RunConfig can be overridden, e.g. --train.max_steps=4\n"
-              "Custom model code (an auto_map) runs only with --model.llm.trust_remote_code=true on the command "
-              "line; a config file cannot turn it on")
-        return 0
     resume = "--resume" in argv
     argv = [a for a in argv if a != "--resume"]
     config_path = None
@@ -67,9 +63,30 @@ def cmd_train(argv: List[str]) -> int:
         else:
             rest.append(a)
         i += 1
+    if any(a in ("-h", "--help") for a in rest):
+        from mmit.config.help import train_help
+
+        print(train_help(config_path, [a for a in rest if a not in ("-h", "--help")]))
+        return 0
+    from mmit.config.validate import check_data, check_values
+    from mmit.families import get_family_class
+
+    if config_path is None:  # what the user typed is checked first, then the missing config is the error
+        from mmit.config.shipped import missing_config_message
+
+        cfg = load_config(None, rest)
+        if any(a.startswith("--data.") for a in rest):
+            check_values(cfg, paths=True)
+            check_data(cfg)
+        raise ValueError(missing_config_message())
     cfg = load_config(config_path, rest)
+    check_values(cfg, get_family_class(cfg.family).stages, paths=True)
+    for note in check_data(cfg):  # data.format inferred from data.path; before any model is built
+        print(f"mmit train: {note}", file=sys.stderr)
     if resume:
         cfg.train.resume = True
+    from mmit.training.trainer import train
+
     run_dir = train(cfg)
     if os.environ.get("RANK", "0") != "0":  # several processes (torchrun / accelerate launch): one prints
         return 0
@@ -80,6 +97,7 @@ def cmd_train(argv: List[str]) -> int:
 
 def cmd_generate(argv: List[str]) -> int:
     from mmit.inference import generate, load_for_inference
+    from mmit.serve.sampling import add_sampling_args, sampling_from_args
 
     p = argparse.ArgumentParser(prog="mmit generate",
                                 description="Answer a prompt about images, videos or audio with a trained checkpoint.")
@@ -97,12 +115,13 @@ def cmd_generate(argv: List[str]) -> int:
                         "repeat for several, placed at the prompt's <audio> markers (without markers: one <audio> "
                         "per file in front, after the videos). A family that does not read audio exits with an error")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    add_sampling_args(p)  # --temperature (0: greedy), --top-p, --num-beams, --max-new-tokens, --seed
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]} (new ids only)')
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let the model folders the checkpoint names run their own Python code (an auto_map in "
                         "their config.json). Off by default; a checkpoint's saved config can never turn it on")
     a = p.parse_args(argv)
+    sampling = sampling_from_args(a)  # ValueError (exit 2) for a value out of range, before loading
     for kind, paths in (("image", a.image), ("video", a.video), ("audio", a.audio)):
         for path in paths:
             if not os.path.isfile(path):
@@ -117,8 +136,9 @@ def cmd_generate(argv: List[str]) -> int:
     trust = {"trust_remote_code": True} if a.trust_remote_code else {}
     model, processor, _ = load_for_inference(a.checkpoint, **trust)
     # videos and audio are decoded by the family (processor.decode_media), as in training
-    ans = generate(model, processor, a.prompt, images or None, a.max_new_tokens, video=a.video or None,
-                   audio=a.audio or None)
+    sampling.apply_seed()
+    ans = generate(model, processor, a.prompt, images or None, sampling.max_new_tokens, video=a.video or None,
+                   audio=a.audio or None, **sampling.generate_kwargs())
     print(json.dumps({"text": ans.text, "token_ids": ans.token_ids}) if a.json else ans.text)
     return 0
 
@@ -155,7 +175,7 @@ def _lazy(target: str):
 
 COMMANDS = {"train": cmd_train, "convert": cmd_convert, "inspect": _lazy("mmit.data.inspect:main"),
             "generate": cmd_generate, "eval": _lazy("mmit.evaluation.cli:main"), "export": cmd_export,
-            "import": cmd_import}
+            "import": cmd_import, "chat": _lazy("mmit.serve.chat:main"), "serve": _lazy("mmit.serve.app:main")}
 
 
 def all_commands() -> dict:
@@ -172,6 +192,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from mmit import __version__
+
+        print(f"mmit {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     commands = all_commands()
     if name not in commands:
@@ -183,11 +208,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     _quiet_libraries()
     from mmit.data.sample import SampleError
+    from mmit.extras import MissingExtraError
     from mmit.registry import UnknownNameError
 
     try:
         return commands[name](rest)
-    except (FileNotFoundError, UnknownNameError, SampleError, ValueError, OSError) as e:
+    except (FileNotFoundError, UnknownNameError, SampleError, ValueError, OSError, MissingExtraError) as e:
         print(f"mmit {name}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,14 +1,19 @@
 """Inference on a trained checkpoint: a prompt (with images, videos, audio or none) -> the model's answer.
 
-Used by ``mmit generate``. Any family that generates text works the same way: the prompt and its
-media become one :class:`~mmit.data.sample.Sample` (one user turn), the family's processor decodes
-the media (:meth:`~mmit.data.processor.Processor.decode_media`: the same decoding as training, e.g.
+Used by ``mmit generate``, ``mmit chat`` and ``mmit serve`` (:mod:`mmit.serve`). Any family that
+generates text works the same way: the prompt and its media become one
+:class:`~mmit.data.sample.Sample` (one user turn), the family's processor decodes the media
+(:meth:`~mmit.data.processor.Processor.decode_media`: the same decoding as training, e.g.
 ``num_frames`` frames per video for InstructBLIP) and turns the prompt into a typed batch (the
 family's own prompt layout: a conversation template for LLaVA, the bare instruction for
 InstructBLIP), and the model decodes through the inference contract
 (:meth:`~mmit.models.interface.MultimodalModel.generate_tokens`, transformers ``generate`` with a KV
 cache; greedy unless told otherwise). A media kind the family does not read raises
 :class:`~mmit.data.sample.SampleError` (``unsupported-media``).
+
+A multi-turn conversation (:func:`generate_turns`, :func:`stream_turns`) is a list of turns ending
+with a user turn plus the decoded media of its placeholders; the family renders the history.
+:func:`stream_turns` gives the same answer piece by piece (transformers' ``TextIteratorStreamer``).
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ PROMPT_KINDS = ("image", "video", "audio")
 
 @dataclass
 class Answer:
+    """``text``: the decoded answer; ``token_ids``: the generated ids; ``prompt_tokens``: the prompt's
+    length in tokens (media tokens included; 0 where not counted)."""
+
     text: str
     token_ids: List[int]
+    prompt_tokens: int = 0
 
 
 def prompt_turns(prompt: str, with_image: bool | int) -> List[Turn]:
@@ -154,7 +163,8 @@ def generate(model, processor, prompt: str, image=None, max_new_tokens: int = 64
         prompt: text; a kind without markers gets ``<image>\\n`` / ``<video>\\n`` / ``<audio>\\n`` per
             item in front (:func:`with_placeholders`), a kind with markers must have one per item.
             Media go to the processor in placeholder (text) order; each kind's in the order given.
-        generate_kwargs: transformers ``generate`` keywords (override the greedy defaults).
+        generate_kwargs: transformers ``generate`` keywords (override the greedy defaults; sampling
+            flags: :meth:`mmit.serve.sampling.Sampling.generate_kwargs`).
 
     Returns :class:`Answer`: the decoded text (special tokens removed; cut before the first of
     ``processor.stop_strings()``) and the newly generated ids (the stop token, or the tokens of a
@@ -167,17 +177,155 @@ def generate(model, processor, prompt: str, image=None, max_new_tokens: int = 64
     sample, given = prompt_sample(prompt, {"image": _as_list(image), "video": _as_list(video),
                                            "audio": _as_list(audio)})
     media = decode_prompt_media(processor, sample, given)
-    item = processor.prompt(sample.turns, media)
-    batch = processor.collate_prompts([item]).to(model_device(model))
-    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": processor.stop_token_ids(),
-              "pad_token_id": processor.pad_id}
+    return generate_turns(model, processor, sample.turns, media, max_new_tokens, **generate_kwargs)
+
+
+def prompt_batch(model, processor, turns: Sequence[Turn], media: Sequence[Any] = ()):
+    """The left-padded one-row :class:`~mmit.data.batch.Batch` of a conversation on the model's device.
+
+    ``turns``: optional system turn, then user / assistant turns ending with a user turn (the history
+    of a multi-turn chat is rendered by the family: its conversation template for LLaVA and
+    Video-LLaMA, in-context exchanges for Flamingo, the joined instruction for InstructBLIP);
+    ``media``: decoded media (PIL images, ...) of every placeholder in the turns, in text order.
+    Raises ``ValueError`` (media the family cannot take, a conversation not ending with a user turn)."""
+    item = processor.prompt(list(turns), list(media))
+    return processor.collate_prompts([item]).to(model_device(model))
+
+
+def generation_kwargs(processor, max_new_tokens: int = 64, **overrides) -> Dict[str, Any]:
+    """transformers ``generate`` keywords: greedy, ``max_new_tokens``, the family's stop token ids,
+    pad id and stop strings, then ``overrides``."""
+    kwargs: Dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False,
+                              "eos_token_id": processor.stop_token_ids(), "pad_token_id": processor.pad_id}
     stops = list(processor.stop_strings())
     if stops:
         kwargs.update(stop_strings=stops, tokenizer=processor.tokenizer)
-    kwargs.update(generate_kwargs)
-    new = model.generate_tokens(batch, **kwargs)[0].tolist()
+    kwargs.update(overrides)
+    return kwargs
+
+
+def finish_answer(processor, new: List[int], prompt_tokens: int = 0) -> Answer:
+    """:class:`Answer` of the generated ids ``new``: trailing padding dropped, decoded
+    (``processor.decode``) and cut at the first stop string."""
+    new = list(new)
     pad = processor.tokenizer.pad_token_id
     if pad is not None and pad != processor.tokenizer.eos_token_id:
         while new and new[-1] == pad:
             new.pop()
-    return Answer(cut_at_stop_strings(processor.decode(new), stops), new)
+    return Answer(cut_at_stop_strings(processor.decode(new), list(processor.stop_strings())), new, prompt_tokens)
+
+
+@torch.no_grad()
+def generate_turns(model, processor, turns: Sequence[Turn], media: Sequence[Any] = (), max_new_tokens: int = 64,
+                   **generate_kwargs) -> Answer:
+    """Answer the last user turn of a conversation (:func:`prompt_batch` for ``turns`` / ``media``)
+    through the inference contract (``model.generate_tokens``). Raises as :func:`prompt_batch`."""
+    batch = prompt_batch(model, processor, turns, media)
+    kwargs = generation_kwargs(processor, max_new_tokens, **generate_kwargs)
+    new = model.generate_tokens(batch, **kwargs)[0].tolist()
+    return finish_answer(processor, new, int(batch.attention_mask[0].sum()))
+
+
+def visible_text(raw: str, stops: Sequence[str], final: bool = False) -> str:
+    """The part of streamed text ``raw`` that is sure to begin the final answer: leading whitespace
+    dropped, cut before the first stop string, and (unless ``final``) a tail that could still grow
+    into a stop string and trailing whitespace held back (the final answer is right-stripped)."""
+    text = raw.lstrip()
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut].rstrip()
+    if not final:
+        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        text = text[:len(text) - hold]
+    return text.rstrip()
+
+
+class AnswerStream:
+    """The answer of :func:`stream_turns`, produced in a background thread.
+
+    Iterating yields text pieces (``str``) as tokens arrive; joined they equal ``answer.text`` (the
+    text :func:`generate_turns` gives for the same inputs and keywords). After the iteration
+    ``answer`` holds the :class:`Answer`; an error raised by the generation is re-raised by the
+    iteration. :meth:`cancel` stops the generation at the next token (a client that went away)."""
+
+    def __init__(self, run, streamer, stops: Sequence[str], finish):
+        import threading
+
+        self._streamer, self._stops, self._finish = streamer, list(stops), finish
+        self._cancelled = threading.Event()
+        self._error: BaseException | None = None
+        self._new: List[int] | None = None
+        self.answer: Answer | None = None
+
+        def target():
+            try:
+                self._new = run(self._cancelled)
+            except BaseException as e:  # re-raised by __iter__ in the caller's thread
+                self._error = e
+            finally:
+                if streamer is not None:
+                    streamer.end()  # wakes the consumer even when generate failed before any token
+        self._thread = threading.Thread(target=target, name="mmit-generate", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __iter__(self):
+        emitted, raw = "", ""
+        try:
+            for piece in (self._streamer if self._streamer is not None else ()):
+                raw += piece
+                now = visible_text(raw, self._stops)
+                if len(now) > len(emitted) and now.startswith(emitted):
+                    yield now[len(emitted):]
+                    emitted = now
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            self.answer = self._finish(self._new)
+            if self.answer.text.startswith(emitted) and len(self.answer.text) > len(emitted):
+                yield self.answer.text[len(emitted):]
+        finally:
+            self.cancel()
+
+
+def stream_turns(model, processor, turns: Sequence[Turn], media: Sequence[Any] = (), max_new_tokens: int = 64, *,
+                 lock=None, **generate_kwargs) -> AnswerStream:
+    """:func:`generate_turns` as an :class:`AnswerStream` (transformers ``TextIteratorStreamer``;
+    beam search cannot stream, so with ``num_beams > 1`` the whole answer comes as one piece).
+
+    The prompt is built here, so bad media or a bad conversation raise ``ValueError`` /
+    :class:`~mmit.data.sample.SampleError` before any thread starts. ``lock`` (a
+    ``threading.Lock``, optional) is held by the generation thread while the model runs: one
+    generation at a time in a server."""
+    from contextlib import nullcontext
+
+    from transformers import StoppingCriteria, TextIteratorStreamer
+
+    batch = prompt_batch(model, processor, turns, media)
+    kwargs = generation_kwargs(processor, max_new_tokens, **generate_kwargs)
+    streamer = None
+    if int(kwargs.get("num_beams", 1)) == 1:
+        streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs["streamer"] = streamer
+
+    class _Cancelled(StoppingCriteria):
+        def __init__(self, event):
+            self.event = event
+
+        def __call__(self, input_ids, scores, **kw):
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def run(cancelled) -> List[int]:
+        from transformers import StoppingCriteriaList
+
+        with (lock if lock is not None else nullcontext()), torch.no_grad():
+            if cancelled.is_set():
+                return []
+            crit = StoppingCriteriaList(list(kwargs.pop("stopping_criteria", [])) + [_Cancelled(cancelled)])
+            return model.generate_tokens(batch, stopping_criteria=crit, **kwargs)[0].tolist()
+
+    prompt_tokens = int(batch.attention_mask[0].sum())
+    return AnswerStream(run, streamer, processor.stop_strings(),
+                        lambda new: finish_answer(processor, new, prompt_tokens))
