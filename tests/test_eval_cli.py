@@ -93,6 +93,16 @@ def test_mmit_eval_end_to_end(trained, capsys):
         (tasks["color-count"]["mc-accuracy"] + tasks["llava-gen"]["exact-match"]) / 2)
     assert (out / "heldin_vs_heldout.png").stat().st_size > 1000
     assert "chance" in printed and "color-count" in printed and "25.0" in printed
+    # honest baselines: the constant-answer score and a 95% interval beside every figure
+    from collections import Counter
+
+    assert "majority" in printed and "95% CI" in printed and "bootstrap" in res["ci_method"]
+    for name in ("color", "color-count"):
+        t, mine = tasks[name], [l for l in lines if l["task"] == name]
+        assert t["majority"] == pytest.approx(Counter(l["label"] for l in mine).most_common(1)[0][1] / len(mine))
+        lo, hi = t["ci95"]
+        assert 0 <= lo <= t["mc-accuracy"] <= hi <= 1
+    assert res["splits"]["held-in"]["majority"] == pytest.approx(tasks["color"]["majority"])
 
 
 def test_mmit_eval_reports_bad_config(tmp_path, capsys):

@@ -13,8 +13,10 @@ Usage: ``mmit inspect OUT [--png PATH] [--samples 8] [--cols 4] [--json]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import itertools
+import logging
 import json
 import os
 import sys
@@ -29,6 +31,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from mmit.data.media import decode_image
 from mmit.data.sample import Sample, SampleError
 from mmit.data.shards import NO_TASK, expand_urls, iter_shards, read_stats, stats_path
+
+log = logging.getLogger("mmit.inspect")
 
 TILE_W, IMG_H, TEXT_H = 280, 190, 176
 _GROUPS = ("task", "source", "media_kind")
@@ -97,11 +101,74 @@ def pick_samples(folder: str, n: int) -> List[Sample]:
     return out
 
 
-def _font(size: int) -> Any:
+@functools.lru_cache(maxsize=None)
+def font_files() -> Tuple[str, ...]:
+    """TrueType files tried for each character, in order: matplotlib's bundled DejaVu Sans (Latin,
+    Greek, Cyrillic, many symbols such as ☕), its bundled STIX, then the system's fonts that
+    matplotlib's font manager finds (CJK, emoji where installed)."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    ttf = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
+    first = [os.path.join(ttf, f) for f in ("DejaVuSans.ttf", "STIXGeneral.ttf")]
+    rest = sorted(f for f in font_manager.findSystemFonts() if f.lower().endswith((".ttf", ".otf")))
+    return tuple(dict.fromkeys(f for f in first + rest if os.path.isfile(f)))
+
+
+@functools.lru_cache(maxsize=None)
+def _cmap(path: str) -> frozenset:
+    """Code points that the font at ``path`` has a glyph for (empty for an unreadable file)."""
+    from fontTools.ttLib import TTFont
+
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+        return frozenset((TTFont(path, lazy=True, fontNumber=0)["cmap"].getBestCmap() or {}).keys())
+    except Exception:
+        return frozenset()
+
+
+class TextPainter:
+    """Draws text at one size with per-character font fallback over :func:`font_files`; characters
+    no font has are drawn with the first font (a box) and counted in ``missing`` (shared between
+    painters), so the sheet can say how many it could not show."""
+
+    def __init__(self, size: int, missing: Optional[Counter] = None):
+        self.size = size
+        self.missing = Counter() if missing is None else missing
+        self.files = font_files()
+        self._fonts: Dict[int, Any] = {}
+
+    def _font(self, k: int) -> Any:
+        if k not in self._fonts:
+            if not self.files:  # no TrueType file at all: Pillow's own font
+                self._fonts[k] = ImageFont.load_default(size=self.size)
+            else:
+                self._fonts[k] = ImageFont.truetype(self.files[k], self.size)
+        return self._fonts[k]
+
+    def _which(self, ch: str) -> int:
+        if ch.isspace() or not self.files:
+            return 0
+        for k, f in enumerate(self.files):
+            if ord(ch) in _cmap(f):
+                return k
+        self.missing[ch] += 1
+        return 0
+
+    def runs(self, text: str) -> List[Tuple[str, Any]]:
+        """``text`` split into ``(piece, font)`` runs, each piece drawable by its font."""
+        out: List[Tuple[str, Any]] = []
+        for k, group in itertools.groupby(text, key=self._which):
+            out.append(("".join(group), self._font(k)))
+        return out
+
+    def length(self, draw: ImageDraw.ImageDraw, text: str) -> float:
+        return sum(draw.textlength(piece, font=font) for piece, font in self.runs(text))
+
+    def text(self, draw: ImageDraw.ImageDraw, xy: Tuple[float, float], text: str, fill: Any) -> None:
+        x, y = xy
+        for piece, font in self.runs(text):
+            draw.text((x, y), piece, fill=fill, font=font)
+            x += draw.textlength(piece, font=font)
 
 
 def _placeholder(label: str, detail: str, fonts: Tuple[Any, Any]) -> Image.Image:
@@ -109,7 +176,7 @@ def _placeholder(label: str, detail: str, fonts: Tuple[Any, Any]) -> Image.Image
     d = ImageDraw.Draw(im)
     for text, font, y, fill in ((label, fonts[1], IMG_H // 2 - 22, (236, 239, 244)),
                                 (detail, fonts[0], IMG_H // 2 + 10, (200, 205, 215))):
-        d.text(((TILE_W - d.textlength(text, font=font)) / 2, y), text, fill=fill, font=font)
+        font.text(d, ((TILE_W - font.length(d, text)) / 2, y), text, fill)
     return im
 
 
@@ -130,7 +197,7 @@ def _pointcloud_view(data: bytes, detail: str, fonts: Tuple[Any, Any]) -> Image.
             px = 20 + (x - lo[0]) / span * (IMG_H - 40) + (TILE_W - IMG_H) / 2
             py = IMG_H - 20 - (y - lo[1]) / span * (IMG_H - 40)
             d.point((px, py), fill=(int(90 + 165 * c), 200, int(255 - 165 * c)))
-    d.text((6, 4), "POINT CLOUD " + detail, fill=(236, 239, 244), font=fonts[0])
+    fonts[0].text(d, (6, 4), "POINT CLOUD " + detail, (236, 239, 244))
     return im
 
 
@@ -176,16 +243,15 @@ def _tile(sample: Sample, fonts: Tuple[Any, Any]) -> Image.Image:
         media += f" · {first['width']}x{first['height']}"
     y = IMG_H + 4
     head = f"{sample.source or '?'} · {sample.task or 'no task'}"
-    d.text((6, y), _wrap(head, 40, 1)[0], fill=(20, 60, 140), font=fonts[0])
+    fonts[0].text(d, (6, y), _wrap(head, 40, 1)[0], (20, 60, 140))
     y += 16
-    d.text((6, y), _wrap(f"id {sample.id} · {media}", 42, 1)[0], fill=(90, 90, 90),
-           font=fonts[0])
+    fonts[0].text(d, (6, y), _wrap(f"id {sample.id} · {media}", 42, 1)[0], (90, 90, 90))
     y += 18
     user = next((t.content for t in sample.turns if t.role == "user"), "")
     bot = next((t.content for t in sample.turns if t.role == "assistant"), "")
     for role, text, n, color in (("USER", user, 5, (0, 0, 0)), ("ASSISTANT", bot, 3, (0, 110, 50))):
         for line in _wrap(f"{role}: {text}", 42, n):
-            d.text((6, y), line, fill=color, font=fonts[0])
+            fonts[0].text(d, (6, y), line, color)
             y += 15
         y += 3
     d.rectangle((0, 0, TILE_W - 1, IMG_H + TEXT_H - 1), outline=(180, 180, 180))
@@ -195,20 +261,25 @@ def _tile(sample: Sample, fonts: Tuple[Any, Any]) -> Image.Image:
 def contact_sheet(samples: Sequence[Sample], path: str, cols: int = 4,
                   title: Optional[str] = None) -> str:
     """Draw ``samples`` as a grid of tiles (280x366 px each, ``cols`` per row) under a title line
-    and save it as PNG at ``path`` (folders created). Returns ``path``. Raises ``ValueError`` when
-    ``samples`` is empty."""
+    and save it as PNG at ``path`` (folders created). Text is drawn with DejaVu Sans and fallback
+    fonts (:class:`TextPainter`); characters no font has are drawn as boxes and logged as one
+    warning with their counts. Returns ``path``. Raises ``ValueError`` when ``samples`` is empty."""
     if not samples:
         raise ValueError("no samples to draw")
-    fonts = (_font(12), _font(20))
+    missing: Counter = Counter()
+    fonts = (TextPainter(12, missing), TextPainter(20, missing))
     cols = max(1, min(cols, len(samples)))
     rows = -(-len(samples) // cols)
     pad, head = 8, 30
     sheet = Image.new("RGB", (pad + cols * (TILE_W + pad), head + rows * (IMG_H + TEXT_H + pad)),
                       (250, 250, 250))
-    ImageDraw.Draw(sheet).text((pad, 8), title or "", fill=(0, 0, 0), font=_font(14))
+    TextPainter(14, missing).text(ImageDraw.Draw(sheet), (pad, 8), title or "", (0, 0, 0))
     for i, s in enumerate(samples):
         r, c = divmod(i, cols)
         sheet.paste(_tile(s, fonts), (pad + c * (TILE_W + pad), head + r * (IMG_H + TEXT_H + pad)))
+    if missing:
+        log.warning("contact sheet: %d character(s) in no available font, drawn as boxes: %s",
+                    sum(missing.values()), ", ".join(f"{c!r} U+{ord(c):04X} x{n}" for c, n in missing.most_common(10)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sheet.save(path, format="PNG")
     return path

@@ -12,17 +12,22 @@ Output folder (``mmit eval --output DIR``)::
 templates), ``skipped`` (reason -> count; samples read = n + skipped; media the model's family does
 not read, e.g. video for LLaVA, count as ``unsupported-media``: each sample's media are decoded by
 ``processor.decode_media``), ``metric`` (the headline
-metric's name), ``chance``, every metric's values (``compute``'s keys), and ``per_template``
-(``{"0": {metric: value}, ...}``) when the task has several templates.
-``results.json["splits"][split]``: ``tasks``, ``mean`` (mean of the tasks' headline figures) and,
-where every task has >= 2 templates, ``instruction-sensitivity`` (MultiInstruct, arXiv 2212.10773).
+metric's name), ``chance`` (uniform chance: 1 / #candidates), ``majority`` and ``majority_answer``
+(the best constant answer's headline score and that answer; None for corpus metrics), ``ci95``
+(``[low, high]``, the headline figure's 95% cluster-bootstrap interval; ``results.json["ci_method"]``
+says how: :mod:`mmit.evaluation.metrics.baselines`), every metric's values (``compute``'s keys), and
+``per_template`` (``{"0": {metric: value}, ...}``) when the task has several templates.
+``results.json["splits"][split]``: ``tasks``, ``mean`` (mean of the tasks' headline figures),
+``chance``, ``majority`` (means over the tasks), ``ci95`` (of the mean: the tasks' bootstrap draws
+averaged) and, where every task has >= 2 templates, ``instruction-sensitivity`` (MultiInstruct,
+arXiv 2212.10773).
 
 k-shot tasks (``shots`` other than ``[0]``; :mod:`mmit.evaluation.incontext`, OpenFlamingo arXiv
 2308.01390): the task is scored once per k; ``tasks[name]["shots"][str(k)]`` holds that k's ``n``,
-``n_prompts``, ``skipped``, ``chance``, metrics, ``per_template`` and ``seconds``; the task's own keys
-above are those of the FIRST entry of ``shots`` (the headline); ``tasks[name]["demonstrations"]``
+``n_prompts``, ``skipped``, ``chance``, ``majority``, ``ci95``, metrics, ``per_template`` and ``seconds``;
+the task's own keys above are those of the FIRST entry of ``shots`` (the headline); ``tasks[name]["demonstrations"]``
 describes the pool (``source``, ``path``, ``size``, ``skipped``, ``seed``). A split whose tasks all
-report a k gets ``splits[split]["shots"][str(k)] = {"mean", "chance"}``. Their prediction lines add
+report a k gets ``splits[split]["shots"][str(k)] = {"mean", "chance", "majority"}``. Their prediction lines add
 ``shots`` (k) and ``demonstrations`` (the demonstrations' sample ids, in prompt order); zero-shot-only
 tasks write exactly what they wrote before.
 """
@@ -118,6 +123,37 @@ def chance_level(task: TaskConfig, items: Sequence[EvalItem]) -> Optional[float]
     return None
 
 
+def honest_baselines(task: TaskConfig, records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """``majority`` (the best constant answer's headline score, or None), ``majority_answer`` and
+    ``ci95`` (``[low, high]`` of the headline figure, or None) of one task's records
+    (:mod:`mmit.evaluation.metrics.baselines`)."""
+    from mmit.evaluation.metrics import get_metric
+    from mmit.evaluation.metrics.baselines import bootstrap_distribution, majority_baseline, percentile_interval
+
+    head = get_metric(task.metrics[0])
+    value, answer = majority_baseline(head, records)
+    return {"majority": value, "majority_answer": answer,
+            "ci95": percentile_interval(bootstrap_distribution(head, records))}
+
+
+def _split_baselines(names: List[str], tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]],
+                     task_cfgs: Dict[str, TaskConfig]) -> Dict[str, Any]:
+    """A split's mean ``majority`` (when every task has one) and the ``ci95`` of its mean figure:
+    the tasks' bootstrap distributions (same seed and size, independent resamples per task)
+    averaged draw by draw (None when a task has none or sizes differ)."""
+    from mmit.evaluation.metrics import get_metric
+    from mmit.evaluation.metrics.baselines import bootstrap_distribution, percentile_interval
+
+    out: Dict[str, Any] = {}
+    maj = [tasks[n].get("majority") for n in names]
+    out["majority"] = sum(maj) / len(maj) if all(m is not None for m in maj) else None
+    dists = [bootstrap_distribution(get_metric(task_cfgs[n].metrics[0]), [r for r in records if r["task"] == n])
+             for n in names]
+    ok = all(d is not None for d in dists) and len({len(d) for d in dists}) == 1
+    out["ci95"] = percentile_interval(sum(dists) / len(dists)) if ok else None
+    return out
+
+
 def split_summary(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]],
                   task_cfgs: Dict[str, TaskConfig]) -> Dict[str, Dict[str, Any]]:
     """Per split: task names, mean headline figure and chance, instruction sensitivity (from
@@ -134,6 +170,7 @@ def split_summary(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]
         chances = [tasks[n]["chance"] for n in names]
         if all(c is not None for c in chances):
             s["chance"] = sum(chances) / len(chances)
+        s.update(_split_baselines(names, tasks, records, task_cfgs))
         if all(len(tasks[n].get("per_template", {})) >= 2 for n in names):
             recs = [r for r in records if r["task"] in names]
             sens = get_metric("instruction-sensitivity").compute(
@@ -148,6 +185,8 @@ def split_summary(tasks: Dict[str, Dict[str, Any]], records: List[Dict[str, Any]
                     s["shots"][k] = {"mean": sum(pk[k][pk[k]["metric"]] for pk in per_k) / len(per_k)}
                     if all(c is not None for c in ch):
                         s["shots"][k]["chance"] = sum(ch) / len(ch)
+                    mj = [pk[k].get("majority") for pk in per_k]
+                    s["shots"][k]["majority"] = sum(mj) / len(mj) if all(m is not None for m in mj) else None
         out[split] = s
     return out
 
@@ -171,6 +210,7 @@ def score_task_k(model, processor, task: TaskConfig, items: Sequence[EvalItem], 
     res: Dict[str, Any] = {"n": n, "n_prompts": len(records), "skipped": skips.as_dict(),
                            "chance": chance_level(task, items)}
     res.update(task_metrics(task, records))
+    res.update(honest_baselines(task, records))
     res["seconds"] = round(time.perf_counter() - ts, 3)
     return res, records
 
@@ -204,8 +244,10 @@ def run_suite(config_path: str, checkpoint: str, output: str, overrides: Sequenc
     decode = getattr(processor, "decode_media", None)  # the family decodes video / audio as it reads them
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from mmit.evaluation.metrics.baselines import CI_METHOD
+
     results: Dict[str, Any] = {"suite": suite.name, "checkpoint": str(checkpoint),
-                               "config_hash": config_hash(suite, tasks), "tasks": {}}
+                               "config_hash": config_hash(suite, tasks), "ci_method": CI_METHOD, "tasks": {}}
     all_records: List[Dict[str, Any]] = []
     task_cfgs = {t.name: t for _, t in tasks}
     t0 = time.perf_counter()

@@ -9,6 +9,9 @@ Each family registers its formats (``ModelFamily.exporters`` / ``importers``) as
 A checkpoint trained with ``train.lora`` (LoRA adapters in ``llm_adapter/``) is exported with
 ``--merge-lora``: the adapters are merged into the LLM's base weights (:func:`merged_checkpoint`)
 before the format's writer runs, so every format gets plain weights.
+
+Every export folder ends with :func:`mmit.export.card.finish_export`: a ``README.md`` model card
+(base models, data, template, stage, eval results), normal file modes, no local paths in its configs.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def merged_checkpoint(checkpoint: str | Path, folder: str | Path) -> int:
 def export_main(argv: List[str]) -> int:
     """``mmit export``. Raises ``ValueError`` for a LoRA checkpoint without ``--merge-lora``, and what the
     format's writer raises."""
+    from mmit.export.card import finish_export
     from mmit.training.checkpoint import resolve_checkpoint_dir
     from mmit.training.lora import ADAPTER_DIR
 
@@ -84,6 +88,9 @@ def export_main(argv: List[str]) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("--merge-lora", action="store_true",
                    help="merge the checkpoint's LoRA adapters (llm_adapter/) into the LLM's weights first")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR",
+                   help="an `mmit eval --output` folder (or its results.json) whose results go into the model "
+                        "card (default: those found in the run folder); repeatable")
     a = p.parse_args(argv)
     write = _load(table[a.format])
     has_adapters = (resolve_checkpoint_dir(a.checkpoint) / ADAPTER_DIR).is_dir()
@@ -101,7 +108,8 @@ def export_main(argv: List[str]) -> int:
             n = merged_checkpoint(a.checkpoint, Path(tmp) / "checkpoint")
             print(f"merged the LoRA adapters of {n} layers into the LLM's weights", file=sys.stderr)
             out = write(str(Path(tmp) / "checkpoint"), a.output)
-    print(f"wrote {a.format} folder {out}")
+    finish_export(a.checkpoint, out, a.format, a.eval)  # the card names the user's checkpoint, not a merged copy
+    print(f"wrote {a.format} folder {out} (model card: {out}/README.md)")
     return 0
 
 

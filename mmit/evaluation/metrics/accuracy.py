@@ -134,6 +134,7 @@ class VQAAccuracy(Metric):
     """
 
     name = "vqa-accuracy"
+    per_record = True
     options = ("min_matches",)
     #: Which official script :func:`vqa_prepare` follows.
     version = "2016"
@@ -168,6 +169,7 @@ class ExactMatch(Metric):
     ``lower``, ...) before scoring for looser matching."""
 
     name = "exact-match"
+    per_record = True
     options = ("ignore_case",)
 
     @staticmethod
@@ -244,6 +246,7 @@ class MCAccuracy(Metric):
     post-processing)."""
 
     name = "mc-accuracy"
+    per_record = True
 
     def _is_correct(self, record, index: Optional[int] = None) -> bool:
         gold = _canon(gold_choice(record, self.name, index))
@@ -276,6 +279,7 @@ class IVQAAccuracy(Metric):
     prediction and answers compared lower-cased and stripped. ``correct``: score == 1."""
 
     name = "ivqa-accuracy"
+    per_record = True
 
     @staticmethod
     def score(prediction: str, answers: List[str]) -> float:

@@ -99,11 +99,19 @@ class Metric:
         name: the registry name; ``compute`` returns the main value under this key.
         higher_is_better: False for metrics such as instruction sensitivity.
         options: option names ``compute`` accepts (others raise ``TypeError``).
+        per_record: True when the value is the mean of the value on each record alone
+            (``compute(records) == mean(compute([r]) for r in records)``: accuracies, ROUGE-L,
+            MRR); the bootstrap interval and the majority baseline of
+            :mod:`~mmit.evaluation.metrics.baselines` rely on it. False for corpus metrics.
+        cheap: a corpus metric cheap enough to recompute on every bootstrap resample (ROC-AUC);
+            BLEU / CIDEr (a Java tokenizer run per call) are not, and get no interval.
     """
 
     name: str = ""
     higher_is_better: bool = True
     options: Sequence[str] = ()
+    per_record: bool = False
+    cheap: bool = False
 
     def compute(self, records: Sequence[Mapping[str, Any]], **options: Any) -> Dict[str, float]:
         """Score ``records``; returns ``{self.name: value, ...extra keys}``."""

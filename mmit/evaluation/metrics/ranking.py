@@ -52,6 +52,7 @@ class MRR(Metric):
     """
 
     name = "mrr"
+    per_record = True
 
     def compute(self, records, **options) -> Dict[str, float]:
         check_options(self.name, options, ())
@@ -108,9 +109,13 @@ class RocAuc(Metric):
     """
 
     name = "roc-auc"
+    cheap = True
     options = ("positive",)
 
     def compute(self, records, **options) -> Dict[str, float]:
+        from mmit.extras import require
+
+        require("sklearn", "the ROC-AUC metric")  # a missing package names its extra
         from sklearn.metrics import roc_auc_score
 
         check_options(self.name, options, self.options)

@@ -19,9 +19,13 @@ class RougeL(Metric):
     """
 
     name = "rouge-l"
+    per_record = True
     options = ("use_stemmer",)
 
     def compute(self, records, **options) -> Dict[str, float]:
+        from mmit.extras import require
+
+        require("rouge_score", "the ROUGE-L metric")  # a missing package names its extra
         from rouge_score import rouge_scorer
 
         check_options(self.name, options, self.options)

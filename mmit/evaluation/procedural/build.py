@@ -2,6 +2,10 @@
 
 Two kinds of output, both deterministic functions of ``--seed`` (byte-identical tars):
 
+Every task's answers are balanced over its options (each option ``n // k`` or ``n // k + 1`` times,
+:func:`~.tasks.balanced_answers`), in both kinds: the eval's chance level is then also what a
+constant answer scores, and training does not teach a label prior.
+
 * ``--kind train``: the chosen tasks' samples, interleaved in a seeded random order, each
   instruction drawn at random from the task's 5 templates (as MultiInstruct builds its training
   set, arXiv 2212.10573), optionally mixed with other shards (``--mix demo_out/shards:20`` adds
@@ -25,7 +29,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from mmit.data.sample import Media, Sample, Turn
 from mmit.data.shards import ShardWriter, dump_json
 from mmit.evaluation.procedural.scenes import png_bytes, render
-from mmit.evaluation.procedural.tasks import TASKS, ProceduralTask, tasks_of_split
+from mmit.evaluation.procedural.tasks import TASKS, ProceduralTask, balanced_answers, tasks_of_split
 
 SOURCE = "procedural"
 
@@ -36,11 +40,14 @@ SOURCE = "procedural"
 SYSTEM = ""
 
 
-def make_sample(task: ProceduralTask, rng: random.Random, index: int, template: Optional[int] = None) -> Sample:
+def make_sample(task: ProceduralTask, rng: random.Random, index: int, template: Optional[int] = None,
+                answer: Optional[str] = None) -> Sample:
     """One sample of ``task``: a rendered scene, the question with template ``template`` (random
-    when None), the answer; ``meta`` holds ``options``, ``label``, ``answers``, ``fields``,
-    ``template`` and the scene's objects (ground truth). Turns: system :data:`SYSTEM`, user, assistant."""
-    scene, fields, answer = task.make(rng)
+    when None), the answer (drawn from the task's generator, or forced to ``answer`` by rejection
+    sampling: :meth:`~.tasks.ProceduralTask.make_with_answer`); ``meta`` holds ``options``, ``label``,
+    ``answers``, ``fields``, ``template`` and the scene's objects (ground truth). Turns: system
+    :data:`SYSTEM`, user, assistant."""
+    scene, fields, answer = task.make(rng) if answer is None else task.make_with_answer(rng, answer)
     img = render(scene, rng)
     t = rng.randrange(len(task.templates)) if template is None else template
     question = task.templates[t].format(**fields)
@@ -54,11 +61,16 @@ def make_sample(task: ProceduralTask, rng: random.Random, index: int, template: 
                   task=task.name, source=SOURCE, meta=meta)
 
 
-def task_samples(task: ProceduralTask, n: int, seed: int) -> Iterator[Sample]:
-    """``n`` samples of ``task`` from a generator seeded by ``(seed, task name)``."""
+def task_samples(task: ProceduralTask, n: int, seed: int, balanced: bool = True) -> Iterator[Sample]:
+    """``n`` samples of ``task`` from a generator seeded by ``(seed, task name)``. ``balanced``
+    (default): the answers are dealt evenly over the task's options
+    (:func:`~.tasks.balanced_answers`, so a constant answer scores chance); else each answer is
+    whatever the task's generator draws (skewed for e.g. ``color-count``)."""
     rng = random.Random(f"mmit-procedural/{seed}/{task.name}")
+    answers = balanced_answers(task, n, random.Random(f"mmit-procedural-answers/{seed}/{task.name}")) \
+        if balanced else [None] * n
     for i in range(n):
-        yield make_sample(task, rng, i)
+        yield make_sample(task, rng, i, answer=answers[i])
 
 
 def _write_folder(samples: Sequence[Sample], output: str, shard_size: int, fmt: str) -> dict:

@@ -6,6 +6,12 @@ those skills: counting only the objects of one colour, naming the colour at a po
 of the object of a given colour, the position of the object of a given colour. Every task is
 multiple choice with a fixed candidate list, so the chance level is known (1 / #candidates).
 
+Labels are balanced: :func:`balanced_answers` deals each task's options out evenly (counts differ
+by at most one), and :meth:`ProceduralTask.make_with_answer` draws a scene with a given answer by
+rejection from the task's own generator, so a constant answer scores the chance level (up to one
+sample) instead of the majority class of a skewed generator (``color-count`` alone answers "1"
+about 70% of the time).
+
 ========================  ========  ============================================  =========
 task                      split     skills                                         chance
 ========================  ========  ============================================  =========
@@ -30,6 +36,8 @@ from typing import Callable, Dict, List, Tuple
 from mmit.evaluation.procedural.scenes import COLORS, POSITIONS, SHAPES, Scene, random_scene
 
 COUNTS = ("1", "2", "3", "4")
+#: Draws :meth:`ProceduralTask.make_with_answer` tries before giving up.
+MAX_TRIES = 20_000
 YES_NO = ("yes", "no")
 
 
@@ -49,6 +57,32 @@ class ProceduralTask:
     @property
     def chance(self) -> float:
         return 1.0 / len(self.options)
+
+    def make_with_answer(self, rng: random.Random, answer: str,
+                         max_tries: int = MAX_TRIES) -> Tuple[Scene, Dict[str, str], str]:
+        """``make(rng)`` repeated until its answer is ``answer`` (rejection sampling: the scene
+        follows the task's own distribution given that answer). Deterministic given ``rng``'s
+        state. Raises ``ValueError`` for an answer not among ``options`` or not reached in
+        ``max_tries`` draws (the rarest answer, ``color-count`` "4", needs ~256 on average)."""
+        if answer not in self.options:
+            raise ValueError(f"task {self.name!r}: answer {answer!r} is not one of {list(self.options)}")
+        for _ in range(max_tries):
+            scene, fields, got = self.make(rng)
+            if got == answer:
+                return scene, fields, got
+        raise ValueError(f"task {self.name!r}: no scene with answer {answer!r} in {max_tries} draws")
+
+
+def balanced_answers(task: "ProceduralTask", n: int, rng: random.Random) -> List[str]:
+    """``n`` answers for ``task``: consecutive blocks of ``len(options)`` answers, each block a
+    ``rng`` permutation of the options, so every option occurs ``n // k`` or ``n // k + 1`` times
+    (k options) and any prefix is as balanced as it can be."""
+    out: List[str] = []
+    while len(out) < n:
+        block = list(task.options)
+        rng.shuffle(block)
+        out.extend(block)
+    return out[:n]
 
 
 def _one(rng):

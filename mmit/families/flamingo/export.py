@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmit.config.schema import load_config, save_config
+from mmit.export.card import finish_export
 from mmit.training.checkpoint import load_model_from_checkpoint, save_weights
 
 STATE_FILES = ("checkpoint.safetensors", "checkpoint.pt")
@@ -133,7 +134,7 @@ def export_openflamingo(checkpoint: str | os.PathLike, output: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     save_file(to_openflamingo(model), str(out / STATE_FILES[0]), metadata={"format": "pt"})
     save_config(cfg, out / "config.yaml")
-    return out
+    return finish_export(checkpoint, out, "openflamingo")
 
 
 def read_state(folder: Path) -> Dict[str, torch.Tensor]:

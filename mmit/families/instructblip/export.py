@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mmit.config.schema import RunConfig, save_config
+from mmit.export.card import finish_export
 from mmit.templates import DEFAULT_TEMPLATE
 from mmit.training.checkpoint import load_model_from_checkpoint, save_weights
 
@@ -102,7 +103,7 @@ def export_hf_instructblip(checkpoint: str | os.PathLike, output: str | os.PathL
                                       qformer_tokenizer=model.qformer_tokenizer,
                                       num_query_tokens=model.num_query_tokens)
     processor.save_pretrained(out)
-    return out
+    return finish_export(checkpoint, out, "hf-instructblip")
 
 
 def import_hf_instructblip(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = DEFAULT_TEMPLATE) -> Path:

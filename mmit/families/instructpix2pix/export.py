@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmit.export.card import finish_export
+
 
 def export_diffusers_instructpix2pix(checkpoint: str | Path, output: str | Path, use_ema: bool = True) -> Path:
     """Write ``output`` (``model_index.json``, ``unet/`` with 8 input channels, ``vae/``, ``text_encoder/``,
@@ -18,4 +20,4 @@ def export_diffusers_instructpix2pix(checkpoint: str | Path, output: str | Path,
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     to_diffusers_pipeline(model, tokenizer).save_pretrained(str(out), safe_serialization=True)
-    return out
+    return finish_export(checkpoint, out, "diffusers-instructpix2pix")

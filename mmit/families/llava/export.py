@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from mmit.config.schema import RunConfig, save_config
+from mmit.export.card import finish_export
 from mmit.templates import DEFAULT_TEMPLATE
 from mmit.training.checkpoint import load_model_from_checkpoint, save_weights
 
@@ -96,7 +97,7 @@ def export_hf_llava(checkpoint: str | os.PathLike, output: str | os.PathLike) ->
                                chat_template=tokenizer.chat_template, image_token="<image>",
                                num_additional_image_tokens=1)
     processor.save_pretrained(out)
-    return out
+    return finish_export(checkpoint, out, "hf-llava")
 
 
 def import_hf_llava(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = DEFAULT_TEMPLATE) -> Path:

@@ -44,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mmit.config.schema import load_config, save_config
+from mmit.export.card import finish_export
 from mmit.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint_dir, save_weights
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def export_video_llama(checkpoint: str | os.PathLike, output: str | os.PathLike)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": sd}, out / STATE_FILE)
     save_config(cfg, out / "config.yaml")
-    return out
+    return finish_export(checkpoint, out, "video-llama")
 
 
 def import_video_llama(input_dir: str | os.PathLike, output: str | os.PathLike, template: str = "") -> Path:
