@@ -192,7 +192,8 @@ def test_ivqa_csv_unclosed_quote_and_records_in(tmp_path):
     out = list(get_reader("heldout-ivqa")(p, media_root=clips, stats=stats))
     assert [s.meta["fields"]["question"] for s in out] == ["what now", "who"]
     assert stats.as_dict() == {"malformed-csv": 1}
-    from mmit.data.record_io import BadRecord, iter_csv_dicts
+    from mmit.data.record_csv import iter_csv_dicts
+    from mmit.data.record_io import BadRecord
 
     rows = list(iter_csv_dicts(str(p)))
     assert [line for line, _ in rows] == [2, 3, 4] and isinstance(rows[0][1], BadRecord)

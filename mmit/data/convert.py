@@ -32,84 +32,27 @@ Media handling (resize, re-encode, point clouds) lives in :mod:`mmit.data.shard_
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
 import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
+from mmit.data.convert_plan import MANIFEST  # noqa: F401  (re-exported: the manifest's name)
+from mmit.data.convert_plan import (forget_inline_hashes, merge_counts, prepare_output,
+                                    remove_stale, task_digest)
 from mmit.data.distribute import DISTRIBUTORS, OutputLock, get_distributor
 from mmit.data.media import MAX_PIXELS
 from mmit.data.record_subset import Intake, chunk_records
 from mmit.data.shard_build import (REENCODE, SHARD_FORMAT_VERSION, ShardOptions,
                                    ShardResult, ShardTask, build_shard)
-from mmit.data.sample import Sample
-from mmit.data.shards import (TMP_SUFFIX, atomic_write, complete_shard_stats,
-                              dump_json, read_stats, sample_json)
+from mmit.data.shards import atomic_write, complete_shard_stats, dump_json
 from mmit.data.sample import allow_empty_answers as allow_empty_answers_in
 from mmit.data.sources import available_formats, get_reader
-from mmit.data.stats import SkipCounter
+from mmit.data.stats import SkipCounter, nothing_written, skip_report
 from mmit.registry import UnknownNameError
-
-MANIFEST = "_convert.json"
-_SHARD_FILE = re.compile(r"^(\d{5,})(\.tar|_stats\.json)$")
-_OWNED = re.compile(r"^(\d{5,}\.tar|\d{5,}_stats\.json|_stats\.json|_convert\.json)(\.tmp)?$")
-
-
-# -- planning: which records, which shards -----------------------------------------------------
-
-def task_digest(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOptions) -> str:
-    """sha256 (hex) of what decides shard ``index``'s bytes: the format version, options and each
-    item's position and description (``sample_json``, and the hash of inline media bytes).
-    Media files referenced by path are not hashed: a file changed in place is not detected."""
-    h = hashlib.sha256(dump_json([SHARD_FORMAT_VERSION, index, options.fingerprint()]))
-    for position, s in items:
-        inline = [hashlib.sha256(m.data).hexdigest() if m.data is not None else None
-                  for m in s.media]
-        h.update(dump_json([position, sample_json(s), inline]))
-    return h.hexdigest()
-
-
-def _prepare_output(output: str, manifest: Dict[str, Any], overwrite: bool) -> None:
-    """Create ``output``; resume (same manifest), refuse (other manifest) or clear (overwrite)."""
-    os.makedirs(output, exist_ok=True)
-    ours = sorted(n for n in os.listdir(output) if _OWNED.match(n))
-    shards = [n for n in ours if _SHARD_FILE.match(n)]
-    old = read_stats(os.path.join(output, MANIFEST))
-    if shards and not overwrite and old != manifest:
-        if old is None:
-            why = "no readable _convert.json"
-        else:
-            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            why = "; ".join(f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in diff)
-        raise FileExistsError(f"output folder {output} holds {len(shards)} shard file(s) of "
-                              f"another conversion ({why}); use the same options to resume, "
-                              "an empty folder, or --overwrite")
-    doomed = ours if overwrite else [n for n in ours if n == "_stats.json" or
-                                     n.endswith(TMP_SUFFIX)]
-    for name in sorted(doomed, key=lambda n: n != "_stats.json"):  # _stats.json goes first
-        os.remove(os.path.join(output, name))
-    atomic_write(os.path.join(output, MANIFEST), dump_json(manifest))
-
-
-def _remove_stale(output: str, n_shards: int) -> None:
-    """Delete shard files numbered ``>= n_shards`` (left by an earlier, longer run)."""
-    for name in os.listdir(output):
-        m = _SHARD_FILE.match(name)
-        if m and int(m.group(1)) >= n_shards:
-            os.remove(os.path.join(output, name))
-
-
-def _merge_counts(into: Dict[str, Dict[str, int]], counts: Dict[str, Dict[str, int]]) -> None:
-    for group, c in counts.items():
-        g = into.setdefault(group, {})
-        for k, v in c.items():
-            g[k] = g.get(k, 0) + int(v)
-
 
 def convert(format: str, input: str, output: str, media_root: Optional[str] = None,
             shard_size: int = 1000, workers: Optional[int] = None, missing: str = "skip",
@@ -219,7 +162,7 @@ def _convert_locked(format: str, input: str, output: str, media_root: Optional[s
     the output folder's :class:`~mmit.data.distribute.OutputLock`."""
     dist = get_distributor(distributor, workers, ray_address)
     try:
-        _prepare_output(output, manifest, overwrite)
+        prepare_output(output, manifest, overwrite)
     except BaseException:
         dist.close()
         raise
@@ -257,7 +200,8 @@ def _convert_locked(format: str, input: str, output: str, media_root: Optional[s
     finally:
         dist.close()
         bar.close()
-    _remove_stale(output, len(results))
+        forget_inline_hashes()
+    remove_stale(output, len(results))
 
     shard_stats = [results[i].stats for i in range(len(results))]
     skipped = SkipCounter()
@@ -271,7 +215,7 @@ def _convert_locked(format: str, input: str, output: str, media_root: Optional[s
                            f"skipped={skipped.as_dict()}")
     counts: Dict[str, Dict[str, int]] = {}
     for s in shard_stats:
-        _merge_counts(counts, s.get("counts", {}))
+        merge_counts(counts, s.get("counts", {}))
     result = {
         "format": format, "input": manifest["input"], "media_root": manifest["media_root"],
         "output": os.path.abspath(output), "records_in": records_in, "written": written,
@@ -360,7 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: ``mmit convert --format llava --input FILE --media-root DIR --output DIR ...``.
 
     ``argv`` excludes the program name; a leading ``convert`` is accepted and dropped. Prints a
-    one-line summary to stdout and returns 0; on an error prints one line to stderr and returns 2.
+    one-line summary to stdout and, when records were skipped, the top skip reasons with one
+    example each to stderr (:func:`mmit.data.stats.skip_report`); returns 0. Returns 2 with a
+    one-line error on stderr for bad arguments and failures, and when no record was written
+    (every record skipped, e.g. without ``--media-root``: :func:`~mmit.data.stats.nothing_written`).
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["convert"]:
@@ -387,4 +334,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"converted {stats['records_in']} records: {stats['written']} written, {sk.total} "
           f"skipped ({sk.summary()}) into {stats['shards']} shard(s){reused} in "
           f"{stats['output']} ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f} s)")
+    for line in skip_report(stats):
+        print(line, file=sys.stderr)
+    if stats["written"] == 0:
+        print(f"mmit convert: error: {nothing_written(stats, a.media_root)}", file=sys.stderr)
+        return 2
     return 0

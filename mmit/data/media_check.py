@@ -29,6 +29,8 @@ passes and is a counted skip when decoded for training.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from typing import Any, BinaryIO, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -48,6 +50,29 @@ UNDECODABLE = {"image": "undecodable-image", "video": "undecodable-video",
                "audio": "undecodable-audio", "pointcloud": "undecodable-pointcloud"}
 #: Bytes read from a point-cloud file to parse its ``.npy`` header (version 1 headers are < 64 KiB).
 _NPY_HEAD = 70_000
+
+
+# -- header checks done once ------------------------------------------------------------------------
+
+#: Attribute of a :class:`~mmit.data.sample.Media` holding ``(data, ImageInfo)`` of a header check
+#: already run on exactly ``data`` (not a dataclass field: never serialised, but pickled with the
+#: object, so it travels to shard-building processes).
+_CHECKED = "_image_header_checked"
+
+
+def remember_image_check(media: Any, data: bytes, info: Any) -> None:
+    """Record that :func:`mmit.data.media.check_image` (``full=False``, no pixel cap) passed on
+    ``data`` with result ``info`` (an ``ImageInfo``), so that :func:`image_check_done` can skip
+    repeating it (a reader of in-memory bytes checks them to name the record in the message;
+    ``mmit convert`` would check them again while building the shard)."""
+    media.__dict__[_CHECKED] = (data, info)
+
+
+def image_check_done(media: Any, data: bytes) -> Optional[Any]:
+    """The ``ImageInfo`` recorded by :func:`remember_image_check` when it was for this very
+    ``data`` object (identity, not equality: replaced bytes are checked again), else None."""
+    done = media.__dict__.get(_CHECKED)
+    return done[1] if done is not None and done[0] is data else None
 
 
 # -- point clouds ------------------------------------------------------------------------------------
@@ -198,6 +223,29 @@ def check_media_bytes(data: bytes, kind: str, where: str,
     return ext
 
 
+def _image_file_size(path: str, where: str, caps: Mapping[str, Any]) -> int:
+    """The size of the image file at ``path`` from ``os.stat`` (symlinks followed, as ``open``
+    would), with :func:`check_media_file`'s errors: ``missing-media`` (absent, a folder, not a
+    regular file, empty), ``media-too-large``. (Unreadable contents show when the shard builder
+    reads the file: a ``missing-media`` skip there.)"""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:
+        what = ("not found" if isinstance(e, (FileNotFoundError, ValueError))
+                else (getattr(e, "strerror", None) or str(e)))
+        raise SampleError(f"{where}: image file {what}: {path}", "missing-media") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = ("is a folder, not a file" if stat.S_ISDIR(st.st_mode) else
+                "not a regular file (device, FIFO or socket)")
+        raise SampleError(f"{where}: image file {what}: {path}", "missing-media")
+    cap = caps.get("image", MAX_MEDIA_BYTES["image"])
+    if st.st_size > cap:
+        raise too_large(f"{where}: {path}", "image", st.st_size, cap)
+    if st.st_size == 0:
+        raise SampleError(f"{where}: {path}: empty image file", "missing-media")
+    return st.st_size
+
+
 def check_media_file(path: str, kind: str, where: str,
                      max_bytes: Optional[Mapping[str, int]] = None) -> Tuple[int, Optional[str]]:
     """Check the file at ``path`` as media of ``kind`` without reading it whole.
@@ -213,6 +261,8 @@ def check_media_file(path: str, kind: str, where: str,
     """
     caps: Mapping[str, Any] = MAX_MEDIA_BYTES if max_bytes is None else max_bytes
     here = f"{where}: {path}"
+    if kind == "image":  # the size is all that is checked here: one stat, no open
+        return _image_file_size(path, where, caps), None
     try:
         f, size = open_media_file(path)
     except OSError as e:

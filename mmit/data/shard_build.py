@@ -10,20 +10,27 @@ Media handling inside :func:`build_shard` (:func:`prepare_media`):
   ``reencode`` (``jpeg``/``png``/``webp`` at ``quality``) asks for new pixels; ``meta`` gains
   ``width``/``height`` (and ``original_width``/``original_height``/``original_ext`` when changed).
 * video and audio: stored as their bytes, extension sniffed from content.
-* point clouds: stored as ``.npy`` (``.npz`` converted); must be a numeric ``[N, C>=3]`` array.
+* point clouds: stored as ``.npy`` (``.npz`` converted); must be a numeric ``[N, C>=3]`` array
+  (a ``.npy`` is judged from its header and length, without loading it: the same decision as
+  ``np.load``).
+* a header check the reader already ran on the same bytes (in-memory images:
+  :func:`mmit.data.media_check.remember_image_check`) is not repeated; the pixel cap still is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from mmit.data.media import MAX_PIXELS, check_image, read_media_bytes, sniff_ext, to_rgb
+from mmit.data.media import (MAX_PIXELS, ImageInfo, check_image, read_media_bytes, sniff_ext,
+                             to_rgb)
+from mmit.data.media_check import image_check_done
 from mmit.data.media_resolve import npz_points
 from mmit.data.sample import Sample, SampleError
 from mmit.data.shards import ShardWriter
@@ -110,8 +117,21 @@ def transcode_image(data: bytes, where: str, size: Tuple[int, int], fmt: str, qu
     return out.getvalue()
 
 
+def _header_check(m: Any, data: bytes, where: str, max_pixels: int) -> ImageInfo:
+    """:func:`~mmit.data.media.check_image` (header), or only its pixel cap when the reader
+    already ran it on these bytes (:func:`~mmit.data.media_check.image_check_done`)."""
+    info = image_check_done(m, data)
+    if info is None:
+        return check_image(data, where, max_pixels)
+    w, h = info.width, info.height
+    if w * h > max_pixels:  # check_image's own message
+        raise SampleError(f"{where}: image too large: {w}x{h} = {w * h} pixels > cap {max_pixels}",
+                          "image-too-large")
+    return info
+
+
 def _prepare_image(m: Any, data: bytes, where: str, o: ShardOptions) -> None:
-    info = check_image(data, where, o.max_pixels)
+    info = _header_check(m, data, where, o.max_pixels)
     size = _fit(info.width, info.height, o.resize_max_side)
     if o.reencode is None and size == (info.width, info.height):
         if o.check == "decode":  # (a transcode below decodes anyway)
@@ -124,6 +144,38 @@ def _prepare_image(m: Any, data: bytes, where: str, o: ShardOptions) -> None:
     m.data, m.ext = transcode_image(data, where, size, fmt, o.quality), ext
     m.meta.update(width=size[0], height=size[1], original_width=info.width,
                   original_height=info.height, original_ext=sniff_ext(data) or info.ext)
+
+
+class _Header(NamedTuple):
+    """What ``np.load`` would return, as far as :func:`pointcloud_npy` looks at it."""
+
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _npy_as_np_load_sees_it(data: bytes) -> Optional[_Header]:
+    """Shape and dtype of ``.npy`` bytes from the header alone, raising what ``np.load`` raises
+    for the cases it refuses (object dtype without pickle, fewer data bytes than the header
+    announces), without copying the array. None for header versions other than 1.0 / 2.0
+    (``np.load`` itself then)."""
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    if version not in ((1, 0), (2, 0)):
+        return None
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _fortran, dtype = read(buf)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    need = math.prod(int(x) for x in shape) * dtype.itemsize  # Python ints: no overflow
+    if len(data) - buf.tell() < need:
+        raise ValueError(f"EOF: reading array data, expected {need} bytes got "
+                         f"{len(data) - buf.tell()}")
+    return _Header(tuple(int(x) for x in shape), dtype)
 
 
 def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...], str]:
@@ -140,13 +192,13 @@ def pointcloud_npy(data: bytes, where: str) -> Tuple[bytes, Tuple[int, ...], str
         raise SampleError(f"{where}: point cloud is not a .npy/.npz array (content: "
                           f"{ext or 'unknown type'})", "unsupported-pointcloud")
     try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if ext == "npz":
-            loaded = npz_points(loaded)
+        arr = _npy_as_np_load_sees_it(data) if ext == "npy" else None
+        if arr is None:
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            arr = np.asarray(npz_points(loaded) if ext == "npz" else loaded)
     except Exception as e:
         raise SampleError(f"{where}: undecodable point cloud ({ext}): {e}",
                           "undecodable-pointcloud") from None
-    arr = np.asarray(loaded)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 3 or arr.dtype.kind not in "fiu":
         raise SampleError(f"{where}: point cloud must be a numeric [N, C>=3] array, got shape "
                           f"{arr.shape} dtype {arr.dtype}", "undecodable-pointcloud")

@@ -30,7 +30,6 @@ import hashlib
 import itertools
 import json
 import os
-import tarfile
 from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -39,6 +38,7 @@ import webdataset as wds
 from mmit.data.media import sniff_ext
 from mmit.data.sample import Media, Sample, Turn
 from mmit.data.stats import SkipCounter
+from mmit.data.tar_members import TarMembers
 
 #: Tar member mtime used for every shard (seconds since epoch): shards are byte-reproducible.
 SHARD_MTIME = 0
@@ -91,7 +91,9 @@ class ShardWriter:
     (:func:`complete_shard_stats`). Use as a context manager; if the block raises, the partial
     ``.tmp`` file is deleted and no stats file is written. The ``.tmp`` is always a new file
     (an old one is unlinked first), and :meth:`finish` checks that the file it renames is that
-    file with exactly the bytes written, so the stats always describe the tar on disk.
+    file with exactly the bytes written, so the stats always describe the tar on disk. The tar
+    bytes are those of webdataset's ``TarWriter`` (ustar, members in its order), written by
+    :class:`mmit.data.tar_members.TarMembers` with one ``writev`` per sample.
 
     Args:
         tar_path: output ``.tar``; ``*_stats.json`` goes beside it (:func:`stats_path`).
@@ -106,14 +108,10 @@ class ShardWriter:
             os.remove(self.tmp_path)
         self._file = open(self.tmp_path, "xb")
         self._inode = _inode(os.fstat(self._file.fileno()))
-        self._tw = wds.TarWriter(self._file, encoder=False, mtime=mtime, user="mmit", group="mmit")
-        # webdataset 1.0.2 opens tarfile in stream mode "w|" (which re-slices a 10 KiB buffer for
-        # every 16 KiB chunk, i.e. copies each byte ~4 times) and drops its own format=USTAR.
-        # Stream mode has written nothing yet, so reopen the same file object in plain "w" mode:
-        # one member = one write of the caller's bytes object (no copy), ustar headers. The
-        # archive bytes are identical to what stream mode writes (same headers, blocks, padding).
-        self._tw.tarstream = tarfile.open(fileobj=self._file, mode="w",
-                                          format=tarfile.USTAR_FORMAT, copybufsize=8 << 20)
+        # the bytes webdataset's TarWriter (ustar, mode 0444, owner mmit) writes, member for member,
+        # without its per-member TarInfo work (mmit.data.tar_members)
+        self._tw: Optional[TarMembers] = TarMembers(self._file, mtime=mtime, user="mmit",
+                                                    group="mmit")
         self._keys: set = set()
         self._finished = False
         self.written = 0
@@ -134,16 +132,20 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"{self.tar_path}: duplicate key for sample {sample.id!r} at index "
                              f"{index}")
-        obj: Dict[str, Any] = {"__key__": key}
+        obj: Dict[str, Any] = {}
         for j, m in enumerate(sample.media):
             if m.data is None:
                 raise ValueError(f"sample {sample.id!r}: media {j} ({m.path}) has no data loaded")
+            if not isinstance(m.data, (bytes, bytearray, memoryview)):
+                raise ValueError(f"sample {sample.id!r}: media {j} data is "
+                                 f"{type(m.data).__name__}, not bytes")
             m.ext = m.ext or sniff_ext(m.data) or "bin"
             obj[f"{j}.{m.ext}"] = m.data
             self.media_bytes += len(m.data)
         obj["json"] = dump_json(sample_json(sample))
-        self._tw.write(obj)
-        self.members += len(obj) - 1
+        # webdataset's member order: the suffixes sorted as strings
+        self._tw.add([(f"{key}.{k}", obj[k]) for k in sorted(obj)])
+        self.members += len(obj)
         self._keys.add(key)
         self.written += 1
         self.counts["task"][NO_TASK if sample.task is None else str(sample.task)] += 1
@@ -162,8 +164,7 @@ class ShardWriter:
             self._tw.close()
             self._file.flush()
             self.size = os.fstat(self._file.fileno()).st_size
-            offset = self._tw.tarstream.offset  # + 2 end blocks; the last record is zero-padded
-            self._expected = -(-offset // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+            self._expected = self._tw.offset  # end blocks and record padding included
             self._file.close()
             self._tw = None
 

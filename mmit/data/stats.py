@@ -8,8 +8,9 @@ reasons of :class:`~mmit.data.sample.SampleError`). The counts end up in the per
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -116,3 +117,57 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter({self.as_dict()!r})"
+
+
+# -- reporting a conversion's skips (mmit convert) ------------------------------------------------
+
+#: Skip reasons :func:`skip_report` lists (the most frequent first).
+TOP_REASONS = 5
+#: Skip reason → the flag that usually turns it into written records.
+_HINTS = {"media-outside-root": "--allow-absolute-media if the annotation may name media "
+                                "outside --media-root",
+          "empty-answer": "--allow-empty-answers to keep records with empty answers",
+          "not-sampled": "--sample-rate (it left every record out)"}
+
+
+def skip_report(stats: Dict[str, Any], top: int = TOP_REASONS) -> List[str]:
+    """Lines for stderr: the ``top`` most frequent skip reasons of a conversion's ``_stats.json``
+    dict, each with its count, share and one example (record id and message; examples of shards
+    kept from an earlier run are not known). ``[]`` when nothing was skipped."""
+    skipped = stats.get("skipped") or {}
+    if not skipped:
+        return []
+    total, examples = sum(skipped.values()), stats.get("skip_examples") or {}
+    order = sorted(skipped, key=lambda r: (-skipped[r], r))
+    lines = [f"mmit convert: {total} of {stats.get('records_in', total)} records skipped; "
+             f"{'top reasons' if len(order) > top else 'reasons'} (all examples in "
+             f"{os.path.join(stats.get('output', '.'), '_stats.json')} under skip_examples):"]
+    for reason in order[:top]:
+        ex = (examples.get(reason) or [None])[0]
+        ex = (f"e.g. {' '.join(str(ex).split())[:400]}" if ex is not None else
+              "left out by --sample-rate" if reason == "not-sampled" else
+              "(no example: skipped in a shard kept from an earlier run)")
+        lines.append(f"  {reason}: {skipped[reason]} ({100 * skipped[reason] / total:.0f}%), {ex}")
+    if len(order) > top:
+        rest = sum(skipped[r] for r in order[top:])
+        lines.append(f"  ... {len(order) - top} other reason(s): {rest} record(s)")
+    return lines
+
+
+def nothing_written(stats: Dict[str, Any], media_root: Optional[str] = None) -> str:
+    """The one-line message (naming the input file) for a conversion that wrote no record, with
+    the flag most likely to help: ``--media-root`` when the records miss their media and none
+    (``media_root`` None) was given."""
+    n, skipped = stats.get("records_in", 0), stats.get("skipped") or {}
+    if not n:
+        return f"nothing was written: the input {stats.get('input')} holds no records"
+    top = max(skipped, key=lambda r: (skipped[r], r)) if skipped else None
+    msg = (f"nothing was written: all {n} records of {stats.get('input')} were skipped "
+           f"(most: {top}={skipped.get(top)})")
+    if top == "missing-media":
+        msg += ("; no --media-root was given: pass the folder the records' media paths are "
+                "relative to" if media_root is None else f"; are the media paths relative to "
+                f"--media-root {media_root}?")
+    elif top in _HINTS:
+        msg += f"; see {_HINTS[top]}"
+    return msg

@@ -21,7 +21,7 @@ import sys
 from typing import Any, Optional, Tuple
 
 from mmit.data.media import check_image
-from mmit.data.media_check import check_media_bytes
+from mmit.data.media_check import check_media_bytes, remember_image_check
 from mmit.data.media_resolve import attach_media, media_policy
 from mmit.data.normalize import MEDIA_PLACEHOLDERS
 from mmit.data.sample import Media, Sample, SampleError
@@ -73,7 +73,8 @@ def attach_bytes(m: Media, data: bytes, where: str, root: Optional[str] = None) 
         # the bytes are in memory anyway: the header check that `mmit convert` runs while building
         # the shard, here, so that a failure names the annotation file and record (a shard builder
         # only knows the sample id). The pixel cap stays with convert (its max_pixels).
-        check_image(data, f"{where}: {src}", max_pixels=sys.maxsize)
+        info = check_image(data, f"{where}: {src}", max_pixels=sys.maxsize)
+        remember_image_check(m, data, info)  # the shard builder then skips its own header check
     m.data, m.ext = data, ext
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterator, Optional
 
-from mmit.data.record_io import iter_csv_dicts, read_csv_header
+from mmit.data.record_csv import iter_csv_dicts, read_csv_header
 from mmit.data.sample import Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.heldout_common import (check_args, default_root, media_item, run,

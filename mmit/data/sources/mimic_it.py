@@ -51,6 +51,7 @@ are not an image).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.constants import IMAGE_PLACEHOLDER
@@ -58,6 +59,7 @@ from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.normalize import check_missing_policy, unique_samples
 from mmit.data.record_io import load_json_document
+from mmit.data.media_check import image_check_done, remember_image_check
 from mmit.data.media_resolve import MediaRoot, decode_base64
 from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
 from mmit.data.stats import SkipCounter
@@ -65,6 +67,8 @@ from mmit.data.stats import SkipCounter
 PathLike = Union[str, "os.PathLike[str]"]
 _USED = ("instruction", "answer", "image_ids", "rel_ins_ids")
 _INDEX_NAMES = ("__index_level_0__", "image_id", "id", "key", "index")
+#: Decoded base64 images an :class:`ImageStore` keeps for reuse (bytes, least recently used out).
+DECODED_CACHE_BYTES = 64 << 20
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -92,6 +96,8 @@ class ImageStore:
     def __init__(self, location: str, allow_absolute: bool = False,
                  max_media_bytes: Optional[Dict[str, int]] = None):
         self.location = location
+        self._decoded: "OrderedDict[str, Tuple[bytes, Optional[str], Any]]" = OrderedDict()
+        self._decoded_bytes = 0
         self.kind = "folder" if os.path.isdir(location) else (
             "parquet" if location.lower().endswith(".parquet") else "json")
         self.root = MediaRoot(location if self.kind == "folder" else
@@ -168,8 +174,28 @@ class ImageStore:
             raise SampleError(f"{where}: image {image_id!r}: base64 cell is not UTF-8 text: {e}",
                               "bad-base64") from None
         m = Media(kind="image", meta={"image_id": image_id})
+        hit = self._decoded.get(image_id)
+        if hit is not None:  # decoded and checked for an earlier instruction: the same bytes
+            self._decoded.move_to_end(image_id)
+            m.data, m.ext = hit[0], hit[1]
+            remember_image_check(m, hit[0], hit[2])
+            return m
         attach_bytes(m, decode_base64(text, f"{where}: image {image_id!r}"), where, self.root)
+        self._keep(image_id, m)
         return m
+
+    def _keep(self, image_id: str, m: Media) -> None:
+        """Remember ``m``'s decoded, checked bytes under ``image_id`` (least recently used out
+        first, at most :data:`DECODED_CACHE_BYTES` in all): in-context examples and the
+        instructions of one image or clip name the same images over and over."""
+        size = len(m.data)
+        if size > DECODED_CACHE_BYTES // 4:
+            return
+        self._decoded[image_id] = (m.data, m.ext, image_check_done(m, m.data))
+        self._decoded_bytes += size
+        while self._decoded_bytes > DECODED_CACHE_BYTES:
+            _, old = self._decoded.popitem(last=False)
+            self._decoded_bytes -= len(old[0])
 
 
 def _find_store(instructions: str, media_root: Optional[str]) -> str:

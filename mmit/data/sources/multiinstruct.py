@@ -207,13 +207,31 @@ def match_template(record: Mapping[str, Any]) -> Optional[int]:
     task, prompt = record.get("task_name"), record.get("prompt")
     if task not in _table()["templates"] or not isinstance(prompt, str):
         return None
-    for i in range(len(instruction_templates(task))):
+    n = len(_table()["templates"][task])
+    md = record.get("meta_data")  # render_instruction's choice of template list, done once
+    key = ("visual_dialog:no_history" if task == "visual_dialog" and
+           not (isinstance(md, dict) and md.get("dialog_hist")) else task)
+    templates = instruction_templates(key)
+    if n > len(templates):  # render_instruction's IndexError (not a ValueError): as before
+        return next((i for i in range(n) if _renders_to(record, i, prompt)), None)
+    try:
+        fields = _template_fields(task, record)  # once, not once per template
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None  # render_instruction: ValueError for every template
+    for i in range(n):
         try:
-            if render_instruction(record, i) == prompt:
+            if templates[i].format(**fields) == prompt:
                 return i
-        except ValueError:
+        except (KeyError, IndexError, TypeError, AttributeError):
             continue
     return None
+
+
+def _renders_to(record: Mapping[str, Any], i: int, prompt: str) -> bool:
+    try:
+        return render_instruction(record, i) == prompt
+    except ValueError:
+        return False
 
 
 def rerender(sample: Sample, template_id: int) -> Sample:

@@ -44,7 +44,8 @@ from typing import Dict, Iterator, List, Optional, Union
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.normalize import IdSet, check_missing_policy
-from mmit.data.record_io import MAX_CSV_FIELD_CHARS, BadRecord, iter_csv_dicts, read_csv_header
+from mmit.data.record_csv import MAX_CSV_FIELD_CHARS, iter_csv_dicts, read_csv_header
+from mmit.data.record_io import BadRecord
 from mmit.data.media_resolve import MediaRoot, resolve_media_path
 from mmit.data.sources._media_helpers import VIDEO_PLACEHOLDER, attach_file, report, validated
 from mmit.data.stats import SkipCounter

@@ -1,0 +1,194 @@
+"""The fast paths of `mmit convert` (issue 17) decide exactly as the slow code they replace:
+the shard tar writer writes `tarfile`'s bytes, the header-only `.npy` check refuses what `np.load`
+refuses, the one-pass base64 decode returns what the normalising decoder returns, the cached
+`realpath` equals `os.path.realpath`, and a header check is reused only for the very bytes it saw.
+(`tests/test_convert_golden.py` pins the whole output.)"""
+
+import base64
+import io
+import os
+import random
+import tarfile
+
+import numpy as np
+import pytest
+
+from mmit.data.media import check_image
+from mmit.data.media_check import image_check_done, remember_image_check
+from mmit.data.media_resolve import MediaRoot, decode_base64
+from mmit.data.sample import Media, SampleError
+from mmit.data.shard_build import ShardOptions, pointcloud_npy, prepare_media
+from mmit.data.sample import Sample, Turn
+from mmit.data.tar_members import TarMembers
+from conftest import DEMO_IMAGES
+
+
+@pytest.mark.parametrize("names", [
+    ["a" * 40 + ".0.jpg", "a" * 40 + ".json"],  # the shard layout
+    ["x", "ü-non-ascii.json", "n" * 99, "n" * 100, "d/" * 60 + "long.bin"],  # tarfile's fallbacks
+])
+def test_tar_members_write_the_bytes_tarfile_writes(tmp_path, names):
+    datas = [b"", b"x" * 511, b"y" * 512, bytes(range(256)) * 7, memoryview(b"z" * 1000)][:len(names)]
+    with open(tmp_path / "ours.tar", "wb") as f:
+        w = TarMembers(f, mtime=0, user="mmit", group="mmit")
+        w.add(list(zip(names[:1], datas[:1])))
+        w.add(list(zip(names[1:], datas[1:])))
+        w.close()
+        assert w.offset == f.tell()
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in zip(names, datas):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o444, "mmit", "mmit"
+            tf.addfile(ti, io.BytesIO(bytes(data)))
+    assert (tmp_path / "ours.tar").read_bytes() == ref.getvalue()
+    with tarfile.open(tmp_path / "ours.tar") as tf:
+        assert [tf.extractfile(m).read() for m in tf] == [bytes(d) for d in datas]
+
+
+def test_tar_members_refuse_what_ustar_cannot_hold(tmp_path):
+    with open(tmp_path / "t.tar", "wb") as f:
+        w = TarMembers(f)
+        with pytest.raises(ValueError):
+            w.add([("n" * 300, b"x")])  # no prefix/name split possible: tarfile's ValueError
+
+
+# -- point clouds: header-only .npy check == np.load ------------------------------------------------
+
+def _npy(a, version=None):
+    b = io.BytesIO()
+    np.lib.format.write_array(b, a, version=version, allow_pickle=True)
+    return b.getvalue()
+
+
+def _reference(data):
+    """What pointcloud_npy decided before: np.load the whole array, then check it."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception:
+        return "undecodable-pointcloud"
+    ok = arr.ndim == 2 and arr.shape[0] >= 1 and arr.shape[1] >= 3 and arr.dtype.kind in "fiu"
+    return (tuple(arr.shape), arr.dtype.str) if ok else "undecodable-pointcloud"
+
+
+F32 = _npy(np.arange(18, dtype=np.float32).reshape(6, 3))
+NPY_CASES = {
+    "f32": F32, "f64": _npy(np.ones((4, 6))), "i8": _npy(np.ones((4, 3), np.int8)),
+    "big-endian": _npy(np.ones((2, 3), ">f4")), "fortran": _npy(np.asfortranarray(np.ones((5, 4)))),
+    "v2": _npy(np.ones((3, 3)), (2, 0)), "v3": _npy(np.ones((3, 3)), (3, 0)),
+    "1d": _npy(np.ones(9)), "0-rows": _npy(np.ones((0, 3))), "2-cols": _npy(np.ones((5, 2))),
+    "objects": _npy(np.array([[1, 2, 3]], dtype=object)), "bool": _npy(np.ones((3, 3), bool)),
+    "complex": _npy(np.ones((3, 3), complex)), "scalar": _npy(np.float32(3)),
+    "3d": _npy(np.ones((2, 3, 4))), "truncated": F32[:-5], "trailing-bytes": F32 + b"xyz",
+    "huge-shape": F32.replace(b"'shape': (6, 3), }", b"'shape': (4611686018427387904, 8), }"),
+    "bad-header": F32[:12] + b"garbage" + F32[19:],
+    "structured": _npy(np.zeros((3, 3), dtype=[("a", "f4")])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NPY_CASES))
+def test_npy_header_check_decides_as_np_load(name):
+    data = NPY_CASES[name]
+    want = _reference(data)
+    try:
+        out, shape, dtype = pointcloud_npy(data, "x")
+        got = (shape, dtype)
+        assert out is data  # kept byte for byte
+    except SampleError as e:
+        got = e.reason
+    assert got == want
+
+
+# -- base64: one strict pass == the normalising decoder ----------------------------------------------
+
+def _normalising(text):
+    """The decoder before issue 17 (every input through the normaliser)."""
+    import re
+    body = re.sub(r"^data:[^,;]*(?:;[^,;]*)*;base64,", "", text.strip(), count=1, flags=re.I)
+    body = body.encode("ascii", "replace").translate(bytes.maketrans(b"-_", b"+/"), b" \t\r\n\f\v")
+    if not body:
+        return "bad-base64"
+    body = body.rstrip(b"=")
+    if len(body) % 4 == 1:
+        return "bad-base64"
+    try:
+        return base64.b64decode(body + b"=" * (-len(body) % 4), validate=True)
+    except ValueError:
+        return "bad-base64"
+
+
+def test_base64_fast_path_agrees_with_the_normalising_decoder():
+    rng = random.Random(0)
+    alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    noise = alpha + "=-_ \n*é"
+    texts = ["", "====", "QQ", "QUJD", "QUI=", "QU=I", " QUJD ", "data:image/png;base64,QUJD"]
+    for _ in range(20000):
+        n = rng.randint(1, 12)
+        if rng.random() < 0.5:
+            texts.append("".join(rng.choice(alpha) for _ in range(n)) + "=" * rng.randint(0, 3))
+        else:
+            texts.append("".join(rng.choice(noise) for _ in range(n)))
+    texts.append(base64.b64encode(os.urandom(300_000)).decode())
+    for t in texts:
+        try:
+            got = decode_base64(t, "w")
+        except SampleError as e:
+            got = e.reason
+        assert got == _normalising(t), t[:80]
+
+
+# -- realpath cache, header-check memo ----------------------------------------------------------------
+
+def test_media_root_realpath_equals_os_realpath(tmp_path, monkeypatch):
+    (tmp_path / "root" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "root" / "a" / "b" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "out" / "secret.jpg").write_bytes(b"s")
+    (tmp_path / "root" / "a" / "link.jpg").symlink_to(tmp_path / "out" / "secret.jpg")
+    (tmp_path / "root" / "dirlink").symlink_to(tmp_path / "out")
+    root = MediaRoot(tmp_path / "root")
+    paths = ["a/b/x.jpg", "a/link.jpg", "dirlink/secret.jpg", "a/b/../b/x.jpg", "a/b/nope.jpg",
+             "a/..", "a/b/", "x.jpg"]
+    for _ in range(2):  # cold and cached
+        for p in paths:
+            full = os.path.join(root, p)
+            assert root.realpath(full) == os.path.realpath(full), p
+    monkeypatch.chdir(tmp_path / "root")
+    assert root.realpath("a/b/x.jpg") == os.path.realpath("a/b/x.jpg")
+
+
+def test_header_check_is_reused_only_for_the_same_bytes(tmp_path):
+    data = (DEMO_IMAGES / "extreme_ironing.jpg").read_bytes()
+    m = Media(kind="image", data=data)
+    remember_image_check(m, data, check_image(data, "x"))
+    assert image_check_done(m, data) is not None
+    assert image_check_done(m, bytes(bytearray(data))) is None  # equal but another object
+    # the shard builder still applies its pixel cap to a reused check
+    s = Sample(id="s", turns=[Turn("user", "<image>"), Turn("assistant", "a")], media=[m])
+    with pytest.raises(SampleError) as e:
+        prepare_media(s, ShardOptions(str(tmp_path), max_pixels=100))
+    assert e.value.reason == "image-too-large"
+    m2 = Media(kind="image", data=data[:5000])  # a remembered check of OTHER bytes is not used
+    remember_image_check(m2, data, check_image(data, "x"))
+    with pytest.raises(SampleError) as e:
+        prepare_media(Sample(id="t", turns=s.turns, media=[m2]), ShardOptions(str(tmp_path)))
+    assert e.value.reason == "undecodable-image"
+
+
+def test_tar_members_finish_a_short_write(tmp_path, monkeypatch):
+    import mmit.data.tar_members as tm
+
+    real = os.writev
+
+    def short(fd, parts):  # the kernel may write less than asked (e.g. > 2 GiB in one call)
+        return real(fd, [memoryview(parts[0])[:100]])
+
+    monkeypatch.setattr(tm.os, "writev", short)
+    data = os.urandom(5000)
+    with open(tmp_path / "t.tar", "wb") as f:
+        w = TarMembers(f)
+        w.add([("a.bin", data), ("b.json", b"{}")])
+        w.close()
+    with tarfile.open(tmp_path / "t.tar") as tf:
+        assert [tf.extractfile(m).read() for m in tf] == [data, b"{}"]
+    assert (tmp_path / "t.tar").stat().st_size == w.offset
