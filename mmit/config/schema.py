@@ -70,7 +70,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     #: Resampled mode for shards (sample shards with replacement: an endless stream, for several epochs).
     resampled: bool = False
-    #: DataLoader worker processes (0: in the main process; exact resume needs 0).
+    #: DataLoader worker processes that decode and preprocess (0: in the trainer's process, between
+    #: steps). Batches, skip counts and resume are the same for any value; ``data_wait`` in
+    #: ``metrics.jsonl`` says whether the trainer waits for data (above a few percent: raise this).
     num_workers: int = 0
     #: Batch multimodal and text-only samples apart and similar lengths together (LLaVA's
     #: ``group_by_modality_length``; seeded per epoch, resumable: :mod:`mmit.training.batching`).

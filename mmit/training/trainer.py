@@ -5,6 +5,12 @@ One process or several (``torchrun`` / ``accelerate launch``: DDP, FSDP2, DeepSp
 the accelerate config; :mod:`mmit.training.distributed`): every process trains on its own share of the
 data (:mod:`mmit.training.split`); only the main process logs, prints and writes files.
 
+``data_wait``: the share of wall time the (main) process spent blocked waiting for its next batch
+(:class:`~mmit.training.data.WaitClock`), per logged interval in ``metrics.jsonl`` and the progress
+bar (``wait=``), and in ``summary.json`` over the whole run (``data_wait``; a resumed run: since the
+resume) and as the worst logged interval (``data_wait_max``). Near 0: the input pipeline keeps up;
+raise ``data.num_workers`` when it is not.
+
 Entry point: :func:`train` (``mmit train --config_path ...``).
 """
 
@@ -27,11 +33,12 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from mmit.config.schema import RunConfig, save_config
+from mmit.config.trackers import parse_report_to
 from mmit.data.stats import SkipCounter
 from mmit.families import ModelFamily, get_family
 from mmit.training.checkpoint import (latest_checkpoint, load_training_state, load_weights, prune_checkpoints,
                                       resolve_checkpoint_dir, save_checkpoint)
-from mmit.training.data import SampleStream, batches, to_device
+from mmit.training.data import SampleStream, WaitClock, batches, to_device, wait_fraction
 from mmit.training.distributed import (DEEPSPEED_DIR, SavedState, build_accelerator, check_launch,
                                        fill_deepspeed_config, find_unused_parameters,
                                        freeze_unused_encoder_parameters, gather_rank_states, load_optimizer_state,
@@ -120,6 +127,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _config_dict(run_dir: Path) -> dict:
+    """The run's resolved config (``config.yaml``, written by the main process) as a dict, for trackers."""
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+
+
 def _minus(a: dict, b: dict) -> dict:
     """Counts of ``a`` less those of ``b`` (skip reasons), zeros dropped."""
     return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
@@ -171,6 +185,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     another number of processes than the checkpoint's.
     """
     tc = cfg.train
+    parse_report_to(tc.report_to)  # before anything is built (load_config checks it too)
     check_launch()
     run_dir = Path(tc.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,14 +301,17 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                             scheduler=scheduler if with_optimizer else None, extra=extra,
                             state_dict=state_dict, keep=keep)
 
-    metrics = (MetricsLogger(run_dir, tc.report_to, resume_step=step if ckpt is not None else None)
+    metrics = (MetricsLogger(run_dir, tc.report_to, resume_step=step if ckpt is not None else None,
+                             project=tc.tracker_project, run_name=tc.run_name, config=_config_dict(run_dir))
                if accelerator.is_main_process else NullMetrics())
-    data_iter = batches(stream, pre, tc.batch_size, epoch, pos, cfg.data.num_workers)
+    # data_wait: the share of each logged interval spent blocked in next() (waiting for the input pipeline)
+    data_iter = WaitClock(batches(stream, pre, tc.batch_size, epoch, pos, cfg.data.num_workers))
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (tc.progress_bar and accelerator.is_main_process),
                dynamic_ncols=True, mininterval=2.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
     samples, first_step_end, steps_here = 0, None, 0
+    loop_start, waits = time.perf_counter(), []
     model.train()
     while step < total_steps:
         micro_batches, step_tokens = [], 0
@@ -326,9 +344,11 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
                    f"{family.unit}_per_s": window_tokens / max(dt, 1e-9), f"{family.unit}_seen": tokens_seen}
             if grad_norm is not None:
                 rec["grad_norm"] = float(grad_norm)
+            rec["data_wait"] = wait_fraction(data_iter.take(), dt)
+            waits.append(rec["data_wait"])
             metrics.log(step, rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
-                            per_s=f"{rec[f'{family.unit}_per_s']:.0f}")
+                            per_s=f"{rec[f'{family.unit}_per_s']:.0f}", wait=f"{rec['data_wait']:.0%}")
             window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
         bar.update(1)
         if tc.save_steps > 0 and step % tc.save_steps == 0:
@@ -343,6 +363,7 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
     bar.close()
     metrics.close()
     per_step_s = (time.perf_counter() - first_step_end) / (steps_here - 1) if steps_here > 1 else None
+    data_wait = wait_fraction(data_iter.total, time.perf_counter() - loop_start)  # this process, this run
     checkpoint(run_dir / "final", with_optimizer=False)
     seen = gather_rank_states(accelerator, {"samples": samples,
                                             "skipped": _minus(stats.as_dict(), stream.read_stats.as_dict())})
@@ -353,7 +374,8 @@ def train(cfg: RunConfig, stop_after_steps: Optional[int] = None) -> Path:
             skips.merge(r["skipped"])
         summary = {"steps": step, f"{family.unit}_seen": tokens_seen, "skipped": skips.as_dict(),
                    "skipped_total": skips.total, "loss_png": str(png) if png else None, "processes": world,
-                   "samples_per_process": [r["samples"] for r in seen], "seconds_per_step": per_step_s}
+                   "samples_per_process": [r["samples"] for r in seen], "seconds_per_step": per_step_s,
+                   "data_wait": data_wait, "data_wait_max": max(waits, default=None)}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         first, last = loss_fell(read_metrics(run_dir / "metrics.jsonl"))
         summary.update(loss_first_10pct=first, loss_last_10pct=last)
