@@ -48,8 +48,12 @@ class MediaTensors:
             raise ValueError(f"MediaTensors: values hold {n} item(s) but sample_index has shape "
                              f"{tuple(self.sample_index.shape)} and position {tuple(self.position.shape)}")
 
-    def to(self, device) -> "MediaTensors":
-        return MediaTensors(self.values.to(device), self.sample_index.to(device), self.position.to(device))
+    def to(self, device, non_blocking: bool = False) -> "MediaTensors":
+        return MediaTensors(*(t.to(device, non_blocking=non_blocking)
+                              for t in (self.values, self.sample_index, self.position)))
+
+    def pin_memory(self) -> "MediaTensors":
+        return MediaTensors(self.values.pin_memory(), self.sample_index.pin_memory(), self.position.pin_memory())
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -83,12 +87,22 @@ class Batch:
             raise ValueError(f"Batch: attention_mask {tuple(self.attention_mask.shape)} != input_ids "
                              f"{tuple(self.input_ids.shape)}")
 
-    def to(self, device) -> "Batch":
-        """A copy with every tensor on ``device``."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        """A copy with every tensor on ``device`` (``non_blocking``: asynchronous copies from pinned
+        memory, as ``Tensor.to``)."""
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return replace(self, input_ids=mv(self.input_ids), attention_mask=mv(self.attention_mask),
-                       labels=mv(self.labels), media={k: m.to(device) for k, m in self.media.items()},
+                       labels=mv(self.labels),
+                       media={k: m.to(device, non_blocking) for k, m in self.media.items()},
                        extra={k: mv(v) for k, v in self.extra.items()})
+
+    def pin_memory(self) -> "Batch":
+        """A copy with every tensor in page-locked (pinned) host memory, for asynchronous copies to
+        a CUDA device; needs a CUDA build with a device (``Tensor.pin_memory``)."""
+        pin = lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return replace(self, input_ids=pin(self.input_ids), attention_mask=pin(self.attention_mask),
+                       labels=pin(self.labels), media={k: m.pin_memory() for k, m in self.media.items()},
+                       extra={k: pin(v) for k, v in self.extra.items()})
 
     def values(self, kind: str) -> Optional[torch.Tensor]:
         """``media[kind].values`` or None when the batch has no media of that kind."""
@@ -122,16 +136,15 @@ def pad_rows(rows: Sequence[torch.Tensor], value: int, left: bool = False):
     ``left`` pads on the left (prompts for generation). Raises ``ValueError`` on no rows."""
     if not rows:
         raise ValueError("got no items to batch (every sample of the batch was skipped?)")
-    T = max(int(r.shape[0]) for r in rows)
-    out = torch.full((len(rows), T), int(value), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = int(r.shape[0])
-        if n:
-            sl = slice(T - n, T) if left else slice(0, n)
-            out[i, sl] = r
-            mask[i, sl] = 1
-    return out, mask
+    from torch.nn.utils.rnn import pad_sequence
+
+    # one C++ call instead of a copy per row (this runs in the trainer's process for every batch)
+    out = pad_sequence([r.reshape(-1).long() for r in rows], batch_first=True, padding_value=int(value),
+                       padding_side="left" if left else "right")
+    lengths = torch.tensor([int(r.shape[0]) for r in rows], dtype=torch.long)[:, None]
+    pos = torch.arange(out.shape[1], dtype=torch.long)
+    mask = (pos >= out.shape[1] - lengths) if left else (pos < lengths)
+    return out, mask.long()
 
 
 def span_starts(input_ids: torch.Tensor, token_id: int, span: int) -> List[tuple]:

@@ -18,8 +18,9 @@ Two ways, chosen by :class:`mmit.training.data.SampleStream`:
   blocks from the start of the epoch** (as torch's ``DistributedSampler`` pads with the first indices);
   at most ``world - 1`` blocks are repeated per epoch.
 
-DataLoader workers then take every ``num_workers``-th sample of their process's share
-(:class:`mmit.training.data._PreprocessedEpoch`), which keeps positions, and so resume, exact.
+DataLoader workers then take every ``num_workers``-th chunk of ``batch_size`` consecutive samples of
+their process's share (:class:`mmit.training.data._Preprocessed`), which keeps the order and the
+positions, and so resume, exact.
 Samples skipped by the processor are not replaced from other processes, so with skips the processes'
 epochs may end a batch or so apart; the trainer saves each process's data position and resumes each
 at its own.
