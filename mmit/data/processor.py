@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmit.data.batch import Batch
-from mmit.data.media import MAX_PIXELS, decode_image, read_media_bytes
+from mmit.data.media import DRAFT_FITS, MAX_PIXELS, Draft, decode_image, read_media_bytes
 from mmit.data.sample import Sample, SampleError, Turn
 
 Item = Dict[str, Any]
@@ -91,6 +91,13 @@ class Processor:
     allow_empty_answers: bool = False
     #: The family's name in error messages (``unsupported-media``); default: the class name.
     family: str = ""
+    #: Reduced-size JPEG decoding in :meth:`decode_media` (:class:`~mmit.data.media.Draft`): the
+    #: reducing gap (decode at least this many times the pixels per side the image transform keeps),
+    #: or None for full decodes. Used only when ``image_transform`` states its output size and
+    #: aspect-ratio policy (``image_size``, ``aspect_ratio``: :class:`mmit.models.encoders.preprocess.
+    #: ImageProcessor`). At 2 the transform's output differs from a full decode's by a few 8-bit
+    #: levels at most (``tests/test_pipeline_speedups.py``).
+    jpeg_draft: Optional[float] = 2.0
 
     @property
     def family_name(self) -> str:
@@ -121,22 +128,34 @@ class Processor:
         raise NotImplementedError
 
     # -- media -------------------------------------------------------------------------------------
+    def image_draft(self) -> Optional[Draft]:
+        """The :class:`~mmit.data.media.Draft` that :meth:`decode_media` decodes JPEGs with: from
+        ``self.image_transform``'s ``image_size`` and ``aspect_ratio`` and :attr:`jpeg_draft`; None
+        (full decodes) when ``jpeg_draft`` is None or the transform does not state both."""
+        t = getattr(self, "image_transform", None)
+        side, fit = getattr(t, "image_size", None), getattr(t, "aspect_ratio", None)
+        if not self.jpeg_draft or not isinstance(side, int) or fit not in DRAFT_FITS:
+            return None
+        return Draft(side, fit, float(self.jpeg_draft))
+
     def decode_media(self, sample: Sample) -> List[Any]:
         """The sample's media decoded, in ``sample.media`` order (module docstring for the element
         types: PIL RGB image, :class:`~mmit.data.video.DecodedVideo`, 1-D float32 waveform).
 
-        Default: images only (:func:`~mmit.data.media.decode_image`, ``self.max_pixels`` when set).
-        Every kind is checked before anything is decoded.
+        Default: images only (:func:`~mmit.data.media.decode_image`, ``self.max_pixels`` when set;
+        JPEGs at a reduced size under :meth:`image_draft`, so an image may be 2, 4 or 8 times smaller
+        than stored). Every kind is checked before anything is decoded.
 
         Raises :class:`SampleError` naming the sample: ``unsupported-media`` (a kind this family does
         not read), ``missing-media`` (bytes absent, file unreadable), or the decoder's reason
         (``undecodable-image``, ``image-too-large``, ...)."""
         unsupported_media(sample, ("image",), self.family_name)
         max_pixels = getattr(self, "max_pixels", MAX_PIXELS)
+        draft = self.image_draft()
         out = []
         for j in range(len(sample.media)):
             data, where = media_bytes(sample, j)
-            out.append(decode_image(data, where, max_pixels))
+            out.append(decode_image(data, where, max_pixels, draft=draft))
         return out
 
     # -- inference ---------------------------------------------------------------------------------
