@@ -32,7 +32,6 @@ EXTRAS: Dict[str, Tuple[str, str]] = {
     "gradio": ("serve", "gradio"),
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
-    "httpx": ("serve", "httpx"),
 }
 
 
