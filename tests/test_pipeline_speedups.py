@@ -131,8 +131,9 @@ def test_pack_tensors_round_trips_nested_items_in_one_buffer_per_dtype(monkeypat
     """Every tensor of a chunk lands in one buffer per dtype (shared memory, or pipe bytes when small)
     and comes back equal, with its shape and dtype, inside the same structure."""
     import mmit.training.data as data
+    import mmit.training.transport as transport
 
-    monkeypatch.setattr(data, "PIPE_BYTES", pipe_bytes)
+    monkeypatch.setattr(transport, "PIPE_BYTES", pipe_bytes)
     items = [(0, {"id": "a", "input_ids": torch.arange(5), "pixel_values": torch.rand(2, 3, 4, 4),
                   "media": [("video", torch.rand(1, 2, 3, 4, 4))], "none": None}, None),
              (1, None, "skip"),

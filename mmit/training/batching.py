@@ -254,26 +254,55 @@ def pack_sequences(rows: Sequence[Sequence[Tuple[torch.Tensor, Optional[torch.Te
 
 
 class _GroupedEpoch(IterableDataset):
-    """Processed items of one epoch in grouped order from position ``start``: yields
-    ``(position, group, item or None, skip or None)``; DataLoader workers take every k-th position
-    (each worker computes the same deterministic order)."""
+    """Processed items of one epoch in grouped order from position ``start``, as ``(position, group,
+    item or None, skip or None)``.
+
+    In the main process: yields them one by one. In DataLoader workers (each computes the same
+    deterministic order): chunks of ``batch_size`` consecutive positions, worker ``w`` of ``n``
+    taking chunks ``w, w + n, ...`` and sending each as one message packed by
+    :func:`mmit.training.transport.pack_tensors`; the DataLoader returns them round-robin, so in order
+    (:func:`_unchunked` flattens them back). One message per sample cost more than the
+    preprocessing itself for small images."""
 
     def __init__(self, stream, pre, epoch: int, start: int, batch_size: int, group: bool, chunk: bool):
         self.stream, self.pre, self.epoch, self.start = stream, pre, epoch, start
         self.batch_size, self.group, self.chunk = batch_size, group, chunk
 
+    def _item(self, pos: int, g: Any, sample: Sample):
+        skip = SkipCounter()
+        return pos, g, self.pre.try_call(sample, skip), (skip if skip else None)
+
     def __iter__(self):
+        from mmit.training.transport import pack_tensors
+
         info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
         raw = self.stream.epoch(self.epoch)
         if self.group:
             media_tokens = int(getattr(self.pre, "num_image_tokens", 0) or 0)
             seq = grouped_order(raw, self.batch_size, self.stream.seed, self.epoch, media_tokens, chunk=self.chunk)
         else:
             seq = ((0, s) for s in raw)
-        for pos, (g, sample) in islice(enumerate(seq), self.start + wid, None, nw):
-            skip = SkipCounter()
-            yield pos, g, self.pre.try_call(sample, skip), (skip if skip else None)
+        positions = islice(enumerate(seq), self.start, None)
+        if info is None:
+            for pos, (g, sample) in positions:
+                yield self._item(pos, g, sample)
+            return
+        size, k = max(1, int(self.batch_size)), 0
+        while True:
+            chunk = list(islice(positions, size))
+            if not chunk:
+                return
+            if k % info.num_workers == info.id:
+                yield pack_tensors([self._item(pos, g, sample) for pos, (g, sample) in chunk])
+            k += 1
+
+
+def _unchunked(loader) -> Iterator[Tuple[int, Any, Any, Any]]:
+    """The items of :class:`_GroupedEpoch`'s worker chunks, in order."""
+    from mmit.training.transport import unpack_tensors
+
+    for msg in loader:
+        yield from unpack_tensors(*msg)
 
 
 def build_batches(stream, pre, batch_size: int, start_epoch: int = 0, start_pos: int = 0,
@@ -304,7 +333,7 @@ def build_batches(stream, pre, batch_size: int, start_epoch: int = 0, start_pos:
     epoch, pos = start_epoch, start_pos
     while True:
         ds = _GroupedEpoch(stream, pre, epoch, pos, batch_size, group, chunk=max_tokens is None)
-        it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers)) if num_workers else iter(ds)
+        it = _unchunked(DataLoader(ds, batch_size=None, num_workers=num_workers)) if num_workers else iter(ds)
         builder = BatchBuilder(batch_size, max_tokens, pack_length)
         collate = pre.collate_packed if packing else pre.collate
         produced, current = 0, None

@@ -11,8 +11,8 @@ Throughput (:func:`batches`): with ``num_workers`` > 0, decoding, preprocessing 
 DataLoader worker processes that live across epochs (no fork and no shuffle-buffer refill at each
 epoch). Each takes whole chunks of ``batch_size`` consecutive raw samples and sends a chunk as one
 message whose tensors travel in one buffer per dtype (:func:`pack_tensors`: pipe bytes when small,
-else one shared-memory segment), not one shared-memory segment per tensor, which cost more than the
-preprocessing itself for small images. The main process only assembles and collates, in the same
+else one shared-memory segment the tensors are concatenated into directly), not one shared-memory
+segment per tensor, which cost more than the preprocessing itself for small images. The main process only assembles and collates, in the same
 order as without workers. On a CUDA machine the workers keep 4 chunks each in flight and the collated
 batch is put in pinned memory, so :func:`to_device` copies it asynchronously. ``data.num_workers: 0``
 (the default) preprocesses in the trainer's own process, between steps: the trainer's ``data_wait``
@@ -38,7 +38,7 @@ import os
 import random
 import time
 from itertools import islice
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -50,6 +50,7 @@ from mmit.data.sample import Sample
 from mmit.data.stats import SkipCounter
 from mmit.training.split import (blocks_per_rank, cycle_to, rank_blocks, shard_split, shard_stats,
                                  stats_mix_media, take_blocks)
+from mmit.training.transport import pack_tensors, unpack_tensors
 
 
 class SampleStream:
@@ -170,76 +171,6 @@ class SampleStream:
         return read(self.cfg.path)
 
 
-class _Slot(NamedTuple):
-    """Where :func:`pack_tensors` put a tensor: ``numel`` elements from ``offset`` of the buffer of
-    ``dtype``, viewed as ``shape``."""
-
-    dtype: torch.dtype
-    offset: int
-    shape: Tuple[int, ...]
-
-
-#: Buffers up to this size travel as bytes through the DataLoader's pipe (a copy, microseconds); larger
-#: ones as shared memory (one file descriptor passed over a socket: about a millisecond each).
-PIPE_BYTES = 4 << 20
-
-
-def pack_tensors(obj: Any) -> Tuple[Any, Dict[torch.dtype, Any]]:
-    """``(structure, buffers)``: ``obj`` (nested dicts, lists and tuples) with every CPU tensor
-    replaced by a :class:`_Slot` into ``buffers``, one flat buffer per dtype holding them all back to
-    back: a tensor, or its ``bytes`` when at most :data:`PIPE_BYTES`. A DataLoader worker then sends a
-    chunk's tensors as a few shared-memory segments or pipe bytes instead of one segment per tensor.
-    :func:`unpack_tensors` is the inverse (views into the buffers)."""
-    parts: Dict[torch.dtype, List[torch.Tensor]] = {}
-    sizes: Dict[torch.dtype, int] = {}
-
-    def walk(x):
-        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.layout == torch.strided:
-            parts.setdefault(x.dtype, []).append(x.reshape(-1))
-            offset = sizes.get(x.dtype, 0)
-            sizes[x.dtype] = offset + x.numel()
-            return _Slot(x.dtype, offset, tuple(x.shape))
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        if type(x) is tuple:
-            return tuple(walk(v) for v in x)
-        return x
-
-    out = walk(obj)
-    buffers: Dict[torch.dtype, Any] = {}
-    for dt, ps in parts.items():
-        flat = torch.cat(ps)
-        small = flat.numel() * flat.element_size() <= PIPE_BYTES
-        buffers[dt] = flat.view(torch.uint8).numpy().tobytes() if small and flat.numel() else flat
-    return out, buffers
-
-
-def unpack_tensors(obj: Any, buffers: Dict[torch.dtype, Any]) -> Any:
-    """``obj`` with every :class:`_Slot` of :func:`pack_tensors` replaced by its tensor (a view into
-    ``buffers``: equal values, shape and dtype)."""
-    if any(isinstance(b, bytes) for b in buffers.values()):
-        buffers = {dt: torch.frombuffer(bytearray(b), dtype=dt) if isinstance(b, bytes) else b
-                   for dt, b in buffers.items()}
-    return _unpack(obj, buffers)
-
-
-def _unpack(obj: Any, buffers: Dict[torch.dtype, torch.Tensor]) -> Any:
-    if isinstance(obj, _Slot):
-        n = 1
-        for d in obj.shape:
-            n *= d
-        return buffers[obj.dtype][obj.offset:obj.offset + n].view(obj.shape)
-    if isinstance(obj, dict):
-        return {k: _unpack(v, buffers) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unpack(v, buffers) for v in obj]
-    if type(obj) is tuple:
-        return tuple(_unpack(v, buffers) for v in obj)
-    return obj
-
-
 class _Preprocessed(IterableDataset):
     """Preprocessed items of every epoch from ``(epoch, start)`` on, endlessly, as ``(epoch, last,
     group)``: ``group`` a list of ``(position, item or None, skip)``, ``last`` whether it ends its
@@ -253,10 +184,17 @@ class _Preprocessed(IterableDataset):
 
     ``skip`` is a one-sample SkipCounter (or None), returned rather than counted here because a
     worker process's counter never reaches the trainer.
+
+    ``stop``: a multiprocessing Event (set by :func:`_groups` when its consumer stops); a worker
+    that sees it set between two samples drops its chunk and ends, so that closing the stream does
+    not wait for chunks nobody will read. ``end_epoch``: when set, the items end with epoch
+    ``end_epoch - 1`` (nothing of a later epoch is prepared).
     """
 
-    def __init__(self, stream: SampleStream, pre: Processor, epoch: int, start: int, chunk: int = 1):
+    def __init__(self, stream: SampleStream, pre: Processor, epoch: int, start: int, chunk: int = 1,
+                 end_epoch: Optional[int] = None):
         self.stream, self.pre, self.epoch, self.start, self.chunk = stream, pre, epoch, start, max(1, chunk)
+        self.stop, self.end_epoch = None, end_epoch
 
     def _item(self, pos: int, sample: Sample):
         skip = SkipCounter()
@@ -265,7 +203,7 @@ class _Preprocessed(IterableDataset):
     def _chunks(self, size: int):
         """``(epoch, [(position, raw sample), ...], last)`` for every chunk of ``size``, endlessly."""
         epoch, start = self.epoch, self.start
-        while True:
+        while self.end_epoch is None or epoch < self.end_epoch:
             samples = islice(enumerate(self.stream.epoch(epoch)), start, None)
             group = list(islice(samples, size))
             while True:
@@ -281,7 +219,11 @@ class _Preprocessed(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         for k, (epoch, group, last) in enumerate(self._chunks(self.chunk if info else 1)):
             if k % nw == wid:
-                out = [self._item(pos, sample) for pos, sample in group]
+                out = []
+                for pos, sample in group:
+                    if self.stop is not None and self.stop.is_set():
+                        return
+                    out.append(self._item(pos, sample))
                 yield epoch, last, (pack_tensors(out) if info else (out, None))
 
 
@@ -290,14 +232,26 @@ def _groups(ds: _Preprocessed, num_workers: int) -> Iterator[Tuple[int, bool, li
     (chunks unpacked; 4 chunks in flight per worker on a CUDA machine, 2 elsewhere)."""
     if not num_workers:
         return ((epoch, last, group) for epoch, last, (group, _) in ds)
+    import torch.multiprocessing as mp
+
+    ds.stop = mp.Event()  # the DataLoader's default context (no multiprocessing_context given)
     loader = DataLoader(ds, batch_size=None, num_workers=num_workers,
                         prefetch_factor=4 if torch.cuda.is_available() else 2)
-    return ((epoch, last, unpack_tensors(*msg)) for epoch, last, msg in loader)
+
+    def unpacked():
+        it = iter(loader)  # held here: the workers shut down only after ``finally`` has run
+        try:
+            for epoch, last, msg in it:
+                yield epoch, last, unpack_tensors(*msg)
+        finally:  # closed (the trainer stopped): workers drop the chunks they are on, then shut down
+            ds.stop.set()
+
+    return unpacked()
 
 
 def batches(stream: SampleStream, pre: Processor, batch_size: int, start_epoch: int = 0, start_pos: int = 0,
-            num_workers: int = 0) -> Iterator[Tuple[Batch, int, int]]:
-    """Endless batches across epochs: yields ``(batch, epoch, next_position)``.
+            num_workers: int = 0, end_epoch: Optional[int] = None) -> Iterator[Tuple[Batch, int, int]]:
+    """Batches across epochs, endless unless ``end_epoch`` is set: yields ``(batch, epoch, next_position)``.
 
     ``batch`` is ``pre.collate(items)``, a :class:`~mmit.data.batch.Batch`.
     ``next_position`` is the raw-sample index in
@@ -309,17 +263,24 @@ def batches(stream: SampleStream, pre: Processor, batch_size: int, start_epoch: 
     ``data.group_by_modality_length``, ``data.max_tokens_per_batch`` and ``data.packing`` hand the
     stream to :func:`mmit.training.batching.build_batches` (same contract; positions count samples
     of the grouped order).
+
+    ``end_epoch``: the batches end with epoch ``end_epoch - 1``, and DataLoader workers prepare
+    nothing of a later epoch (a run that knows its last epoch wastes no work past it; the batches up
+    to there are the same as without it).
     """
     from mmit.training import batching
 
     if batching.enabled(stream.cfg):
-        yield from batching.build_batches(stream, pre, batch_size, start_epoch, start_pos, num_workers)
+        for out in batching.build_batches(stream, pre, batch_size, start_epoch, start_pos, num_workers):
+            if end_epoch is not None and out[1] >= end_epoch:
+                return
+            yield out
         return
     pin = num_workers > 0 and torch.cuda.is_available()
     collate = (lambda xs: pre.collate(xs).pin_memory()) if pin else pre.collate  # noqa: E731
     pos, items, produced = start_pos, [], 0
-    for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos, chunk=batch_size),
-                                      num_workers):
+    for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos, chunk=batch_size,
+                                                    end_epoch=end_epoch), num_workers):
         for p, item, skip in group:
             pos = max(pos, p + 1)
             if skip is not None:
