@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from mmit.serve.sampling import add_sampling_args, sampling_from_args
+from mmit.serve.sampling import add_checkpoint_args, add_sampling_args, sampling_from_args
 
 
 def build_app(engine, *, web: bool = True, system: Optional[str] = None, max_body_bytes: Optional[int] = None):
@@ -34,15 +34,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmit serve",
                                 description="Serve a checkpoint: a web demo at / and an OpenAI-compatible API at "
                                             "/v1/chat/completions, on one port.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    add_checkpoint_args(p, "system message of every web demo conversation")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="the name /v1/models reports (default: the folder's name)")
-    p.add_argument("--system", default=None, help="system message of every web demo conversation")
-    p.add_argument("--max-images", type=int, default=4, help="images allowed in one conversation or request")
     p.add_argument("--no-web", action="store_true", help="serve the API only")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the model folders the checkpoint names run their own Python code")
     add_sampling_args(p)
     return p
 

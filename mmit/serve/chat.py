@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from mmit.serve.sampling import add_sampling_args, sampling_from_args
+from mmit.serve.sampling import add_checkpoint_args, add_sampling_args, sampling_from_args
 
 HELP = "commands: /image PATH (attach an image to your next message), /reset (new conversation), /exit"
 
@@ -31,13 +31,9 @@ def read_image(path: str):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmit chat", description="Chat with a checkpoint in the terminal. " + HELP)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    add_checkpoint_args(p, "a system message at the start of every conversation")
     p.add_argument("--image", action="append", default=[], help="image attached to the first message (repeatable)")
-    p.add_argument("--system", default=None, help="a system message at the start of every conversation")
-    p.add_argument("--max-images", type=int, default=4, help="images allowed in one conversation")
     p.add_argument("--stats", action="store_true", help="print prompt and answer lengths in tokens after each answer")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the model folders the checkpoint names run their own Python code")
     add_sampling_args(p)
     return p
 

@@ -67,6 +67,16 @@ def _int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def add_checkpoint_args(parser: argparse.ArgumentParser, system_help: str) -> None:
+    """The options ``mmit chat`` and ``mmit serve`` share besides decoding: ``--checkpoint``,
+    ``--system``, ``--max-images`` and ``--trust-remote-code`` (off unless given on the command line)."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    parser.add_argument("--system", default=None, help=system_help)
+    parser.add_argument("--max-images", type=int, default=4, help="images allowed in one conversation or request")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model folders the checkpoint names run their own Python code")
+
+
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """``--temperature``, ``--top-p``, ``--num-beams``, ``--max-new-tokens``, ``--seed``."""
     d = Sampling()
