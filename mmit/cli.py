@@ -30,7 +30,11 @@ commands:
 `mmit <command> --help` for a command's options."""
 
 
-def _quiet_libraries() -> None:
+#: Commands that never load a model: they start without importing torch or transformers.
+DATA_COMMANDS = ("convert", "inspect")
+
+
+def _quiet_libraries(load_transformers: bool = True) -> None:
     import logging
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -38,6 +42,8 @@ def _quiet_libraries() -> None:
     # otherwise install a root stderr handler (logging.basicConfig) and print every mmit line twice.
     if not logging.getLogger().handlers:
         logging.getLogger().addHandler(logging.NullHandler())
+    if not load_transformers and "transformers" not in sys.modules:
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -198,7 +204,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mmit {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
-    commands = all_commands()
+    # a shared command runs without importing every family (torch, transformers: seconds)
+    commands = COMMANDS if name in COMMANDS else all_commands()
     if name not in commands:
         import difflib
 
@@ -206,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mmit: unknown command {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
               + f" (commands: {', '.join(commands)})", file=sys.stderr)
         return 2
-    _quiet_libraries()
+    _quiet_libraries(load_transformers=name not in DATA_COMMANDS)
     from mmit.data.sample import SampleError
     from mmit.extras import MissingExtraError
     from mmit.registry import UnknownNameError

@@ -56,3 +56,28 @@ def test_generate_undecodable_image(tmp_path, capsys):
 def test_console_script_help_runs_in_a_fresh_process():
     r = subprocess.run([sys.executable, "-m", "mmit.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "convert" in r.stdout
+
+
+def test_convert_never_imports_torch_and_inspect_never_imports_transformers(tmp_path):
+    """``mmit convert`` is data work: importing torch, transformers or a model family cost ~4 s of
+    start-up and ~150k objects the garbage collector walks during conversion. ``mmit inspect``
+    reads shards through webdataset (which needs torch) but loads no model. Checked in a fresh
+    process after a real conversion, then after an inspection."""
+    from PIL import Image
+
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(tmp_path / "a.jpg")
+    (tmp_path / "ann.json").write_text(json.dumps([{"id": "1", "image": "a.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]}]))
+    code = (
+        "import sys\nfrom mmit.cli import main\n"
+        "def heavy(tops):\n"
+        "    return sorted(m for m in sys.modules if m.split('.')[0] in tops "
+        "or m.startswith('mmit.families'))[:3]\n"
+        f"rc = main(['convert', '--format', 'llava', '--input', {str(tmp_path / 'ann.json')!r}, "
+        f"'--output', {str(tmp_path / 'out')!r}, '--no-progress'])\n"
+        "print('CONVERT', rc, heavy(('torch', 'transformers', 'webdataset')))\n"
+        f"rc = main(['inspect', {str(tmp_path / 'out')!r}])\n"
+        "print('INSPECT', rc, heavy(('transformers',)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "CONVERT 0 []" in r.stdout and "INSPECT 0 []" in r.stdout, r.stdout + r.stderr
+    assert (tmp_path / "out" / "00000.tar").is_file()

@@ -31,14 +31,15 @@ import itertools
 import json
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
-
-import webdataset as wds
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from mmit.data.media import sniff_ext
 from mmit.data.sample import Media, Sample, Turn
 from mmit.data.stats import SkipCounter
 from mmit.data.tar_members import TarMembers
+
+if TYPE_CHECKING:  # webdataset imports torch (~3 s): only the readers of shards need it
+    import webdataset as wds
 
 #: Tar member mtime used for every shard (seconds since epoch): shards are byte-reproducible.
 SHARD_MTIME = 0
@@ -313,7 +314,9 @@ def expand_urls(path: Union[str, "os.PathLike[str]", Sequence[Any]]) -> List[str
             raise FileNotFoundError(f"no *.tar shards in folder {p}")
         return urls
     if "{" in p and ".." in p:
-        return list(wds.shardlists.expand_urls(p))
+        from webdataset.shardlists import expand_urls as brace_expand
+
+        return list(brace_expand(p))
     if any(c in p for c in "*?["):
         urls = sorted(glob.glob(p))
         if not urls:
@@ -347,9 +350,11 @@ def decode_wds_sample(item: Dict[str, Any]) -> Sample:
 
 def shard_dataset(urls: Union[str, "os.PathLike[str]", Sequence[Any]], *, shuffle_buffer: int = 0,
                   seed: int = 0, epoch: int = 0, resampled: bool = False,
-                  split_by_node: bool = True, split_by_worker: bool = True) -> wds.WebDataset:
+                  split_by_node: bool = True, split_by_worker: bool = True) -> "wds.WebDataset":
     """The ``webdataset.WebDataset`` pipeline behind :func:`iter_shards` (a torch ``IterableDataset``
     yielding :class:`Sample`; give it to a ``DataLoader`` with ``collate_fn``). Same arguments."""
+    import webdataset as wds
+
     shards = expand_urls(urls)
     rng_seed = mix_seed(seed, epoch)
     ds = wds.WebDataset(
