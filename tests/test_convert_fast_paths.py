@@ -99,6 +99,40 @@ def test_npy_header_check_decides_as_np_load(name):
     assert got == want
 
 
+@pytest.mark.parametrize("name", sorted(NPY_CASES))
+def test_reader_npy_header_check_decides_as_np_load_twice(name):
+    """The reader's header check (:func:`npy_header`, cached per header text) refuses what
+    ``np.load`` refuses; asked twice (the second time from the cache) it answers the same."""
+    from mmit.data.media_check import npy_header
+
+    data = NPY_CASES[name]
+    want = _reference(data)
+    answers = []
+    for _ in range(2):
+        try:
+            answers.append(npy_header(data, "x"))
+        except SampleError as e:
+            answers.append(e.reason)
+    assert answers[0] == answers[1]
+    if name not in ("truncated", "huge-shape"):  # it reads the header only, not the data
+        assert answers[0] == want
+
+
+def test_npy_header_text_is_parsed_once(monkeypatch):
+    """numpy's header parser (``ast.literal_eval``) runs once per distinct header text."""
+    from mmit.data import media_check
+
+    media_check._npy_header_text.cache_clear()
+    calls = []
+    real = np.lib.format.read_array_header_1_0
+    monkeypatch.setattr(np.lib.format, "read_array_header_1_0",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    other = _npy(np.ones((7, 3), np.float32))
+    for data in (F32, F32, other, F32 + b"", other):
+        pointcloud_npy(data, "x")
+    assert len(calls) == 2
+
+
 # -- base64: one strict pass == the normalising decoder ----------------------------------------------
 
 def _normalising(text):

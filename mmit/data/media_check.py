@@ -28,6 +28,7 @@ passes and is a counted skip when decoded for training.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -86,6 +87,32 @@ def _check_cloud(shape: Tuple[int, ...], dtype: np.dtype, where: str) -> None:
                           f"{tuple(shape)}", "undecodable-pointcloud")
 
 
+@functools.lru_cache(maxsize=1024)
+def _npy_header_text(head: bytes) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    read = (np.lib.format.read_array_header_1_0 if head[6] == 1
+            else np.lib.format.read_array_header_2_0)
+    buf = io.BytesIO(head)
+    np.lib.format.read_magic(buf)
+    return read(buf)
+
+
+def cached_npy_header(data: bytes) -> Optional[Tuple[Tuple[int, ...], bool, np.dtype, int]]:
+    """``(shape, fortran_order, dtype, data offset)`` of ``.npy`` bytes of format version 1.0 or
+    2.0, as ``np.lib.format.read_array_header_1_0`` / ``_2_0`` return them (raising what they
+    raise for a bad header). None for other versions, or when ``data`` ends inside the header:
+    the caller then asks numpy itself. A header text seen before is not parsed again (LRU cache
+    of 1024): numpy parses it with ``ast.literal_eval``, which costs more than reading a point
+    cloud file, and a dataset's clouds share a handful of shapes."""
+    if len(data) < 12 or data[:6] != b"\x93NUMPY" or data[7] != 0 or data[6] not in (1, 2):
+        return None
+    width = 2 if data[6] == 1 else 4
+    end = 8 + width + int.from_bytes(data[8:8 + width], "little")
+    if len(data) < end:
+        return None
+    shape, fortran, dtype = _npy_header_text(bytes(data[:end]))
+    return shape, fortran, dtype, end
+
+
 def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
     """Shape and dtype of a ``.npy`` point cloud from its header (no data parsed, no pickle).
 
@@ -98,12 +125,16 @@ def npy_header(data: bytes, where: str) -> Tuple[Tuple[int, ...], str]:
     if sniff_ext(data) != "npy":
         raise SampleError(f"{where}: point cloud is not a .npy array (content: "
                           f"{sniff_ext(data) or 'unknown'})", "unsupported-pointcloud")
-    buf = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(buf)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _fortran, dtype = read(buf)
+        known = cached_npy_header(data)
+        if known is not None:
+            shape, dtype = known[0], known[2]
+        else:
+            buf = io.BytesIO(data)
+            version = np.lib.format.read_magic(buf)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _fortran, dtype = read(buf)
     except Exception as e:
         raise SampleError(f"{where}: corrupt .npy header: {e}", "undecodable-pointcloud") from None
     _check_cloud(shape, dtype, where)

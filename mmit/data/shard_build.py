@@ -30,7 +30,7 @@ import numpy as np
 
 from mmit.data.media import (MAX_PIXELS, ImageInfo, check_image, read_media_bytes, sniff_ext,
                              to_rgb)
-from mmit.data.media_check import image_check_done
+from mmit.data.media_check import cached_npy_header, image_check_done
 from mmit.data.media_resolve import npz_points
 from mmit.data.sample import Sample, SampleError
 from mmit.data.shards import ShardWriter
@@ -162,19 +162,24 @@ def _npy_as_np_load_sees_it(data: bytes) -> Optional[_Header]:
     for the cases it refuses (object dtype without pickle, fewer data bytes than the header
     announces), without copying the array. None for header versions other than 1.0 / 2.0
     (``np.load`` itself then)."""
-    buf = io.BytesIO(data)
-    version = np.lib.format.read_magic(buf)
-    if version not in ((1, 0), (2, 0)):
-        return None
-    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-            else np.lib.format.read_array_header_2_0)
-    shape, _fortran, dtype = read(buf)
+    known = cached_npy_header(data)
+    if known is not None:
+        shape, _fortran, dtype, offset = known
+    else:
+        buf = io.BytesIO(data)
+        version = np.lib.format.read_magic(buf)
+        if version not in ((1, 0), (2, 0)):
+            return None
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read(buf)
+        offset = buf.tell()
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
     need = math.prod(int(x) for x in shape) * dtype.itemsize  # Python ints: no overflow
-    if len(data) - buf.tell() < need:
+    if len(data) - offset < need:
         raise ValueError(f"EOF: reading array data, expected {need} bytes got "
-                         f"{len(data) - buf.tell()}")
+                         f"{len(data) - offset}")
     return _Header(tuple(int(x) for x in shape), dtype)
 
 
