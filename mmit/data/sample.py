@@ -25,6 +25,9 @@ MAX_META_DEPTH = 64
 #: what a JSON ``"\\ud800"`` escape gives; such text cannot be written as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+#: The first characters of the media placeholders: text without them holds none.
+_PLACEHOLDER_FIRST = "".join(sorted({ph[:1] for ph in MEDIA_PLACEHOLDERS.values()}))
+
 _EMPTY_ANSWERS_ALLOWED: ContextVar[bool] = ContextVar("mmit_empty_answers_allowed", default=False)
 
 
@@ -186,43 +189,53 @@ class Sample:
         turns = self.turns
         if not turns:
             raise SampleError(f"sample {self.id!r}: no turns", "no-turns")
-        for i, t in enumerate(turns):
-            if t.role not in ROLES:
-                raise SampleError(f"sample {self.id!r}: turn {i} has unknown role {t.role!r}",
-                                  "bad-role")
-        body = turns[1:] if turns[0].role == "system" else turns
-        for i, t in enumerate(body):
-            want = "user" if i % 2 == 0 else "assistant"
-            if t.role != want:
-                raise SampleError(
-                    f"sample {self.id!r}: roles do not alternate: turn {i + len(turns) - len(body)} "
-                    f"is {t.role!r}, expected {want!r}", "roles-not-alternating")
-        for kind, ph in MEDIA_PLACEHOLDERS.items():
-            n_media = sum(1 for m in self.media if m.kind == kind)
-            n_ph = self.num_placeholders(ph)
-            if n_ph != n_media:
-                raise SampleError(f"sample {self.id!r}: {n_ph} {ph} placeholder(s) but {n_media} {kind}(s)",
-                                  f"{kind}-count-mismatch")
+        roles = [t.role for t in turns]
+        if not all(r in ROLES for r in roles):
+            i = next(i for i, r in enumerate(roles) if r not in ROLES)
+            raise SampleError(f"sample {self.id!r}: turn {i} has unknown role {roles[i]!r}",
+                              "bad-role")
+        start = 1 if roles[0] == "system" else 0
+        users, answers = roles[start::2], roles[start + 1::2]
+        if users.count("user") != len(users) or answers.count("assistant") != len(answers):
+            for i, r in enumerate(roles[start:]):
+                want = "user" if i % 2 == 0 else "assistant"
+                if r != want:
+                    raise SampleError(
+                        f"sample {self.id!r}: roles do not alternate: turn {i + start} "
+                        f"is {r!r}, expected {want!r}", "roles-not-alternating")
+        contents = [t.content for t in turns]
+        text = "\x00".join(contents)  # no placeholder holds a NUL: none is formed across turns
+        if self.media or any(c in text for c in _PLACEHOLDER_FIRST):
+            kinds = [m.kind for m in self.media]
+            for kind, ph in MEDIA_PLACEHOLDERS.items():
+                n_media, n_ph = kinds.count(kind), text.count(ph)
+                if n_ph != n_media:
+                    raise SampleError(f"sample {self.id!r}: {n_ph} {ph} placeholder(s) but "
+                                      f"{n_media} {kind}(s)", f"{kind}-count-mismatch")
         allowed = _EMPTY_ANSWERS_ALLOWED.get() if allow_empty_answers is None else allow_empty_answers
         if not allowed:
-            for i, t in enumerate(turns):
-                if t.role == "assistant" and not t.content.strip():
-                    raise SampleError(f"sample {self.id!r}: turn {i} (assistant) is empty or only whitespace "
-                                      "(it would train the end-of-turn token alone)", "empty-answer")
-        self._check_text()
+            for i in range(start + 1, len(turns), 2):
+                if not contents[i].strip():
+                    raise SampleError(f"sample {self.id!r}: turn {i} (assistant) is empty or only "
+                                      "whitespace (it would train the end-of-turn token alone)",
+                                      "empty-answer")
+        self._check_text(text)
         return self
 
-    def _check_text(self) -> None:
-        """Raise ``bad-encoding`` / ``too-deep`` (see :meth:`validate`). One joined scan in the usual case."""
-        texts = [("id", self.id), ("task", self.task), ("source", self.source)]
-        texts += [(f"turn {i}", t.content) for i, t in enumerate(self.turns)]
-        texts += [(f"media {i} path", m.path) for i, m in enumerate(self.media)]
-        strings = [t for _, t in texts if isinstance(t, str)]
+    def _check_text(self, turns_text: str) -> None:
+        """Raise ``bad-encoding`` / ``too-deep`` (see :meth:`validate`). One joined scan in the usual
+        case; ``turns_text`` is every turn's content joined."""
+        media = self.media
+        strings = [s for s in (self.id, self.task, self.source, turns_text) if isinstance(s, str)]
+        strings += [m.path for m in media if isinstance(m.path, str)]
         if has_lone_surrogate("".join(strings)):  # a surrogate cannot be formed across a join
+            texts = [("id", self.id), ("task", self.task), ("source", self.source)]
+            texts += [(f"turn {i}", t.content) for i, t in enumerate(self.turns)]
+            texts += [(f"media {i} path", m.path) for i, m in enumerate(media)]
             what = next(w for w, t in texts if isinstance(t, str) and has_lone_surrogate(t))
             raise SampleError(f"sample {self.id!r}: {what} holds an undecodable byte or a lone surrogate "
                               "(not valid UTF-8)", "bad-encoding")
-        metas = [("meta", self.meta)] + [(f"media {i} meta", m.meta) for i, m in enumerate(self.media)]
+        metas = [("meta", self.meta)] + [(f"media {i} meta", m.meta) for i, m in enumerate(media)]
         for what, meta in metas:
             problem = _meta_problem(meta, MAX_META_DEPTH) if meta else None
             if problem == "too-deep":
