@@ -318,3 +318,29 @@ def test_eval_data_confines_unless_allowed(tree):
     assert stats.as_dict() == {"media-outside-root": 3}
     d.allow_absolute_media = True
     assert len(list(iter_data_samples(d, SkipCounter(), "task"))) == 4
+
+
+def test_a_path_resolved_with_a_one_off_allowance_is_still_confined_by_attach(tmp_path):
+    """``attach_media`` skips re-checking the path ``resolve_media_path`` just found usable, but
+    only when that finding is the root's own rule: a call that lifted confinement for itself
+    (``allow_absolute=True``) must not let the file past ``attach_media`` (which follows the
+    root's policy); a later file is checked again."""
+    from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path
+    from mmit.data.sample import Media
+
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside.jpg"
+    Image.new("RGB", (4, 4)).save(outside)
+    inside = root / "in.jpg"
+    Image.new("RGB", (4, 4)).save(inside)
+    mroot = MediaRoot(root)
+    found, _ = resolve_media_path(str(outside), mroot, "rec 1", allow_absolute=True)
+    with pytest.raises(SampleError) as e:
+        attach_media(Media(kind="image", path=found), "rec 1", mroot, load_bytes=False)
+    assert e.value.reason == "media-outside-root"
+    found, _ = resolve_media_path("in.jpg", mroot, "rec 2")
+    assert attach_media(Media(kind="image", path=found), "rec 2", mroot, load_bytes=False).path == found
+    with pytest.raises(SampleError) as e:
+        attach_media(Media(kind="image", path=str(root / "other.jpg")), "rec 3", mroot, load_bytes=False)
+    assert e.value.reason == "missing-media"

@@ -254,13 +254,14 @@ def check_media_bytes(data: bytes, kind: str, where: str,
     return ext
 
 
-def _image_file_size(path: str, where: str, caps: Mapping[str, Any]) -> int:
+def _image_file_size(path: str, where: str, caps: Mapping[str, Any],
+                     known_stat: Optional[os.stat_result] = None) -> int:
     """The size of the image file at ``path`` from ``os.stat`` (symlinks followed, as ``open``
     would), with :func:`check_media_file`'s errors: ``missing-media`` (absent, a folder, not a
     regular file, empty), ``media-too-large``. (Unreadable contents show when the shard builder
     reads the file: a ``missing-media`` skip there.)"""
     try:
-        st = os.stat(path)
+        st = os.stat(path) if known_stat is None else known_stat
     except (OSError, ValueError) as e:
         what = ("not found" if isinstance(e, (FileNotFoundError, ValueError))
                 else (getattr(e, "strerror", None) or str(e)))
@@ -278,13 +279,15 @@ def _image_file_size(path: str, where: str, caps: Mapping[str, Any]) -> int:
 
 
 def check_media_file(path: str, kind: str, where: str,
-                     max_bytes: Optional[Mapping[str, int]] = None) -> Tuple[int, Optional[str]]:
+                     max_bytes: Optional[Mapping[str, int]] = None,
+                     known_stat: Optional[os.stat_result] = None) -> Tuple[int, Optional[str]]:
     """Check the file at ``path`` as media of ``kind`` without reading it whole.
 
     ``os.fstat`` gives the size (checked against ``max_bytes[kind]`` first; default
     :data:`~mmit.data.media.MAX_MEDIA_BYTES`), the first bytes give the type; video and audio are
     then probed with PyAV through the open file, point clouds have their ``.npy`` header parsed.
-    Images stop after the size check (module docstring). Returns ``(size, sniffed ext or None)``.
+    Images stop after the size check (module docstring); ``known_stat``, an ``os.stat(path)``
+    result the caller just took, spares an image that call. Returns ``(size, sniffed ext or None)``.
 
     Raises :class:`SampleError`: ``missing-media`` (absent, a folder, a device/FIFO, unreadable;
     an empty image), ``media-too-large``, ``undecodable-video|audio`` (also for an empty file),
@@ -293,7 +296,7 @@ def check_media_file(path: str, kind: str, where: str,
     caps: Mapping[str, Any] = MAX_MEDIA_BYTES if max_bytes is None else max_bytes
     here = f"{where}: {path}"
     if kind == "image":  # the size is all that is checked here: one stat, no open
-        return _image_file_size(path, where, caps), None
+        return _image_file_size(path, where, caps, known_stat), None
     try:
         f, size = open_media_file(path)
     except OSError as e:

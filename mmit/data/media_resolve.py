@@ -250,6 +250,33 @@ def confine(path: str, root: str, where: str, written: Optional[str] = None) -> 
     return path
 
 
+#: ``(root, path, os.stat result)`` of the last file :func:`resolve_media_path` found usable (a
+#: regular file inside ``root``, or anywhere under ``root``'s own ``allow_absolute`` policy):
+#: :func:`attach_media` of that same path and root does not check it again, and the image size
+#: check reuses its ``stat`` (three system calls fewer per record).
+_LAST_USABLE: Tuple[Any, str, Optional[os.stat_result]] = (None, "", None)
+
+
+def _regular_file_stat(path: str) -> Optional[os.stat_result]:
+    """``os.stat(path)`` when it is a regular file (symlinks followed), else None: the test of
+    ``os.path.isfile``, keeping the stat."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _remember_usable(root: Any, path: str, st: os.stat_result) -> None:
+    global _LAST_USABLE
+    _LAST_USABLE = (root, path, st)
+
+
+def _known_usable(root: Any, path: str) -> Optional[os.stat_result]:
+    last = _LAST_USABLE  # one read: another thread may replace it, never half of it
+    return last[2] if last[0] is root and last[1] == path else None
+
+
 def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[str] = (),
                        coco: bool = True, allow_absolute: Optional[bool] = None
                        ) -> Tuple[str, Optional[str]]:
@@ -295,8 +322,12 @@ def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[
 
     outside = None
     for cand, how in candidates():
-        if os.path.isfile(cand):
-            if allow or inside_root(cand, root):
+        st = _regular_file_stat(cand)
+        if st is not None:
+            inside = None
+            if allow or (inside := inside_root(cand, root)):
+                if inside or allow_absolute is None:  # what confine() would decide for it
+                    _remember_usable(root, cand, st)
                 return cand, how
             outside = outside or cand
     if outside is not None:
@@ -386,9 +417,11 @@ def attach_media(m: Media, where: str, root: str, load_bytes: bool,
     """
     if not m.path:
         raise SampleError(f"{where}: {m.kind} has no file path", "missing-media")
-    confine(m.path, root, where, written)
+    known = _known_usable(root, m.path)  # just resolved by resolve_media_path: confined already
+    if known is None:
+        confine(m.path, root, where, written)
     caps = media_policy(root)[1]
     if load_bytes:
         return load_media(m, where, max_pixels, caps)
-    check_media_file(m.path, m.kind, where, caps)
+    check_media_file(m.path, m.kind, where, caps, known_stat=known)
     return m
