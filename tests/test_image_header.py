@@ -4,6 +4,7 @@ Pillow-made files in many modes and systematic corruptions of them."""
 
 from __future__ import annotations
 
+import collections
 import io
 import re
 import struct
@@ -392,10 +393,18 @@ def test_meta_problem_shortcuts_match_the_walk():
         keys = ["k", "opt", "\ud83d", "box"] if rng.random() < 0.1 else ["k", "opt", "box", "n"]
         return {keys[i]: build(depth + 1) for i in range(rng.integers(0, 4))}
 
+    class Text(str):
+        pass
+
+    odd_types = [lambda: Text("\ud800"), lambda: Text("ok"), lambda: (1, "\udcff"),
+                 lambda: collections.OrderedDict(a="\ud800"), lambda: np.float32(1.5),
+                 lambda: b"\xff", lambda: [[[[[["deep", "\ud800"]]]]]]]
     seen = set()
-    for _ in range(3000):
+    for i in range(3000):
         meta = {"m": build(1), "n": build(1)}
-        for limit in (1, 2, 3, 4, 64):
+        if i % 7 == 0:
+            meta["o"] = odd_types[rng.integers(len(odd_types))]()
+        for limit in (1, 2, 3, 4, 5, 64):
             want = _meta_walk(meta, limit)
             assert _meta_problem(meta, limit) == want, (meta, limit)
             seen.add(want)
