@@ -9,9 +9,11 @@ import io
 import os
 import random
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmit.data.media import check_image
 from mmit.data.media_check import image_check_done, remember_image_check
@@ -226,3 +228,44 @@ def test_tar_members_finish_a_short_write(tmp_path, monkeypatch):
     with tarfile.open(tmp_path / "t.tar") as tf:
         assert [tf.extractfile(m).read() for m in tf] == [data, b"{}"]
     assert (tmp_path / "t.tar").stat().st_size == w.offset
+
+
+# -- JPEG end: vectorised marker search == the regular expression's ----------------------------------
+
+def test_jpeg_end_vectorised_walk_agrees_with_the_regex_walk(monkeypatch):
+    """``_jpeg_end`` finds markers with numpy above 4 KiB and with the regular expression below;
+    both must give the same answer and message on real photos cut short, with bytes flipped to
+    0xFF, stray markers and fill bytes inserted, and padding or an appended video after EOI."""
+    import glob
+
+    from mmit.data import image_end
+
+    root = Path(__file__).resolve().parents[1] / "demo_data" / "images"
+    photos = [Path(p).read_bytes() for p in sorted(glob.glob(str(root / "**" / "*.jpg"), recursive=True))]
+    progressive = io.BytesIO()
+    Image.open(io.BytesIO(photos[0])).save(progressive, "JPEG", progressive=True, quality=70)
+    photos.append(progressive.getvalue())
+    rng = random.Random(5)
+    cases = []
+    for data in photos:
+        cases += [data, data + b"\0" * 64, data + b"\0\0\0\x18ftypmp42", data[:-2], data[:len(data) // 2]]
+        for _ in range(40):
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randrange(2, len(b) - 1)
+                op = rng.random()
+                if op < 0.4:
+                    b[i] = 0xFF
+                elif op < 0.7:
+                    b[i:i] = bytes([0xFF, rng.choice([0xD9, 0xC4, 0xDA, 0xFF, 0xD8, 0x01, 0xFE])])
+                else:
+                    del b[i:]
+            cases.append(bytes(b))
+    answers = set()
+    for data in cases:
+        monkeypatch.setattr(image_end, "_VECTOR_FROM", 1 << 40)  # the regular expression only
+        want = image_end._jpeg_end(data)
+        monkeypatch.setattr(image_end, "_VECTOR_FROM", 0)
+        assert image_end._jpeg_end(data) == want
+        answers.add(want is None)
+    assert answers == {True, False}
