@@ -242,12 +242,19 @@ def confine(path: str, root: str, where: str, written: Optional[str] = None) -> 
     ``written``: the path as the record wrote it, for the message. Raises :class:`SampleError`
     ``missing-media`` (no such file, or a folder) or ``media-outside-root``.
     """
-    if not os.path.isfile(path):
+    _confined_stat(path, root, where, written)
+    return path
+
+
+def _confined_stat(path: str, root: str, where: str, written: Optional[str]) -> os.stat_result:
+    """:func:`confine`'s checks; returns the file's ``os.stat`` result."""
+    st = _regular_file_stat(path)
+    if st is None:
         what = "is a folder, not a file" if os.path.isdir(path) else "not found"
         raise SampleError(f"{where}: media file {what}: {path}", "missing-media")
     if not media_policy(root)[0] and not inside_root(path, root):
         raise outside_error(where, path if written is None else written, root, path)
-    return path
+    return st
 
 
 #: ``(root, path, os.stat result)`` of the last file :func:`resolve_media_path` found usable (a
@@ -419,7 +426,7 @@ def attach_media(m: Media, where: str, root: str, load_bytes: bool,
         raise SampleError(f"{where}: {m.kind} has no file path", "missing-media")
     known = _known_usable(root, m.path)  # just resolved by resolve_media_path: confined already
     if known is None:
-        confine(m.path, root, where, written)
+        known = _confined_stat(m.path, root, where, written)
     caps = media_policy(root)[1]
     if load_bytes:
         return load_media(m, where, max_pixels, caps)
