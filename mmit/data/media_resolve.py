@@ -24,7 +24,7 @@ import binascii
 import os
 import re
 import stat
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from mmit.data.media import (MAX_MEDIA_BYTES, check_image, media_caps, media_kind,
                              read_media_bytes, sniff_ext)
@@ -282,6 +282,12 @@ def _remember_usable(root: Any, path: str, st: os.stat_result) -> None:
 def _known_usable(root: Any, path: str) -> Optional[os.stat_result]:
     last = _LAST_USABLE  # one read: another thread may replace it, never half of it
     return last[2] if last[0] is root and last[1] == path else None
+
+
+def deferred(make: Callable[..., Iterable[str]], *args: Any) -> Iterator[str]:
+    """``make(*args)``'s alternatives, computed only if :func:`resolve_media_path` asks for them
+    (the path as written is usually right)."""
+    yield from make(*args)
 
 
 def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[str] = (),

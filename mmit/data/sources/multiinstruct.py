@@ -70,7 +70,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from mmit.data.normalize import (apply_policy, open_annotation, place_image_placeholders, record_extras,
                                  scalar_id)
-from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path, strip_dot_slash
+from mmit.data.media_resolve import MediaRoot, attach_media, deferred, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -335,7 +335,7 @@ def multiinstruct_record_to_sample(record: Any, index: int, where: str, media_ro
     meta["split"] = task_split(task)
     meta["template_id"] = match_template(dict(record, options=meta.get("options")))
     resolved, how = resolve_media_path(image_path, media_root, where,
-                                       image_path_alternatives(image_path, media_root))
+                                       deferred(image_path_alternatives, image_path, media_root))
     mmeta: Dict[str, Any] = {"original_path": image_path}
     if how:
         mmeta["resolved_by"] = how

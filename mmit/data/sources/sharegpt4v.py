@@ -46,7 +46,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.data.normalize import (apply_policy, check_first_turn, normalize_turns, open_annotation,
                                  place_image_placeholders, record_extras, record_identity)
-from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path, strip_dot_slash
+from mmit.data.media_resolve import MediaRoot, attach_media, deferred, resolve_media_path, strip_dot_slash
 from mmit.data.sample import Media, Sample, SampleError
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -121,7 +121,7 @@ def sharegpt4v_record_to_sample(record: Any, index: int, where: str, media_root:
     check_first_turn(turns, where)
     media = []
     for p in paths:
-        resolved, how = resolve_media_path(p, media_root, where, name_variants(p))
+        resolved, how = resolve_media_path(p, media_root, where, deferred(name_variants, p))
         meta: Dict[str, Any] = {"original_path": p, "image_root": image_root_of(p)}
         if how:
             meta["resolved_by"] = how

@@ -51,7 +51,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.data.normalize import (apply_policy, scalar_id, check_first_turn, normalize_turns, open_annotation,
                                  place_image_placeholders, record_extras)
-from mmit.data.media_resolve import MediaRoot, attach_media, resolve_media_path
+from mmit.data.media_resolve import MediaRoot, attach_media, deferred, resolve_media_path
 from mmit.data.sample import Media, Sample, SampleError, Turn
 from mmit.data.sources import FORMATS
 from mmit.data.sources.llava import iter_json_records
@@ -62,6 +62,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: Folders (under ``media_root``) where images are looked up by file name when the written
 #: path does not exist: the release zip's folder and the website's two spellings.
 IMAGE_DIRS = ("", "images_191task_1k", "imgs", "task_imgs")
+
+
+def _alternatives(image: str) -> List[str]:
+    """Where else Vision-Flan's ``image`` may be: its file name in each of :data:`IMAGE_DIRS`."""
+    name = os.path.basename(image.replace("\\", "/"))
+    return [os.path.join(d, name) if d else name for d in IMAGE_DIRS]
 
 
 def iter_vision_flan_records(path: str) -> Iterator[Tuple[int, Any, str]]:
@@ -145,9 +151,7 @@ def vision_flan_record_to_sample(record: Any, index: int, where: str, media_root
                               "invalid-record")
         if record.get("raw_output") in opts:
             meta["answer_index"] = opts.index(record["raw_output"])
-    name = os.path.basename(image.replace("\\", "/"))
-    alts = [os.path.join(d, name) if d else name for d in IMAGE_DIRS]
-    resolved, how = resolve_media_path(image, media_root, where, alts)
+    resolved, how = resolve_media_path(image, media_root, where, deferred(_alternatives, image))
     mmeta: Dict[str, Any] = {"original_path": image}
     if how:
         mmeta["resolved_by"] = how
