@@ -64,7 +64,9 @@ SYSTEM = ("A chat between a curious human and an artificial intelligence assista
 # -- data ------------------------------------------------------------------------------------------
 def build_records(root: Path, n: int, seed: int):
     """Copy the real images under ``root`` and write ``root/records.json`` (LLaVA format) with ``n``
-    records drawn in turn from the real ones, shuffled; returns ``(path, description)``."""
+    records drawn in turn from the real ones, shuffled; returns ``(path, description)``. The first turn
+    of each repeat ends with `` (copy k)``, so that no record's text is seen twice (mmit remembers the
+    ids of recent text pieces, as a real corpus's template prefix repeats; its records do not)."""
     recs = []
     demo = ROOT / "demo_data"
     shutil.copytree(demo / "images", root / "demo")
@@ -85,6 +87,8 @@ def build_records(root: Path, n: int, seed: int):
                 recs.append({"id": r["id"], "image": "flan/" + name, "conversations": r["conversations"]})
         where += " + ../shared/samples/vision_flan/tasks_web.json (records with their image)"
     out = [dict(copy.deepcopy(recs[i % len(recs)]), id=f"{i}-{recs[i % len(recs)]['id']}") for i in range(n)]
+    for i, r in enumerate(out[len(recs):], start=len(recs)):  # a repeat is new text: caches cannot help
+        r["conversations"][0]["value"] += f" (copy {i // len(recs)})"
     random.Random(seed).shuffle(out)
     path = root / "records.json"
     path.write_text(json.dumps(out))

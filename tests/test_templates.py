@@ -224,3 +224,39 @@ def test_answer_with_spaced_punctuation_is_not_a_false_mismatch(tok, monkeypatch
     ids, labels = encode_conversation(tok, [Turn("user", "q"), Turn("assistant", "a dog , brown .")], "vicuna-v1", "sp")
     learned = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
     assert tok.decode(learned, clean_up_tokenization_spaces=False) == " a dog , brown .</s>"
+
+
+def test_learned_mask_walk_equals_the_pairwise_overlap_test():
+    """``_learned`` (one walk over tokens and generation spans) marks exactly the tokens that overlap a
+    span, as the test of every token against every span did: random sorted, disjoint spans (empty ones
+    included) and token offsets, including zero-width tokens and offsets that step back."""
+    import random
+
+    from mmit.templates.labels import _learned
+
+    rng = random.Random(3)
+    for _ in range(3000):
+        cuts = sorted(rng.sample(range(0, 60), rng.randint(0, 8)))
+        spans = [(cuts[i], cuts[i + 1] if rng.random() < 0.8 else cuts[i]) for i in range(0, len(cuts) - 1, 2)]
+        offsets, a = [], 0
+        for _ in range(rng.randint(0, 30)):
+            a = max(0, a + rng.randint(-2 if rng.random() < 0.05 else 0, 4))
+            offsets.append((a, a + rng.randint(0, 3)))
+        want = [int(any(b > s and a < e for s, e in spans)) for a, b in offsets]
+        assert _learned(offsets, spans) == want, (offsets, spans)
+
+
+def test_remembered_piece_ids_follow_a_vocabulary_change():
+    """Text pieces are tokenised once per tokenizer state: after a token is added, the same turns
+    give the ids the changed tokenizer gives (not the remembered ones)."""
+    from mmit.models.tokenizer import build_tiny_tokenizer
+    from mmit.templates.labels import encode_conversation
+
+    tok = build_tiny_tokenizer()
+    turns = [Turn("user", "<image>\nwhat is a zzqx?"), Turn("assistant", "a zzqx is a thing")]
+    before, _ = encode_conversation(tok, turns, "vicuna-v1", "s")
+    assert encode_conversation(tok, turns, "vicuna-v1", "s")[0] == before  # remembered: same ids
+    tok.add_tokens(["zzqx"])
+    after, labels = encode_conversation(tok, turns, "vicuna-v1", "s")
+    new_id = tok.convert_tokens_to_ids("zzqx")
+    assert after != before and after.count(new_id) == 2 and labels.count(new_id) == 1

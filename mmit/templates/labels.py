@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -90,28 +91,58 @@ _WS = re.compile(r"\s+")
 #: ``mmit/families/video_llama/model.py``). Everything else special is refused (module docstring).
 MEDIA_TOKENS = frozenset(MEDIA_PLACEHOLDERS.values()) | {"<ImageHere>", "<AudioHere>"}
 
-_SPECIAL_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+class _TokenizerFacts:
+    """What :func:`encode_conversation` asks of one tokenizer for every sample, worked out once per
+    tokenizer (and again when its added vocabulary or special tokens change): the special-token
+    pattern, the media placeholder ids, and the ids of the most recent text pieces (the template's
+    fixed text before the first ``<image>``, system prompt included, repeats in every sample)."""
+
+    PIECES, PIECE_CHARS = 512, 512  # pieces remembered, and the longest remembered
+
+    def __init__(self, tokenizer, key):
+        self.key = key
+        added = tokenizer.added_tokens_decoder
+        tokens = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if t.special}
+        tokens = sorted((t for t in tokens - MEDIA_TOKENS if t), key=len, reverse=True)
+        self.pattern = re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
+        vocab = tokenizer.get_added_vocab()
+        self.media = {p: vocab[p] for p in MEDIA_PLACEHOLDERS.values() if p in vocab}
+        self.split = re.compile("(" + "|".join(re.escape(p) for p in self.media) + ")") if self.media else None
+        self.pieces: "OrderedDict[str, Tuple[List[int], List[Tuple[int, int]]]]" = OrderedDict()
+
+    def piece(self, tokenizer, text: str) -> Tuple[List[int], List[Tuple[int, int]]]:
+        """``text`` tokenised as the start of a string without special tokens: ids and offsets."""
+        hit = self.pieces.get(text)
+        if hit is not None:
+            self.pieces.move_to_end(text)
+            return hit
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        out = (list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])
+        if len(text) <= self.PIECE_CHARS:
+            self.pieces[text] = out
+            if len(self.pieces) > self.PIECES:
+                self.pieces.popitem(last=False)
+        return out
+
+
+_FACTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _facts(tokenizer) -> _TokenizerFacts:
+    key = (len(tokenizer.added_tokens_decoder), tuple(tokenizer.all_special_tokens))
+    try:
+        hit = _FACTS.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        return _TokenizerFacts(tokenizer, key)
+    if hit is None or hit.key != key:
+        hit = _FACTS[tokenizer] = _TokenizerFacts(tokenizer, key)
+    return hit
 
 
 def _special_pattern(tokenizer) -> Optional["re.Pattern[str]"]:
     """A regex matching any special token of ``tokenizer`` not in :data:`MEDIA_TOKENS` (None if there are
     none); cached per tokenizer until its added vocabulary changes."""
-    added = tokenizer.added_tokens_decoder
-    key = (len(added), tuple(tokenizer.all_special_tokens))
-    try:
-        hit = _SPECIAL_CACHE.get(tokenizer)
-    except TypeError:  # not weak-referenceable
-        hit = None
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    tokens = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if t.special}
-    tokens = sorted((t for t in tokens - MEDIA_TOKENS if t), key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
-    try:
-        _SPECIAL_CACHE[tokenizer] = (key, pattern)
-    except TypeError:
-        pass
-    return pattern
+    return _facts(tokenizer).pattern
 
 
 def check_data_text(tokenizer, turns: Sequence[Turn], sample_id: str) -> None:
@@ -167,8 +198,7 @@ def _render(tokenizer, messages: List[dict], tpl: ConversationTemplate, add_gene
 
 def _media_ids(tokenizer) -> dict:
     """Media placeholders that are one added token of ``tokenizer``, with their ids."""
-    added = tokenizer.get_added_vocab()
-    return {p: added[p] for p in MEDIA_PLACEHOLDERS.values() if p in added}
+    return dict(_facts(tokenizer).media)
 
 
 def _tokenize(tokenizer, text: str, tpl: ConversationTemplate) -> Tuple[List[int], List[Tuple[int, int]]]:
@@ -181,18 +211,34 @@ def _tokenize(tokenizer, text: str, tpl: ConversationTemplate) -> Tuple[List[int
         ids.append(tokenizer.bos_token_id)
         offsets.append((0, len(bos)))
         pos = len(bos)
-    media = _media_ids(tokenizer) if tpl.media_chunks else {}
-    pieces = re.split("(" + "|".join(re.escape(p) for p in media) + ")", text[pos:]) if media else [text[pos:]]
+    facts = _facts(tokenizer)
+    media = facts.media if tpl.media_chunks else {}
+    pieces = facts.split.split(text[pos:]) if media else [text[pos:]]
     for piece in pieces:
         if piece in media:
             ids.append(media[piece])
             offsets.append((pos, pos + len(piece)))
         elif piece:
-            enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-            ids.extend(enc["input_ids"])
-            offsets.extend((pos + a, pos + b) for a, b in enc["offset_mapping"])
+            piece_ids, piece_offsets = facts.piece(tokenizer, piece)
+            ids.extend(piece_ids)
+            offsets.extend((pos + a, pos + b) for a, b in piece_offsets)
         pos += len(piece)
     return ids, offsets
+
+
+def _learned(offsets: Sequence[Tuple[int, int]], spans: Sequence[Tuple[int, int]]) -> List[int]:
+    """1 for each token ``[a, b)`` that overlaps one of the sorted, disjoint ``spans`` (``b > s and
+    a < e``), else 0. One walk over both lists (the first span ending after ``a`` is the only one
+    that can start before ``b``); the walk restarts if a token starts before the one before it."""
+    out, j, last_a, n = [], 0, -1, len(spans)
+    for a, b in offsets:
+        if a < last_a:
+            j = 0
+        last_a = a
+        while j < n and spans[j][1] <= a:
+            j += 1
+        out.append(1 if j < n and b > spans[j][0] else 0)
+    return out
 
 
 def _encode(tokenizer, turns: Sequence[Turn], tpl: ConversationTemplate, add_generation_prompt: bool = False
@@ -200,8 +246,7 @@ def _encode(tokenizer, turns: Sequence[Turn], tpl: ConversationTemplate, add_gen
     """``(ids, mask)``: the conversation's ids and 1 where a token overlaps a ``{% generation %}`` block."""
     text, spans = _render(tokenizer, _messages(turns), tpl, add_generation_prompt)
     ids, offsets = _tokenize(tokenizer, text, tpl)
-    mask = [int(any(b > s and a < e for s, e in spans)) for a, b in offsets]
-    return ids, mask
+    return ids, _learned(offsets, sorted(spans))
 
 
 def encode_conversation(tokenizer, turns: Sequence[Turn], template: str, sample_id: str
