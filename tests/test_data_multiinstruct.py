@@ -363,3 +363,37 @@ def test_convert_round_trip_real_test_file(tmp_path):
         assert b.turns == s.turns and b.media[0].data == s.media[0].data
         assert b.meta.get("options") == s.meta.get("options")
         assert b.meta.get("boxes") == s.meta.get("boxes")
+
+
+def test_match_template_finds_the_first_template_that_renders_the_prompt():
+    """``match_template`` skips templates whose literal start the prompt lacks; it must still return
+    the first template whose rendering equals the prompt, as trying every template does: checked on
+    the real records, each re-prompted with every one of its task's templates, and on prompts no
+    template gives."""
+    from mmit.data.sources.multiinstruct import render_instruction
+
+    def brute(record):
+        for i in range(len(instruction_templates(record["task_name"]))):
+            try:
+                if render_instruction(record, i) == record["prompt"]:
+                    return i
+            except (ValueError, IndexError):
+                continue
+        return None
+
+    records = [REC, VCR_REC]
+    if SAMPLES.is_dir():
+        records += real_records("train.jsonl") + real_records("test.jsonl")
+    checked = found = 0
+    for r in records:
+        for tid in range(len(instruction_templates(r["task_name"]))):
+            try:
+                prompt = render_instruction(r, tid)
+            except (ValueError, IndexError, KeyError):
+                continue
+            for variant in (dict(r, prompt=prompt), dict(r, prompt=prompt + " x"), dict(r, prompt="x" + prompt)):
+                want = brute(variant)
+                assert match_template(variant) == want, (r["task_name"], tid)
+                checked += 1
+                found += want is not None
+    assert checked > 10 and 0 < found < checked

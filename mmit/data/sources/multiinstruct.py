@@ -65,6 +65,7 @@ import difflib
 import functools
 import json
 import os
+import string
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -214,17 +215,33 @@ def match_template(record: Mapping[str, Any]) -> Optional[int]:
     templates = instruction_templates(key)
     if n > len(templates):  # render_instruction's IndexError (not a ValueError): as before
         return next((i for i in range(n) if _renders_to(record, i, prompt)), None)
-    try:
-        fields = _template_fields(task, record)  # once, not once per template
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None  # render_instruction: ValueError for every template
+    fields = None
     for i in range(n):
+        if not prompt.startswith(_literal_prefix(templates[i])):
+            continue  # no rendering of this template can equal the prompt
+        if fields is None:
+            try:
+                fields = _template_fields(task, record)  # once, not once per template
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return None  # render_instruction: ValueError for every template
         try:
             if templates[i].format(**fields) == prompt:
                 return i
         except (KeyError, IndexError, TypeError, AttributeError):
             continue
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_prefix(template: str) -> str:
+    """The text every ``str.format`` rendering of ``template`` starts with: its literal text before
+    the first replacement field (``{{`` read as ``{``); "" when the template does not parse (its
+    ``format`` then raises as before)."""
+    try:
+        first = next(iter(string.Formatter().parse(template)), None)
+    except ValueError:
+        return ""
+    return first[0] if first else ""
 
 
 def _renders_to(record: Mapping[str, Any], i: int, prompt: str) -> bool:
