@@ -17,7 +17,8 @@ from PIL import Image
 
 from mmit.data.media import check_image
 from mmit.data.media_check import image_check_done, remember_image_check
-from mmit.data.media_resolve import MediaRoot, decode_base64
+from mmit.data.media_base64 import decode_base64
+from mmit.data.media_resolve import MediaRoot
 from mmit.data.sample import Media, SampleError
 from mmit.data.shard_build import ShardOptions, pointcloud_npy, prepare_media
 from mmit.data.sample import Sample, Turn

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mmit.data.sample import SampleError
 from mmit.data.sources import get_reader
-from mmit.data.media_resolve import decode_base64
+from mmit.data.media_base64 import decode_base64
 from mmit.data.sources.mimic_it import read_mimic_it
 from mmit.data.stats import SkipCounter
 

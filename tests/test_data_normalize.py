@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from mmit.data.media import decode_image
-from mmit.data.media_resolve import (coco_name_variants, decode_base64, load_media, npy_header,
+from mmit.data.media_base64 import decode_base64
+from mmit.data.media_resolve import (coco_name_variants, load_media, npy_header,
                                      pointcloud_shape, resolve_media_path, strip_dot_slash)
 from mmit.data.normalize import (MEDIA_PLACEHOLDERS, add_media_placeholders, apply_policy,
                                  check_missing_policy, normalize_role, normalize_turns,

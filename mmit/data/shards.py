@@ -12,14 +12,12 @@ FIRST dot of its basename: ``<key>.<suffix>``):
 
 * ``<key>.json``: :meth:`Sample.to_json` (turns, media kinds/exts/paths incl.
   ``meta["original_path"]``, task, source, meta), UTF-8, sorted keys.
-* ``<key>.0.jpg``, ``<key>.1.mp4``, ``<key>.2.npy``, ...: the media bytes, one member per item in
-  order (unmodified unless ``mmit convert`` was asked to resize / re-encode images); the extension
-  is sniffed from content (:func:`mmit.data.media.sniff_ext`), never copied from the source file
-  name.
+* ``<key>.0.jpg``, ``<key>.1.mp4``, ``<key>.2.npy``, ...: the media bytes, one member per item in order
+  (unmodified unless ``mmit convert`` resizes / re-encodes images); the extension is sniffed from
+  content (:func:`mmit.data.media.sniff_ext`), never copied from the source file name.
 
-The key is ``sha1("{source}/{id}/{index}")`` in hex (40 chars): unique per input position, free of
-dots and path characters. Source file names contain dots, spaces, ``+`` and ``#`` and must never be
-used as keys (DATASETS.md §0, webdataset issue #288).
+The key is ``sha1("{source}/{id}/{index}")`` in hex (40 chars): unique per input position, free of dots
+and path characters (source file names hold dots, spaces, ``+``, ``#``: DATASETS.md §0, webdataset #288).
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from mmit.data.sample import Media, Sample, Turn
 from mmit.data.stats import SkipCounter
 from mmit.data.tar_members import TarMembers
 
-if TYPE_CHECKING:  # webdataset imports torch (~3 s): only the readers of shards need it
+if TYPE_CHECKING:  # webdataset imports torch (~3 s): it is imported where shards are read
     import webdataset as wds
 
 #: Tar member mtime used for every shard (seconds since epoch): shards are byte-reproducible.
@@ -78,11 +76,8 @@ def sample_json(sample: Sample) -> Dict[str, Any]:
 
 
 def dump_json(obj: Any) -> bytes:
-    """Canonical JSON bytes (sorted keys, compact, UTF-8) used for every ``.json`` member.
-
-    Without ``json``'s circular-reference bookkeeping (a third of the encoding time): a structure
-    that contains itself raises ``RecursionError`` instead of ``ValueError``. Samples cannot:
-    :meth:`Sample.validate` refuses meta nested deeper than 64 levels."""
+    """Canonical JSON bytes (sorted keys, compact, UTF-8) used for every ``.json`` member. No circular-reference
+    check (a third of the time; validated samples nest at most 64 deep): a cycle raises ``RecursionError``."""
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
                       check_circular=False).encode("utf-8")
 
@@ -90,16 +85,14 @@ def dump_json(obj: Any) -> bytes:
 class ShardWriter:
     """Streaming writer of one shard: ``write(sample, index)`` per sample, then :meth:`finish`.
 
-    Only the sample being written is held in memory, so a shard of 1000 large images costs one
-    image of RAM. Crash safety: the tar is written as ``NNNNN.tar.tmp`` and renamed to
-    ``NNNNN.tar`` by :meth:`finish`, which then writes ``NNNNN_stats.json`` (atomically, last).
-    A shard is therefore complete exactly when its stats file exists and names the tar's size
-    (:func:`complete_shard_stats`). Use as a context manager; if the block raises, the partial
-    ``.tmp`` file is deleted and no stats file is written. The ``.tmp`` is always a new file
-    (an old one is unlinked first), and :meth:`finish` checks that the file it renames is that
-    file with exactly the bytes written, so the stats always describe the tar on disk. The tar
-    bytes are those of webdataset's ``TarWriter`` (ustar, members in its order), written by
-    :class:`mmit.data.tar_members.TarMembers` with one ``writev`` per sample.
+    Only the sample being written is held in memory (a shard of 1000 large images costs one image
+    of RAM). Crash safety: the tar is written as ``NNNNN.tar.tmp``, renamed to ``NNNNN.tar`` by
+    :meth:`finish`, which then writes ``NNNNN_stats.json`` (atomically, last): a shard is complete
+    exactly when its stats file exists and names the tar's size (:func:`complete_shard_stats`). As a
+    context manager, a raising block deletes the partial ``.tmp`` and writes no stats. The ``.tmp``
+    is always a new file (an old one is unlinked first), and :meth:`finish` checks that it renames
+    that file with exactly the bytes written. The bytes are webdataset ``TarWriter``'s (ustar, its
+    member order), written by :class:`mmit.data.tar_members.TarMembers`, one ``writev`` per sample.
 
     Args:
         tar_path: output ``.tar``; ``*_stats.json`` goes beside it (:func:`stats_path`).
@@ -320,7 +313,6 @@ def expand_urls(path: Union[str, "os.PathLike[str]", Sequence[Any]]) -> List[str
         return urls
     if "{" in p and ".." in p:
         from webdataset.shardlists import expand_urls as brace_expand
-
         return list(brace_expand(p))
     if any(c in p for c in "*?["):
         urls = sorted(glob.glob(p))

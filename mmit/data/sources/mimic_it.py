@@ -44,7 +44,7 @@ one image per example (LA in-context, SD) put each image in its own chunk (IMAGE
 
 Skip reasons: ``unknown-instruction-id`` (a train/in-context id not in ``data``),
 ``invalid-record``, ``missing-media`` (image id not in the store: Otter issues #172/#329),
-``bad-base64`` (:func:`mmit.data.media_resolve.decode_base64`), ``undecodable-image`` (decoded bytes
+``bad-base64`` (:func:`mmit.data.media_base64.decode_base64`), ``undecodable-image`` (decoded bytes
 are not an image).
 """
 
@@ -60,7 +60,8 @@ from mmit.data.sources import FORMATS
 from mmit.data.normalize import check_missing_policy, unique_samples
 from mmit.data.record_io import load_json_document
 from mmit.data.media_check import image_check_done, remember_image_check
-from mmit.data.media_resolve import MediaRoot, decode_base64
+from mmit.data.media_base64 import decode_base64
+from mmit.data.media_resolve import MediaRoot
 from mmit.data.sources._media_helpers import attach_bytes, attach_file, report, validated
 from mmit.data.stats import SkipCounter
 

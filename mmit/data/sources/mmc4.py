@@ -66,7 +66,8 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from mmit.constants import IMAGE_PLACEHOLDER
-from mmit.data.media_resolve import MediaRoot, decode_base64, resolve_media_path
+from mmit.data.media_base64 import decode_base64
+from mmit.data.media_resolve import MediaRoot, resolve_media_path
 from mmit.data.normalize import open_annotation, record_extras, record_identity, unique_samples
 from mmit.data.record_io import NUMBER_TOO_LARGE
 from mmit.data.sample import Media, Sample, SampleError, Turn
