@@ -341,6 +341,10 @@ def test_a_path_resolved_with_a_one_off_allowance_is_still_confined_by_attach(tm
     assert e.value.reason == "media-outside-root"
     found, _ = resolve_media_path("in.jpg", mroot, "rec 2")
     assert attach_media(Media(kind="image", path=found), "rec 2", mroot, load_bytes=False).path == found
+    inside.unlink()  # the remembered check served that one attach only: this one looks again
+    with pytest.raises(SampleError) as e:
+        attach_media(Media(kind="image", path=found), "rec 2b", mroot, load_bytes=False)
+    assert e.value.reason == "missing-media"
     with pytest.raises(SampleError) as e:
         attach_media(Media(kind="image", path=str(root / "other.jpg")), "rec 3", mroot, load_bytes=False)
     assert e.value.reason == "missing-media"

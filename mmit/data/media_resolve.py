@@ -219,8 +219,14 @@ def _remember_usable(root: Any, path: str, st: os.stat_result) -> None:
 
 
 def _known_usable(root: Any, path: str) -> Optional[os.stat_result]:
+    """The remembered stat of ``path`` under ``root``, used up by this call: only the attach that
+    follows its resolution skips the checks, never a later one."""
+    global _LAST_USABLE
     last = _LAST_USABLE  # one read: another thread may replace it, never half of it
-    return last[2] if last[0] is root and last[1] == path else None
+    if last[0] is root and last[1] == path:
+        _LAST_USABLE = (None, "", None)
+        return last[2]
+    return None
 
 
 def deferred(make: Callable[..., Iterable[str]], *args: Any) -> Iterator[str]:
