@@ -73,6 +73,7 @@ references and compares, with legacy and non-legacy SentencePiece Llama tokenize
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
@@ -109,19 +110,23 @@ class _TokenizerFacts:
         self.media = {p: vocab[p] for p in MEDIA_PLACEHOLDERS.values() if p in vocab}
         self.split = re.compile("(" + "|".join(re.escape(p) for p in self.media) + ")") if self.media else None
         self.pieces: "OrderedDict[str, Tuple[List[int], List[Tuple[int, int]]]]" = OrderedDict()
+        self.lock = threading.Lock()  # mmit serve encodes prompts from several threads
 
     def piece(self, tokenizer, text: str) -> Tuple[List[int], List[Tuple[int, int]]]:
-        """``text`` tokenised as the start of a string without special tokens: ids and offsets."""
-        hit = self.pieces.get(text)
-        if hit is not None:
-            self.pieces.move_to_end(text)
-            return hit
+        """``text`` tokenised as the start of a string without special tokens: ids and offsets
+        (the caller copies them; the remembered lists are never handed out to be changed)."""
+        with self.lock:
+            hit = self.pieces.get(text)
+            if hit is not None:
+                self.pieces.move_to_end(text)
+                return hit
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         out = (list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])
         if len(text) <= self.PIECE_CHARS:
-            self.pieces[text] = out
-            if len(self.pieces) > self.PIECES:
-                self.pieces.popitem(last=False)
+            with self.lock:
+                self.pieces[text] = out
+                if len(self.pieces) > self.PIECES:
+                    self.pieces.popitem(last=False)
         return out
 
 
