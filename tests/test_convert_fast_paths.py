@@ -233,19 +233,19 @@ def test_tar_members_finish_a_short_write(tmp_path, monkeypatch):
 
 # -- JPEG end: vectorised marker search == the regular expression's ----------------------------------
 
-def test_jpeg_end_vectorised_walk_agrees_with_the_regex_walk(monkeypatch):
-    """``_jpeg_end`` finds markers with numpy above 4 KiB and with the regular expression below;
-    both must give the same answer and message on real photos cut short, with bytes flipped to
-    0xFF, stray markers and fill bytes inserted, and padding or an appended video after EOI."""
+def _jpeg_cases():
+    """Real photos (and a progressive and two restart-interval re-encodings) whole, cut short,
+    padded, with a video appended, and with bytes flipped to 0xFF or stray markers, fill bytes
+    and cuts put in at random."""
     import glob
-
-    from mmit.data import image_end
 
     root = Path(__file__).resolve().parents[1] / "demo_data" / "images"
     photos = [Path(p).read_bytes() for p in sorted(glob.glob(str(root / "**" / "*.jpg"), recursive=True))]
-    progressive = io.BytesIO()
-    Image.open(io.BytesIO(photos[0])).save(progressive, "JPEG", progressive=True, quality=70)
-    photos.append(progressive.getvalue())
+    first = Image.open(io.BytesIO(photos[0]))
+    for kw in ({"progressive": True}, {"restart_marker_blocks": 1}, {"restart_marker_rows": 2}):
+        out = io.BytesIO()
+        first.save(out, "JPEG", quality=70, **kw)
+        photos.append(out.getvalue())
     rng = random.Random(5)
     cases = []
     for data in photos:
@@ -258,15 +258,64 @@ def test_jpeg_end_vectorised_walk_agrees_with_the_regex_walk(monkeypatch):
                 if op < 0.4:
                     b[i] = 0xFF
                 elif op < 0.7:
-                    b[i:i] = bytes([0xFF, rng.choice([0xD9, 0xC4, 0xDA, 0xFF, 0xD8, 0x01, 0xFE])])
+                    b[i:i] = bytes([0xFF, rng.choice([0xD9, 0xC4, 0xDA, 0xFF, 0xD8, 0x01, 0xFE, 0xD3])])
                 else:
                     del b[i:]
             cases.append(bytes(b))
-    answers = set()
-    for data in cases:
+    return cases
+
+
+def test_jpeg_end_vectorised_walk_agrees_with_the_regex_walk(monkeypatch):
+    """``jpeg_end`` finds markers with numpy above 4 KiB (restart markers dropped in Python when
+    there are few, by numpy when there are many) and with the regular expression below: all three
+    give the same answer and message on every case of :func:`_jpeg_cases`, restart-interval files
+    (hundreds of FF D0-D7) included."""
+    from mmit.data import image_end
+
+    answers, restarts = set(), 0
+    for data in _jpeg_cases():
         monkeypatch.setattr(image_end, "_VECTOR_FROM", 1 << 40)  # the regular expression only
-        want = image_end._jpeg_end(data)
+        want = image_end.jpeg_end(data)
         monkeypatch.setattr(image_end, "_VECTOR_FROM", 0)
-        assert image_end._jpeg_end(data) == want
+        for limit in (1 << 40, 0):  # restart markers filtered in Python / by numpy
+            monkeypatch.setattr(image_end, "_RST_LIMIT", limit)
+            assert image_end.jpeg_end(data) == want
         answers.add(want is None)
-    assert answers == {True, False}
+        restarts += data.count(b"\xff\xd0") > 10
+    assert answers == {True, False} and restarts > 40
+
+
+def test_jpeg_end_from_the_first_scan_agrees_with_the_walk_from_soi():
+    """The header parse hands the end walk the first byte after its SOS segment: wherever that
+    parse reaches SOS, the answer from there equals the walk from SOI (the header is not walked
+    twice), and the fast header check accepts exactly the files the walk finds complete."""
+    from mmit.data import image_end, image_header
+
+    reached, complete, accepted = 0, 0, 0
+    for data in _jpeg_cases():
+        sos = _first_sos_end(data)
+        if sos is None:
+            continue
+        reached += 1
+        want = image_end.jpeg_end(data)
+        assert image_end.jpeg_end(data, sos) == want
+        info = image_header._jpeg_info(data)
+        assert info is None or want is None
+        complete += want is None
+        accepted += info is not None
+    assert reached > 100 and complete > 20 and accepted > complete // 2
+
+
+def _first_sos_end(data: bytes):
+    """The first byte after the first SOS segment when every segment before it is a plain
+    ``FF xx LEN`` segment (the walk ``_jpeg_info`` does), else None."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] not in (0x00, 0xFF, 0xD8, 0xD9, 0x01) \
+            and not 0xD0 <= data[pos + 1] <= 0xD7:
+        code, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > len(data):
+            return None
+        pos += 2 + length
+        if code == 0xDA:
+            return pos
+    return None

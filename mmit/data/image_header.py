@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Tuple
 import PIL
 from PIL import Image, ImageFile, PngImagePlugin, TiffImagePlugin
 
-from mmit.data.image_end import truncation_error
+from mmit.data.image_end import jpeg_end
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: JPEG segment codes whose Pillow handler only reads (and, for these, parses) the segment.
@@ -128,7 +128,7 @@ def _jpeg_info(data: bytes) -> Optional[Tuple[int, int, str]]:
         return None
     if exif is not None and not dpi and not _exif_dpi_ok(exif):
         return None
-    if truncation_error(data, "jpg") is not None:
+    if jpeg_end(data, pos) is not None:  # the end walk goes on from the first scan
         return None
     return size[0], size[1], "jpg"
 
