@@ -224,3 +224,32 @@ def test_read_media_bytes(tmp_path):
     assert read_media_bytes(p) == b"\x00\x01\x02"
     with pytest.raises(FileNotFoundError):
         read_media_bytes(tmp_path / "nope.jpg")
+
+
+def test_read_media_bytes_when_the_size_changes_or_reads_come_short(tmp_path, monkeypatch):
+    """One ``read`` serves a file that still has its ``fstat`` size; a file that grew or shrank
+    after ``fstat``, or a system that returns fewer bytes per read, still gives the whole file,
+    and growth past the cap is still refused."""
+    import os
+
+    from mmit.data import media
+
+    body = bytes(range(256)) * 40  # 10 KiB, above HEAD_BYTES
+    p = tmp_path / "a.jpg"
+    p.write_bytes(body)
+    real_open, real_read = media._open_regular, os.read
+    for seen in (100, len(body) + 100, 0):  # grew after fstat, shrank, was empty
+        monkeypatch.setattr(media, "_open_regular", lambda path, seen=seen: (real_open(path)[0], seen))
+        assert read_media_bytes(p) == body
+    monkeypatch.setattr(media, "_open_regular", lambda path: (real_open(path)[0], 100))
+    with pytest.raises(SampleError) as e:
+        read_media_bytes(p, max_bytes=5000)  # it grew past its cap while being read
+    assert e.value.reason == "media-too-large" and "a.jpg" in str(e.value)
+    monkeypatch.setattr(media, "_open_regular", real_open)
+    calls = []
+    monkeypatch.setattr(media.os, "read", lambda fd, n: calls.append(n) or real_read(fd, min(n, 999)))
+    assert read_media_bytes(p) == body and len(calls) > 10  # short reads
+    calls.clear()
+    monkeypatch.setattr(media.os, "read", lambda fd, n: calls.append(n) or real_read(fd, n))
+    assert read_media_bytes(p) == body and calls == [len(body) + 1]  # the usual case: one read
+    assert read_media_bytes(p, kind="image") == body and calls[1:] == [media.HEAD_BYTES, len(body) + 1]

@@ -164,6 +164,21 @@ def media_caps(overrides: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
     return caps
 
 
+def _open_regular(path: str) -> Tuple[int, int]:
+    """``(descriptor, size)`` of the regular file at ``path`` (:func:`open_media_file`'s checks)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (device, FIFO or socket)", path)
+        return fd, st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_media_file(path: Union[str, "os.PathLike[str]"]) -> Tuple[BinaryIO, int]:
     """``(unbuffered binary file, size in bytes)`` for the regular file at ``path``.
 
@@ -172,15 +187,9 @@ def open_media_file(path: Union[str, "os.PathLike[str]"]) -> Tuple[BinaryIO, int
     the file. Raises ``FileNotFoundError`` / ``PermissionError`` / ``IsADirectoryError``, or
     ``OSError(EINVAL)`` for a device, FIFO or socket; every message names ``path``.
     """
-    path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd, size = _open_regular(os.fspath(path))
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", path)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (device, FIFO or socket)", path)
-        return os.fdopen(fd, "rb", buffering=0), st.st_size
+        return os.fdopen(fd, "rb", buffering=0), size
     except BaseException:
         os.close(fd)
         raise
@@ -196,37 +205,46 @@ def read_media_bytes(path: Union[str, "os.PathLike[str]"], kind: Optional[str] =
                      max_bytes: Optional[int] = None) -> bytes:
     """The whole file at ``path`` as bytes (no decoding), read only when it is under its size cap.
 
-    The size comes from ``fstat`` and the type from the first :data:`HEAD_BYTES` bytes before
-    anything else is read, so a 1 GiB file named ``.jpg`` costs 4 KiB of memory, not 1 GiB. The cap
-    is ``max_bytes`` if given, else :data:`MAX_MEDIA_BYTES` of ``kind`` (``image|video|audio|
-    pointcloud``), else of the kind sniffed from the content (the image cap for unknown content).
-    A file that grows while being read is still cut off at the cap.
+    The size comes from ``fstat`` before anything is read. The cap is ``max_bytes`` if given, else
+    :data:`MAX_MEDIA_BYTES` of ``kind`` (``image|video|audio|pointcloud``), else of the kind sniffed
+    from the first :data:`HEAD_BYTES` bytes (the image cap for unknown content); a file under every
+    kind's cap is read at once, without that first look. So a 1 GiB file named ``.jpg`` costs 4 KiB
+    of memory, not 1 GiB. A file that grows while being read is still cut off at the cap. A file
+    is read with one ``read`` when it still has the size ``fstat`` gave (more are made when it
+    grew or shrank, or the system returned less).
 
     Raises:
         OSError: ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError``, or
             ``EINVAL`` for a device/FIFO/socket; the message names the path.
         SampleError: ``media-too-large`` (the message names the path, size and cap).
     """
-    f, size = open_media_file(path)
-    with f:
-        head = f.read(HEAD_BYTES) or b""
-        k = kind or media_kind(sniff_ext(head))
-        cap = max_bytes if max_bytes is not None else MAX_MEDIA_BYTES.get(k or "image",
-                                                                         MAX_MEDIA_BYTES["image"])
-        if size > cap:
-            raise too_large(os.fspath(path), k, size, cap)
-        if len(head) < HEAD_BYTES:
-            return head  # the whole (small) file
-        f.seek(0)
-        parts, total, want = [], 0, size + 1
-        while total <= cap:
-            chunk = f.read(min(want, cap + 1 - total))
-            if not chunk:
-                break
-            parts.append(chunk)
-            total, want = total + len(chunk), 1 << 20
+    path = os.fspath(path)
+    fd, size = _open_regular(path)
+    try:
+        k = kind
+        smallest = min(MAX_MEDIA_BYTES.values())
+        if max_bytes is None and kind is None and size <= smallest:
+            cap = smallest  # under every kind's cap: the type is not needed to choose it
+        else:
+            head = os.read(fd, HEAD_BYTES)
+            k = kind or media_kind(sniff_ext(head))
+            cap = max_bytes if max_bytes is not None else MAX_MEDIA_BYTES.get(k or "image",
+                                                                             MAX_MEDIA_BYTES["image"])
+            if size > cap:
+                raise too_large(path, k, size, cap)
+            os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, min(size, cap) + 1)  # one more byte than fstat saw: did it grow?
+        if len(data) == size:
+            return data
+        parts, total = [data], len(data)
+        while data and total <= cap:
+            data = os.read(fd, min(1 << 20, cap + 1 - total))
+            parts.append(data)
+            total += len(data)
         if total > cap:
-            raise too_large(os.fspath(path), k, total, cap)
+            raise too_large(path, k or media_kind(sniff_ext(parts[0][:HEAD_BYTES])), total, cap)
+    finally:
+        os.close(fd)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
