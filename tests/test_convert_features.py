@@ -84,10 +84,10 @@ def test_resume_after_crash_rebuilds_only_incomplete_shards(big, monkeypatch):
     out = big["tmp"] / "out"
     real_write = ShardWriter.write
 
-    def crashing_write(self, sample, index):
+    def crashing_write(self, sample, index, *rest):
         if self.tar_path.endswith("00004.tar") and self.written == 3:
             raise KeyboardInterrupt("simulated Ctrl-C in the middle of shard 4")
-        return real_write(self, sample, index)
+        return real_write(self, sample, index, *rest)
 
     monkeypatch.setattr(ShardWriter, "write", crashing_write)
     with pytest.raises(KeyboardInterrupt):
@@ -128,10 +128,10 @@ def test_resume_after_hard_kill(big):
         from mmit.data.shards import ShardWriter
         from mmit.data.convert import convert
         real = ShardWriter.write
-        def write(self, sample, index):
+        def write(self, sample, index, *rest):
             if self.tar_path.endswith("00003.tar") and self.written == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real(self, sample, index)
+            return real(self, sample, index, *rest)
         ShardWriter.write = write
         convert("llava", {str(big['ann'])!r}, {str(out)!r}, media_root={str(big['root'])!r},
                 shard_size=8, progress=False)

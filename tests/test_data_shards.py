@@ -301,3 +301,55 @@ def test_skip_counter():
     assert d.total == 7 and d.summary().startswith("invalid-record=1, missing-media=5")
     with pytest.raises(ValueError):
         c.add("missing_media")
+
+
+# -- the sample JSON encoded once for the resume digest and the shard member -----------------------
+
+def _awkward_samples():
+    """Ids holding quotes, backslashes and the text ``,"meta":``; meta holding a ``meta`` key;
+    non-ASCII text; zero, one and two media items."""
+    ids = ['plain', 'q"uote', 'back\\slash"', ',"meta":{"x":1}', '\\",\\"meta\\":', 'ünï ✓', '']
+    out = []
+    for k, sid in enumerate(ids):
+        media = [Media("image", path=f"/x/{k}/{j}.jpg", ext=None if j else "jpg",
+                       meta={"original_path": f'a"{j}', "meta": {"meta": j}}) for j in range(k % 3)]
+        turns = [Turn("system", "be brief"), Turn("user", "<image>\n" * len(media) + ',"meta":"q"'),
+                 Turn("assistant", "é")]
+        out.append(Sample(id=sid, turns=turns, media=media, task=None if k % 2 else "vqa",
+                          source="src" if k % 3 else None,
+                          meta={"a": 0, "meta": {"id": sid}, "options": ["a", "b"], "n": 1.5, "z": None}))
+    return out
+
+
+def test_split_sample_json_gives_the_whole_encoding_before_and_after_media_change():
+    from mmit.data.sample_encoding import SplitSampleJson
+
+    for s in _awkward_samples():
+        split = SplitSampleJson.of(s)
+        assert split.with_media(s) == dump_json(sample_json(s))
+        for m in s.media:  # what prepare_media does between the digest and the write
+            m.ext, m.meta["width"], m.meta["height"] = "png", 3, 4
+        assert split.with_media(s) == dump_json(sample_json(s))
+    s = _awkward_samples()[0]
+    s.id = {"a": 1, "meta": 2}  # not a string: the first ',"meta":' would lie inside it
+    assert SplitSampleJson.of(s) is None
+
+
+def test_plan_shard_digest_equals_encoding_each_item_whole(tmp_path):
+    import hashlib
+
+    from mmit.data.convert_plan import plan_shard, task_digest
+    from mmit.data.shard_build import SHARD_FORMAT_VERSION, ShardOptions
+
+    samples = _awkward_samples()
+    samples[1].media[0].data = b"inline bytes"
+    items = list(zip([0, 5, 7, 9, 10, 11, 40], samples))
+    opts = ShardOptions(output=str(tmp_path))
+    h = hashlib.sha256(dump_json([SHARD_FORMAT_VERSION, 3, opts.fingerprint()]))
+    for position, s in items:
+        inline = [hashlib.sha256(m.data).hexdigest() if m.data is not None else None for m in s.media]
+        h.update(dump_json([position, sample_json(s), inline]))
+    digest, splits = plan_shard(3, items, opts)
+    assert digest == h.hexdigest() == task_digest(3, items, opts)
+    assert [sp.with_media(s) for sp, (_, s) in zip(splits, items)] == \
+        [dump_json(sample_json(s)) for _, s in items]

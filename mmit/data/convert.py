@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from mmit.data.convert_plan import MANIFEST  # noqa: F401  (re-exported: the manifest's name)
 from mmit.data.convert_plan import (forget_inline_hashes, merge_counts, prepare_output,
-                                    remove_stale, task_digest)
+                                    plan_shard, remove_stale)
 from mmit.data.distribute import DISTRIBUTORS, OutputLock, get_distributor
 from mmit.data.media import MAX_PIXELS
 from mmit.data.record_subset import Intake, chunk_records
@@ -185,13 +185,13 @@ def _convert_locked(format: str, input: str, output: str, media_root: Optional[s
             samples = reader(input, media_root=media_root, missing=missing, stats=intake,
                              **(reader_options or {}))
             for index, chunk in enumerate(chunk_records(samples, intake, int(shard_size))):
-                digest = task_digest(index, chunk, opts)
+                digest, splits = plan_shard(index, chunk, opts)
                 old = complete_shard_stats(os.path.join(output, f"{index:05d}.tar"), digest)
                 if old is not None:
                     reused.append(index)
                     done(ShardResult(index, old, SkipCounter().merge(old.get("skipped", {}))))
                 else:
-                    yield ShardTask(index, chunk, opts, digest)
+                    yield ShardTask(index, chunk, opts, digest, splits)
 
     try:
         for r in dist.map(build_shard, tasks()):

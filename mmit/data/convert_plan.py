@@ -1,7 +1,8 @@
 """Planning of ``mmit convert`` (:mod:`mmit.data.convert`): the output folder's files, resume
 digests and stale shards.
 
-* :func:`task_digest`: the sha256 that decides whether a shard left by an earlier run is reused.
+* :func:`task_digest`: the sha256 that decides whether a shard left by an earlier run is reused
+  (:func:`plan_shard`: with each sample's JSON, encoded once for the digest and the shard).
 * :func:`prepare_output`: create the output folder, refuse another conversion's files, clear this
   tool's files on ``overwrite``, write ``_convert.json``.
 * :func:`remove_stale`: delete shard files beyond the new shard count.
@@ -13,11 +14,12 @@ import hashlib
 import os
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmit.data.sample import Sample
 from mmit.data.shard_build import SHARD_FORMAT_VERSION, ShardOptions
-from mmit.data.shards import TMP_SUFFIX, atomic_write, dump_json, read_stats, sample_json
+from mmit.data.sample_encoding import SplitSampleJson, dump_json, media_json, sample_json
+from mmit.data.shards import TMP_SUFFIX, atomic_write, read_stats
 
 MANIFEST = "_convert.json"
 _SHARD_FILE = re.compile(r"^(\d{5,})(\.tar|_stats\.json)$")
@@ -28,11 +30,27 @@ def task_digest(index: int, items: Sequence[Tuple[int, Sample]], options: ShardO
     """sha256 (hex) of what decides shard ``index``'s bytes: the format version, options and each
     item's position and description (``sample_json``, and the hash of inline media bytes).
     Media files referenced by path are not hashed: a file changed in place is not detected."""
+    return plan_shard(index, items, options)[0]
+
+
+def plan_shard(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOptions
+               ) -> Tuple[str, List[Optional[SplitSampleJson]]]:
+    """:func:`task_digest` and, per item, its sample's JSON encoded around the media list
+    (:class:`~mmit.data.sample_encoding.SplitSampleJson`), which the shard writer reuses: each
+    sample is encoded once for both. The digest is the same as encoding each item whole:
+    ``sha256`` over ``dump_json([position, sample_json(s), inline hashes])`` per item."""
     h = hashlib.sha256(dump_json([SHARD_FORMAT_VERSION, index, options.fingerprint()]))
+    splits: List[Optional[SplitSampleJson]] = []
     for position, s in items:
         inline = [_sha256_hex(m.data) if m.data is not None else None for m in s.media]
-        h.update(dump_json([position, sample_json(s), inline]))
-    return h.hexdigest()
+        split = SplitSampleJson.of(s) if type(position) is int else None
+        if split is None:
+            h.update(dump_json([position, sample_json(s), inline]))
+        else:
+            h.update(b"".join((b"[%d," % position, split.head, dump_json(media_json(s)), split.tail,
+                               b",", dump_json(inline), b"]")))
+        splits.append(split)
+    return h.hexdigest(), splits
 
 
 #: id(bytes) -> (the bytes object, its sha256): readers hand the same decoded image to many

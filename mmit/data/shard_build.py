@@ -33,6 +33,7 @@ from mmit.data.media import (MAX_PIXELS, ImageInfo, check_image, read_media_byte
 from mmit.data.media_check import cached_npy_header, image_check_done
 from mmit.data.media_resolve import npz_points
 from mmit.data.sample import Sample, SampleError
+from mmit.data.sample_encoding import SplitSampleJson
 from mmit.data.shards import ShardWriter
 from mmit.data.stats import SkipCounter
 
@@ -70,6 +71,8 @@ class ShardTask:
     items: List[Tuple[int, Sample]]
     options: ShardOptions
     digest: str
+    #: per item, its JSON around the media list as the digest encoded it (None: encode it whole)
+    splits: Optional[List[Optional[SplitSampleJson]]] = None
 
 
 @dataclasses.dataclass
@@ -256,8 +259,9 @@ def build_shard(task: ShardTask) -> ShardResult:
     o = task.options
     tar_path = os.path.join(o.output, f"{task.index:05d}.tar")
     skipped = SkipCounter()
+    splits = task.splits or [None] * len(task.items)
     with ShardWriter(tar_path) as writer:
-        for position, sample in task.items:
+        for (position, sample), split in zip(task.items, splits):
             try:
                 prepare_media(sample, o)
             except SampleError as e:
@@ -265,7 +269,7 @@ def build_shard(task: ShardTask) -> ShardResult:
                     raise
                 skipped.add(e.reason, sample.id, str(e))
                 continue
-            writer.write(sample, position)
+            writer.write(sample, position, split)
             for m in sample.media:
                 m.data = None  # hold one sample's bytes at a time
         stats = writer.finish(skipped, records_in=len(task.items), extra={"digest": task.digest})

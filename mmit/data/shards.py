@@ -22,7 +22,6 @@ and path characters (source file names hold dots, spaces, ``+``, ``#``: DATASETS
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import itertools
@@ -32,7 +31,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from mmit.data.media import sniff_ext
-from mmit.data.sample import Media, Sample, Turn
+from mmit.data.sample import Sample
+from mmit.data.sample_encoding import SplitSampleJson, dump_json, sample_json  # noqa: F401  (re-exported)
 from mmit.data.stats import SkipCounter
 from mmit.data.tar_members import TarMembers
 
@@ -56,30 +56,6 @@ def stats_path(tar_path: Union[str, "os.PathLike[str]"]) -> str:
     """``.../00000.tar`` → ``.../00000_stats.json``."""
     base, _ = os.path.splitext(os.fspath(tar_path))
     return base + "_stats.json"
-
-
-_FAST_JSON = ([f.name for f in dataclasses.fields(Sample)] == ["id", "turns", "media", "task",
-                                                               "source", "meta"]
-              and [f.name for f in dataclasses.fields(Media)] == ["kind", "path", "data", "ext", "meta"]
-              and [f.name for f in dataclasses.fields(Turn)] == ["role", "content"])
-
-
-def sample_json(sample: Sample) -> Dict[str, Any]:
-    """Same value as :meth:`Sample.to_json` without ``dataclasses.asdict``'s deep copies (which cost
-    more than the tar write of a small image); falls back to ``to_json`` if the fields change."""
-    if not _FAST_JSON:
-        return sample.to_json()
-    return {"id": sample.id, "turns": [{"role": t.role, "content": t.content} for t in sample.turns],
-            "media": [{"kind": m.kind, "path": m.path, "ext": m.ext, "meta": m.meta}
-                      for m in sample.media],
-            "task": sample.task, "source": sample.source, "meta": sample.meta}
-
-
-def dump_json(obj: Any) -> bytes:
-    """Canonical JSON bytes (sorted keys, compact, UTF-8) used for every ``.json`` member. No circular-reference
-    check (a third of the time; validated samples nest at most 64 deep): a cycle raises ``RecursionError``."""
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                      check_circular=False).encode("utf-8")
 
 
 class ShardWriter:
@@ -122,9 +98,11 @@ class ShardWriter:
                                            "media_kind": Counter()}
         self.text_only = 0
 
-    def write(self, sample: Sample, index: int) -> str:
+    def write(self, sample: Sample, index: int, split: Optional[SplitSampleJson] = None) -> str:
         """Append ``sample`` (every ``Media.data`` loaded) under key :func:`sample_key`; fills a
-        missing ``Media.ext`` from content (``bin`` if unknown). Returns the key.
+        missing ``Media.ext`` from content (``bin`` if unknown). Returns the key. ``split``: the
+        sample's JSON around its media list, encoded earlier (for the resume digest) from this
+        sample with the same id, turns, task, source and meta; only the media are encoded here.
 
         Raises ``ValueError`` for a media item without data or a repeated key."""
         key = sample_key(sample, index)
@@ -141,7 +119,7 @@ class ShardWriter:
             m.ext = m.ext or sniff_ext(m.data) or "bin"
             obj[f"{j}.{m.ext}"] = m.data
             self.media_bytes += len(m.data)
-        obj["json"] = dump_json(sample_json(sample))
+        obj["json"] = split.with_media(sample) if split is not None else dump_json(sample_json(sample))
         # webdataset's member order: the suffixes sorted as strings
         self._tw.add([(f"{key}.{k}", obj[k]) for k in sorted(obj)])
         self.members += len(obj)
