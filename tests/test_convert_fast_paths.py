@@ -266,10 +266,10 @@ def _jpeg_cases():
 
 
 def test_jpeg_end_vectorised_walk_agrees_with_the_regex_walk(monkeypatch):
-    """``jpeg_end`` finds markers with numpy above 4 KiB (restart markers dropped in Python when
-    there are few, by numpy when there are many) and with the regular expression below: all three
-    give the same answer and message on every case of :func:`_jpeg_cases`, restart-interval files
-    (hundreds of FF D0-D7) included."""
+    """``jpeg_end`` finds markers with numpy above 4 KiB (flags searched one ``argmax`` at a time,
+    passing over restart markers, or all markers listed once past a number of restart markers)
+    and with the regular expression below: all three give the same answer and message on every
+    case of :func:`_jpeg_cases`, restart-interval files (hundreds of FF D0-D7) included."""
     from mmit.data import image_end
 
     answers, restarts = set(), 0
@@ -277,7 +277,7 @@ def test_jpeg_end_vectorised_walk_agrees_with_the_regex_walk(monkeypatch):
         monkeypatch.setattr(image_end, "_VECTOR_FROM", 1 << 40)  # the regular expression only
         want = image_end.jpeg_end(data)
         monkeypatch.setattr(image_end, "_VECTOR_FROM", 0)
-        for limit in (1 << 40, 0):  # restart markers filtered in Python / by numpy
+        for limit in (1 << 40, 0):  # restart markers passed one by one / all markers listed
             monkeypatch.setattr(image_end, "_RST_LIMIT", limit)
             assert image_end.jpeg_end(data) == want
         answers.add(want is None)

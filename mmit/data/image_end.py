@@ -16,12 +16,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
-#: Files with more bytes than this to walk find their JPEG markers with numpy (:func:`_marker_list`);
+#: Files with more bytes than this to walk find their JPEG markers with numpy (:class:`_Markers`);
 #: shorter ones with the regular expression, whose start-up costs less there.
 _VECTOR_FROM = 4096
-#: Up to this many candidate markers are filtered in Python, more (a file with restart intervals has
-#: one restart marker per interval, thousands in a photo) by numpy.
-_RST_LIMIT = 64
+#: Restart markers (FF D0-D7) :class:`_Markers` passes over one search each before it lists every
+#: marker with numpy (a file with restart intervals has one per interval, thousands in a photo).
+_RST_LIMIT = 16
 #: Elements of the per-thread scratch arrays the vectorised search reuses (2 x 16 MiB at most).
 _SCRATCH_MAX = 1 << 24
 _SCRATCH = threading.local()
@@ -39,25 +39,61 @@ def _scratch(n: int) -> Tuple[np.ndarray, np.ndarray]:
     return bufs[0][:n], bufs[1][:n]
 
 
-def _marker_list(data: bytes, start: int) -> List[int]:
-    """Every position ``i >= start`` where :data:`_JPEG_MARKER` matches (``data[i] == 0xFF`` and
-    ``data[i + 1]`` neither 0x00 nor 0xD0-0xD7), in order.
-
-    One vectorised pass finds 0xFF followed by a non-zero byte (markers, restart markers and fill
-    bytes: ~10 in a photo's scan data, where 0xFF is followed by 0x00 ~250 times), in reused scratch
-    arrays (a fresh 50 KB array per file cost more than the comparisons); restart markers are then
-    dropped in Python when the candidates are few, by numpy when there are many. The regular
-    expression walks the scan data one byte at a time, ~2x slower above :data:`_VECTOR_FROM`."""
+def _marker_flags(data: bytes, start: int) -> np.ndarray:
+    """``flag[k]``: whether ``data[start + k]`` is 0xFF and the byte after it is not 0x00 (a marker, a
+    restart marker or a fill byte: ~10 in a photo's scan data, where 0xFF is followed by 0x00
+    ~250 times). A view of this thread's scratch array (a fresh 50 KB array per file cost more than
+    the comparisons), valid until the next call in this thread."""
     a = np.frombuffer(data, np.uint8, offset=start)
     flag, tmp = _scratch(len(a) - 1)
     np.equal(a[:-1], 0xFF, out=flag)
     np.not_equal(a[1:], 0, out=tmp)
-    np.logical_and(flag, tmp, out=flag)  # markers, restart markers and fill bytes
-    found = np.flatnonzero(flag)
-    if len(found) <= _RST_LIMIT:
-        return [start + i for i in found.tolist() if not 0xD0 <= data[start + i + 1] <= 0xD7]
-    after = a[found + 1]
-    return (found[(after < 0xD0) | (after > 0xD7)] + start).tolist()
+    np.logical_and(flag, tmp, out=flag)
+    return flag
+
+
+class _Markers:
+    """``find(pos)``: the first position ``i >= pos`` (``pos >= start``) where :data:`_JPEG_MARKER`
+    matches (``data[i] == 0xFF`` and ``data[i + 1]`` neither 0x00 nor 0xD0-0xD7), or -1.
+
+    Above :data:`_VECTOR_FROM` bytes after ``start``, one vectorised pass flags the candidates
+    (:func:`_marker_flags`) and each search is an ``argmax`` over the flags from ``pos``, which
+    stops at the first one: a baseline photo's walk is one search that lands on its EOI. Restart
+    markers are passed over one search each until :data:`_RST_LIMIT` of them, then every marker is
+    listed by numpy and searched by bisection (a file with restart intervals has one per interval).
+    Shorter files use the regular expression, whose start-up costs less there. The three ways give
+    the same answers (``tests/test_convert_fast_paths.py``).
+    """
+
+    def __init__(self, data: bytes, start: int):
+        self.data, self.start, self.rst = data, start, 0
+        self.flag = _marker_flags(data, start) if len(data) - start > max(_VECTOR_FROM, 1) else None
+        self.marks: Optional[List[int]] = None
+
+    def find(self, pos: int) -> int:
+        data, flag = self.data, self.flag
+        if flag is None:
+            m = _JPEG_MARKER.search(data, pos)
+            return -1 if m is None else m.start()
+        if self.marks is not None:
+            k = bisect.bisect_left(self.marks, pos)
+            return self.marks[k] if k < len(self.marks) else -1
+        k = pos - self.start
+        while k < len(flag):
+            j = k + int(flag[k:].argmax())
+            if not flag[j]:
+                return -1
+            i = self.start + j
+            if not 0xD0 <= data[i + 1] <= 0xD7:
+                return i
+            self.rst += 1
+            if self.rst > _RST_LIMIT:
+                found = np.flatnonzero(flag)
+                after = np.frombuffer(data, np.uint8, offset=self.start)[found + 1]
+                self.marks = (found[(after < 0xD0) | (after > 0xD7)] + self.start).tolist()
+                return self.find(pos)
+            k = j + 1
+        return -1
 
 
 def jpeg_end(data: bytes, start: int = 2) -> Optional[str]:
@@ -73,18 +109,11 @@ def jpeg_end(data: bytes, start: int = 2) -> Optional[str]:
     end of the first SOS segment, so that the header is not walked twice).
     """
     n, pos = len(data), start
-    marks = _marker_list(data, start) if n - start > max(_VECTOR_FROM, 1) else None
+    markers = _Markers(data, start)
     while True:
-        if marks is None:
-            m = _JPEG_MARKER.search(data, pos)
-            if m is None:
-                return "no end-of-image marker (FF D9): the file ends inside the image data"
-            start = m.start()
-        else:
-            k = bisect.bisect_left(marks, pos)
-            if k == len(marks):
-                return "no end-of-image marker (FF D9): the file ends inside the image data"
-            start = marks[k]
+        start = markers.find(pos)
+        if start < 0:
+            return "no end-of-image marker (FF D9): the file ends inside the image data"
         code, pos = data[start + 1], start + 2  # pos: first byte after the marker code
         if code == 0xFF:  # fill byte: the marker code comes later
             pos -= 1
