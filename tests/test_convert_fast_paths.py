@@ -231,6 +231,29 @@ def test_tar_members_finish_a_short_write(tmp_path, monkeypatch):
     assert (tmp_path / "t.tar").stat().st_size == w.offset
 
 
+def test_tar_members_equal_tarfile_beyond_one_writev(tmp_path):
+    """A sample with more parts than one ``writev`` takes (header, data and padding per member;
+    1000 per call): the bytes equal ``tarfile``'s, as for every shard."""
+    import mmit.data.tar_members as tm
+
+    rng = random.Random(1)
+    members = [(f"k.{i}.bin", os.urandom(rng.choice([0, 1, 511, 512, 513, 2000])))
+               for i in range(700)]
+    assert 3 * len(members) > tm._IOV_MAX
+    with open(tmp_path / "ours.tar", "wb") as f:
+        w = TarMembers(f, mtime=0, user="mmit", group="mmit")
+        w.add(members[:1])
+        w.add(members[1:])
+        w.close()
+    with tarfile.open(tmp_path / "ref.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o444, "mmit", "mmit"
+            tf.addfile(ti, io.BytesIO(data))
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+    assert w.offset == (tmp_path / "ours.tar").stat().st_size
+
+
 # -- JPEG end: vectorised marker search == the regular expression's ----------------------------------
 
 def _jpeg_cases():

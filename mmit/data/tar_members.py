@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 20 blocks
@@ -75,20 +75,26 @@ class TarMembers:
     def add(self, members: Sequence[Tuple[str, Data]]) -> None:
         """Append ``(name, bytes)`` members in the order given (one ``writev`` for all)."""
         parts: List[Data] = []
+        total = 0
         for name, data in members:
             size = len(data) if not isinstance(data, memoryview) else data.nbytes
-            parts.append(self._header(name, size))
+            head = self._header(name, size)
+            parts.append(head)
             if size:
                 parts.append(data)
-            if size % BLOCK:
-                parts.append(_ZEROS[size % BLOCK:])
-        self._write(parts)
+            pad = -size % BLOCK
+            if pad:
+                parts.append(_ZEROS[BLOCK - pad:])
+            total += len(head) + size + pad
+        self._write(parts, total if len(parts) <= _IOV_MAX else None)
 
-    def _write(self, parts: List[Data]) -> None:
+    def _write(self, parts: List[Data], total: Optional[int] = None) -> None:
+        """Write ``parts`` (``total``: their byte count when known and one ``writev`` takes them)."""
         self._file.flush()
         for i in range(0, len(parts), _IOV_MAX):
             chunk = parts[i:i + _IOV_MAX]
-            total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in chunk)
+            if total is None or i:
+                total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in chunk)
             done = os.writev(self._fd, chunk)
             if done != total:  # a short write (rare on regular files): finish part by part
                 self._finish_short(chunk, done)
