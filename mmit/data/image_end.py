@@ -20,8 +20,9 @@ _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 #: shorter ones with the regular expression, whose start-up costs less there.
 _VECTOR_FROM = 4096
 #: Restart markers (FF D0-D7) :class:`_Markers` passes over one search each before it lists every
-#: marker with numpy (a file with restart intervals has one per interval, thousands in a photo).
-_RST_LIMIT = 16
+#: marker with numpy: none, since a file that has one has one per restart interval (tens to
+#: thousands) and one listing costs about what 4 searches do.
+_RST_LIMIT = 0
 #: Elements of the per-thread scratch arrays the vectorised search reuses (2 x 16 MiB at most).
 _SCRATCH_MAX = 1 << 24
 _SCRATCH = threading.local()
@@ -58,9 +59,9 @@ class _Markers:
 
     Above :data:`_VECTOR_FROM` bytes after ``start``, one vectorised pass flags the candidates
     (:func:`_marker_flags`) and each search is an ``argmax`` over the flags from ``pos``, which
-    stops at the first one: a baseline photo's walk is one search that lands on its EOI. Restart
-    markers are passed over one search each until :data:`_RST_LIMIT` of them, then every marker is
-    listed by numpy and searched by bisection (a file with restart intervals has one per interval).
+    stops at the first one: a baseline photo's walk is one search that lands on its EOI. Once a
+    search meets more than :data:`_RST_LIMIT` restart markers, every marker is listed by numpy and
+    searched by bisection (a file with restart intervals has one per interval).
     Shorter files use the regular expression, whose start-up costs less there. The three ways give
     the same answers (``tests/test_convert_fast_paths.py``).
     """
