@@ -104,12 +104,19 @@ def accelerate(config: str, *args):
 
 
 def one_process(run: Path, *overrides) -> Path:
-    """The reference: one process, gradient accumulation 2, in this process."""
+    """The reference: one process, gradient accumulation 2, in this process, with one thread as
+    the launched processes have (``OMP_NUM_THREADS=1``): another thread count sums the matmuls in
+    another order, and Adam turns that rounding into update differences for near-zero gradients."""
     from mmit.config.schema import load_config
     from mmit.training.trainer import train
 
-    return train(load_config(str(TINY), [*COMMON, *overrides, f"--train.output_dir={run}",
-                                         "--train.gradient_accumulation_steps=2"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(load_config(str(TINY), [*COMMON, *overrides, f"--train.output_dir={run}",
+                                             "--train.gradient_accumulation_steps=2"]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_same_weights(a: Path, b: Path, tol: float = 1e-5) -> dict:
