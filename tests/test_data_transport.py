@@ -126,14 +126,3 @@ def test_long_tensor_equals_torch_tensor():
     with pytest.raises(OverflowError):
         long_tensor([2**63])
 
-
-def test_worker_messages_hold_whole_batches_up_to_64_samples():
-    """A worker message holds whole batches (so a batch never waits on two messages), several for
-    small batches (each message costs the trainer ~1 ms to receive), one from 64 samples up."""
-    from mmit.training.data import worker_chunk
-
-    for b in range(1, 130):
-        c = worker_chunk(b)
-        assert c % b == 0 and 1 <= c // b <= 4
-        assert c <= max(b, 64) and (c + b > 64 or c // b == 4)  # as many whole batches as fit
-    assert (worker_chunk(16), worker_chunk(3), worker_chunk(64), worker_chunk(100)) == (64, 12, 64, 100)

@@ -183,6 +183,7 @@ BAD = [("--train.report_to=wandbb", "report_to"), ("--train.lr_scheduler=linear"
        ("--train.batch_size=0", "train.batch_size"), ("--train.warmup_ratio=1.5", "train.warmup_ratio"),
        ("--train.lr=-0.1", "train.lr"), ("--train.max_steps=0", "train.max_steps"),
        ("--train.lora.dropout=1.5", "train.lora.dropout"), ("--data.num_workers=-1", "data.num_workers"),
+       ("--data.batches_per_message=0", "data.batches_per_message"),
        ("--model.vision_tower.name=clip-vit-l-14-337", "clip-vit-l-14-336"),
        ("--model.projector.name=mlp2x-gelo", "mlp2x-gelu"), ("--model.template=vicuna", "vicuna-v1"),
        ("--model.llm.name_or_path=tiny-lama", "tiny-llama"), ("--model.llm.name_or_path=./no/such/llm", "./no/such/llm"),

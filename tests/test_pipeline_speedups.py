@@ -156,14 +156,17 @@ def test_pack_tensors_round_trips_nested_items_in_one_buffer_per_dtype(monkeypat
     assert torch.equal(out[2][1]["half"], items[2][1]["half"])
 
 
-def test_workers_give_the_same_batches_and_skips_as_the_main_process(tmp_path):
+@pytest.mark.parametrize("per_message", [1, 4])
+def test_workers_give_the_same_batches_and_skips_as_the_main_process(tmp_path, per_message):
     """Chunked workers must not change the stream: same batches (ids and tensors), positions and skip
-    counts with 0 and 2 workers, across an epoch boundary (the demo records include a missing image)."""
+    counts with 0 and 2 workers, across an epoch boundary (the demo records include a missing image),
+    with one batch or several (``data.batches_per_message``) per worker message."""
     from conftest import tiny_run_config
     from mmit.families import get_family
     from mmit.training.data import SampleStream, batches
 
     cfg = tiny_run_config(tmp_path)
+    cfg.data.batches_per_message = per_message
     fam = get_family("llava")
     model, tok = fam.build(cfg)
     pre = fam.processor(cfg, model, tok)

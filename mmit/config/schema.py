@@ -75,6 +75,10 @@ class DataConfig:
     #: steps). Batches, skip counts and resume are the same for any value; ``data_wait`` in
     #: ``metrics.jsonl`` says whether the trainer waits for data (above a few percent: raise this).
     num_workers: int = 0
+    #: Batches per DataLoader worker message (with ``num_workers`` > 0). Receiving a message costs the
+    #: trainer's process about a millisecond: raise this for small models whose step takes tens of
+    #: milliseconds (the tiny demos use 4); 1 spreads an epoch's last batches over all the workers.
+    batches_per_message: int = 1
     #: Batch multimodal and text-only samples apart and similar lengths together (LLaVA's
     #: ``group_by_modality_length``; seeded per epoch, resumable: :mod:`mmit.training.batching`).
     group_by_modality_length: bool = False

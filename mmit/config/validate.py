@@ -49,6 +49,7 @@ def _ranges() -> List[Tuple[str, Callable[[Any], bool], str]]:
         ("train.lora.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
         ("data.shuffle_buffer", lambda v: v >= 0, ">= 0 (0: no shuffling)"),
         ("data.num_workers", lambda v: v >= 0, ">= 0"),
+        ("data.batches_per_message", lambda v: v >= 1, ">= 1"),
         ("data.max_tokens_per_batch", lambda v: v >= 1, ">= 1 or null"),
         ("max_length", lambda v: v >= 1, ">= 1"),
         ("num_query_tokens", lambda v: v >= 1, ">= 1"),

@@ -9,8 +9,8 @@ the raw samples already consumed, so a resumed run sees the same batches as an u
 
 Throughput (:func:`batches`): with ``num_workers`` > 0, decoding, preprocessing and tokenising run in
 DataLoader worker processes that live across epochs (no fork and no shuffle-buffer refill at each
-epoch). Each takes whole chunks of consecutive raw samples (:func:`worker_chunk`: whole batches, up
-to 64 samples) and sends a chunk as one message whose tensors travel in one buffer per dtype (:func:`pack_tensors`: pipe bytes when small,
+epoch). Each takes whole chunks of consecutive raw samples (``data.batches_per_message`` batches'
+worth) and sends a chunk as one message whose tensors travel in one buffer per dtype (:func:`pack_tensors`: pipe bytes when small,
 else one shared-memory segment the tensors are concatenated into directly), not one shared-memory
 segment per tensor, which cost more than the preprocessing itself for small images. The main process only assembles and collates, in the same
 order as without workers. On a CUDA machine the workers keep 4 batches' worth each in flight and the collated
@@ -227,24 +227,10 @@ class _Preprocessed(IterableDataset):
                 yield epoch, last, (pack_tensors(out) if info else (out, None))
 
 
-#: Samples per worker message up to which a message carries several batches (at most
-#: :data:`MAX_BATCHES_PER_MESSAGE`): each message costs the trainer's process ~1 ms to receive
-#: whatever its size, 5% of a tiny model's step on a CPU if every batch of 16 came alone.
-MESSAGE_SAMPLES = 64
-MAX_BATCHES_PER_MESSAGE = 4
-
-
-def worker_chunk(batch_size: int) -> int:
-    """Raw samples per DataLoader worker message for batches of ``batch_size``: whole batches,
-    ``batch_size * k`` with ``k = min(4, max(1, 64 // batch_size))`` (64 for batches of 16, one
-    batch from 64 up)."""
-    return batch_size * min(MAX_BATCHES_PER_MESSAGE, max(1, MESSAGE_SAMPLES // max(1, batch_size)))
-
-
 def _groups(ds: _Preprocessed, num_workers: int, batch_size: int = 0) -> Iterator[Tuple[int, bool, list]]:
     """``ds``'s ``(epoch, last, group)``: in this process, or from ``num_workers`` DataLoader workers
     (chunks unpacked). In flight per worker: 4 batches' worth of chunks on a CUDA machine, 2
-    elsewhere, and at least one chunk (``batch_size``: the batches a chunk holds come from it)."""
+    elsewhere, and at least one chunk (``batch_size``: the size of a batch, to count a chunk's)."""
     if not num_workers:
         return ((epoch, last, group) for epoch, last, (group, _) in ds)
     import torch.multiprocessing as mp
@@ -295,7 +281,8 @@ def batches(stream: SampleStream, pre: Processor, batch_size: int, start_epoch: 
     pin = num_workers > 0 and torch.cuda.is_available()
     collate = (lambda xs: pre.collate(xs).pin_memory()) if pin else pre.collate  # noqa: E731
     pos, items, produced = start_pos, [], 0
-    for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos, chunk=worker_chunk(batch_size),
+    for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos,
+                                                    chunk=batch_size * max(1, getattr(stream.cfg, "batches_per_message", 1)),
                                                     end_epoch=end_epoch), num_workers, batch_size):
         for p, item, skip in group:
             pos = max(pos, p + 1)
