@@ -47,8 +47,10 @@ def plan_shard(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOp
         if split is None:
             h.update(dump_json([position, sample_json(s), inline]))
         else:
+            hashes = (b",".join([b"null"] * len(inline)) if not any(inline)  # no inline media: the usual case
+                      else dump_json(inline)[1:-1])
             h.update(b"".join((b"[%d," % position, split.head, dump_json(media_json(s)), split.tail,
-                               b",", dump_json(inline), b"]")))
+                               b",[", hashes, b"]]")))
         splits.append(split)
     return h.hexdigest(), splits
 

@@ -67,8 +67,16 @@ def chunk_records(samples: Iterator[Sample], intake: Intake, shard_size: int
     keeping only positions in the ``sample_rate`` subset and stopping at ``max_records`` records
     read (kept or skipped); the reader is closed when it stops."""
     chunk: List[Tuple[int, Sample]] = []
+    everything = intake.limit is None and intake.rate >= 1.0  # no subset: every record is kept
     try:
         for sample in samples:
+            if everything:
+                intake.kept += 1
+                chunk.append((intake.kept - 1 + intake.total, sample))
+                if len(chunk) == shard_size:
+                    yield chunk
+                    chunk = []
+                continue
             if not intake.room():
                 break
             position = intake.seen
