@@ -93,10 +93,12 @@ def test_a_worker_drops_its_chunk_once_stop_is_set(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("opts", [dict(group_by_modality_length=True, max_tokens_per_batch=600),
-                                  dict(packing=True, group_by_modality_length=True)])
+                                  dict(packing=True, group_by_modality_length=True),
+                                  dict(group_by_modality_length=True, batches_per_message=3)])
 def test_grouped_and_packed_batches_are_the_same_with_chunked_workers(opts):
-    """:mod:`mmit.training.batching` sends a chunk per message from workers: same batches, positions
-    and skip counts as in the main process, across an epoch boundary and from a resume position."""
+    """:mod:`mmit.training.batching` sends a chunk per message from workers (one batch's worth, or
+    ``data.batches_per_message``): same batches, positions and skip counts as in the main process,
+    across an epoch boundary and from a resume position."""
     from test_batching import _Pre, _samples, _Stream
 
     from mmit.config.schema import DataConfig

@@ -258,7 +258,8 @@ class _GroupedEpoch(IterableDataset):
     item or None, skip or None)``.
 
     In the main process: yields them one by one. In DataLoader workers (each computes the same
-    deterministic order): chunks of ``batch_size`` consecutive positions, worker ``w`` of ``n``
+    deterministic order): chunks of ``batch_size`` consecutive positions (times
+    ``data.batches_per_message``), worker ``w`` of ``n``
     taking chunks ``w, w + n, ...`` and sending each as one message packed by
     :func:`mmit.training.transport.pack_tensors`; the DataLoader returns them round-robin, so in order
     (:func:`_unchunked` flattens them back). One message per sample cost more than the
@@ -287,7 +288,8 @@ class _GroupedEpoch(IterableDataset):
             for pos, (g, sample) in positions:
                 yield self._item(pos, g, sample)
             return
-        size, k = max(1, int(self.batch_size)), 0
+        per_message = max(1, int(getattr(self.stream.cfg, "batches_per_message", 1) or 1))
+        size, k = max(1, int(self.batch_size)) * per_message, 0
         while True:
             chunk = list(islice(positions, size))
             if not chunk:
