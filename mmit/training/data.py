@@ -10,9 +10,10 @@ the raw samples already consumed, so a resumed run sees the same batches as an u
 Throughput (:func:`batches`): with ``num_workers`` > 0, decoding, preprocessing and tokenising run in
 DataLoader worker processes that live across epochs (no fork and no shuffle-buffer refill at each
 epoch). Each takes whole chunks of consecutive raw samples (``data.batches_per_message`` batches'
-worth) and sends a chunk as one message whose tensors travel in one buffer per dtype (:func:`pack_tensors`: pipe bytes when small,
-else one shared-memory segment the tensors are concatenated into directly), not one shared-memory
-segment per tensor, which cost more than the preprocessing itself for small images. The main process only assembles and collates, in the same
+worth) and sends a chunk as one message whose tensors travel in one buffer per dtype
+(:func:`pack_tensors`: pipe bytes when small, else one shared-memory segment the tensors are
+concatenated into directly), not one shared-memory segment per tensor, which cost more than the
+preprocessing itself for small images. The main process only assembles and collates, in the same
 order as without workers. On a CUDA machine the workers keep 4 batches' worth each in flight and the collated
 batch is put in pinned memory, so :func:`to_device` copies it asynchronously. ``data.num_workers: 0``
 (the default) preprocesses in the trainer's own process, between steps: the trainer's ``data_wait``
@@ -227,18 +228,17 @@ class _Preprocessed(IterableDataset):
                 yield epoch, last, (pack_tensors(out) if info else (out, None))
 
 
-def _groups(ds: _Preprocessed, num_workers: int, batch_size: int = 0) -> Iterator[Tuple[int, bool, list]]:
+def _groups(ds: _Preprocessed, num_workers: int, per_message: int = 1) -> Iterator[Tuple[int, bool, list]]:
     """``ds``'s ``(epoch, last, group)``: in this process, or from ``num_workers`` DataLoader workers
-    (chunks unpacked). In flight per worker: 4 batches' worth of chunks on a CUDA machine, 2
-    elsewhere, and at least one chunk (``batch_size``: the size of a batch, to count a chunk's)."""
+    (chunks unpacked). In flight per worker: 4 batches' worth on a CUDA machine, 2 elsewhere, and at
+    least one chunk (``per_message``: the batches one chunk holds)."""
     if not num_workers:
         return ((epoch, last, group) for epoch, last, (group, _) in ds)
     import torch.multiprocessing as mp
 
-    per_chunk = max(1, ds.chunk // batch_size) if batch_size else 1
     ds.stop = mp.Event()  # the DataLoader's default context (no multiprocessing_context given)
     loader = DataLoader(ds, batch_size=None, num_workers=num_workers,
-                        prefetch_factor=max(1, (4 if torch.cuda.is_available() else 2) // per_chunk))
+                        prefetch_factor=max(1, (4 if torch.cuda.is_available() else 2) // per_message))
 
     def unpacked():
         it = iter(loader)  # held here: the workers shut down only after ``finally`` has run
@@ -281,9 +281,9 @@ def batches(stream: SampleStream, pre: Processor, batch_size: int, start_epoch: 
     pin = num_workers > 0 and torch.cuda.is_available()
     collate = (lambda xs: pre.collate(xs).pin_memory()) if pin else pre.collate  # noqa: E731
     pos, items, produced = start_pos, [], 0
-    for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos,
-                                                    chunk=batch_size * max(1, getattr(stream.cfg, "batches_per_message", 1)),
-                                                    end_epoch=end_epoch), num_workers, batch_size):
+    per_message = max(1, int(getattr(stream.cfg, "batches_per_message", 1) or 1))
+    for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos, chunk=batch_size * per_message,
+                                                    end_epoch=end_epoch), num_workers, per_message):
         for p, item, skip in group:
             pos = max(pos, p + 1)
             if skip is not None:
