@@ -237,7 +237,16 @@ class Sample:
         media = self.media
         strings = [s for s in (self.id, self.task, self.source, turns_text) if isinstance(s, str)]
         strings += [m.path for m in media if isinstance(m.path, str)]
-        if has_lone_surrogate("".join(strings)):  # a surrogate cannot be formed across a join
+        n_text = len(strings)
+        for meta in (self.meta, *(m.meta for m in media)):  # the usual case: one scan of everything
+            found = _nested_strings(meta, MAX_META_DEPTH) if meta else []
+            if found is None:
+                break  # deeper than the limit, or not JSON types: the exact walk below decides
+            strings += found
+        else:
+            if not has_lone_surrogate("".join(strings)):  # a surrogate cannot be formed across a join
+                return
+        if has_lone_surrogate("".join(strings[:n_text])):
             texts = [("id", self.id), ("task", self.task), ("source", self.source)]
             texts += [(f"turn {i}", t.content) for i, t in enumerate(self.turns)]
             texts += [(f"media {i} path", m.path) for i, m in enumerate(media)]

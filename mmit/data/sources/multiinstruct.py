@@ -160,7 +160,9 @@ def multiinstruct_record_to_sample(record: Any, index: int, where: str, media_ro
         meta["boxes"] = parse_boxes(record["region"], where)
         meta["box_format"] = BOX_FORMAT
     meta["split"] = task_split(task)
-    meta["template_id"] = match_template(dict(record, options=meta.get("options")))
+    options = meta.get("options")  # the record's own list, or the one read from the prompt
+    meta["template_id"] = match_template(record if options is record.get("options") else
+                                         dict(record, options=options))
     resolved, how = resolve_media_path(image_path, media_root, where,
                                        deferred(image_path_alternatives, image_path, media_root))
     mmeta: Dict[str, Any] = {"original_path": image_path}

@@ -13,7 +13,7 @@ import functools
 import json
 import string
 from importlib import resources
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from mmit.data.normalize import place_image_placeholders
 from mmit.data.sample import Sample, Turn
@@ -45,12 +45,14 @@ def unseen_tasks() -> List[str]:
 def task_split(task: str) -> Optional[str]:
     """``"train"`` for a training task, ``"unseen"`` for a held-out one, None for anything else
     (e.g. the image-generation tasks ``build_dataset.py`` skips)."""
+    return _split_of().get(task)
+
+
+@functools.lru_cache(maxsize=1)
+def _split_of() -> Dict[str, str]:
+    """Task name -> ``"train"`` / ``"unseen"`` (a training task named in both lists stays train)."""
     splits = _table()["splits"]
-    if task in splits["train"]:
-        return "train"
-    if task in splits["unseen"]:
-        return "unseen"
-    return None
+    return {**{t: "unseen" for t in splits["unseen"]}, **{t: "train" for t in splits["train"]}}
 
 
 def instruction_templates(task: str) -> List[str]:
@@ -150,12 +152,12 @@ def match_template(record: Mapping[str, Any]) -> Optional[int]:
     md = record.get("meta_data")  # render_instruction's choice of template list, done once
     key = ("visual_dialog:no_history" if task == "visual_dialog" and
            not (isinstance(md, dict) and md.get("dialog_hist")) else task)
-    templates = instruction_templates(key)
+    templates, prefixes = _with_prefixes(key)
     if n > len(templates):  # render_instruction's IndexError (not a ValueError): as before
         return next((i for i in range(n) if _renders_to(record, i, prompt)), None)
     fields = None
     for i in range(n):
-        if not prompt.startswith(_literal_prefix(templates[i])):
+        if not prompt.startswith(prefixes[i]):
             continue  # no rendering of this template can equal the prompt
         if fields is None:
             try:
@@ -168,6 +170,14 @@ def match_template(record: Mapping[str, Any]) -> Optional[int]:
         except (KeyError, IndexError, TypeError, AttributeError):
             continue
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _with_prefixes(key: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """``(templates, literal prefixes)`` of template list ``key`` (:func:`instruction_templates`),
+    worked out once per list. Raises ``KeyError`` for an unknown key."""
+    templates = tuple(instruction_templates(key))
+    return templates, tuple(_literal_prefix(t) for t in templates)
 
 
 @functools.lru_cache(maxsize=4096)
