@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmit.constants import IGNORE_INDEX
 from mmit.data.sample import Sample
 from mmit.data.stats import SkipCounter
+from mmit.training.transport import batches_per_message, pack_tensors, unpack_tensors, worker_prefetch
 
 #: Batches per grouping window (HF transformers' ``megabatch_mult``).
 MEGABATCH_BATCHES = 50
@@ -274,8 +275,6 @@ class _GroupedEpoch(IterableDataset):
         return pos, g, self.pre.try_call(sample, skip), (skip if skip else None)
 
     def __iter__(self):
-        from mmit.training.transport import pack_tensors
-
         info = get_worker_info()
         raw = self.stream.epoch(self.epoch)
         if self.group:
@@ -288,8 +287,7 @@ class _GroupedEpoch(IterableDataset):
             for pos, (g, sample) in positions:
                 yield self._item(pos, g, sample)
             return
-        per_message = max(1, int(getattr(self.stream.cfg, "batches_per_message", 1) or 1))
-        size, k = max(1, int(self.batch_size)) * per_message, 0
+        size, k = max(1, int(self.batch_size)) * batches_per_message(self.stream.cfg), 0
         while True:
             chunk = list(islice(positions, size))
             if not chunk:
@@ -301,8 +299,6 @@ class _GroupedEpoch(IterableDataset):
 
 def _unchunked(loader) -> Iterator[Tuple[int, Any, Any, Any]]:
     """The items of :class:`_GroupedEpoch`'s worker chunks, in order."""
-    from mmit.training.transport import unpack_tensors
-
     for msg in loader:
         yield from unpack_tensors(*msg)
 
@@ -335,7 +331,9 @@ def build_batches(stream, pre, batch_size: int, start_epoch: int = 0, start_pos:
     epoch, pos = start_epoch, start_pos
     while True:
         ds = _GroupedEpoch(stream, pre, epoch, pos, batch_size, group, chunk=max_tokens is None)
-        it = _unchunked(DataLoader(ds, batch_size=None, num_workers=num_workers)) if num_workers else iter(ds)
+        it = (_unchunked(DataLoader(ds, batch_size=None, num_workers=num_workers,
+                                    prefetch_factor=worker_prefetch(batches_per_message(cfg))))
+              if num_workers else iter(ds))
         builder = BatchBuilder(batch_size, max_tokens, pack_length)
         collate = pre.collate_packed if packing else pre.collate
         produced, current = 0, None

@@ -51,7 +51,7 @@ from mmit.data.sample import Sample
 from mmit.data.stats import SkipCounter
 from mmit.training.split import (blocks_per_rank, cycle_to, rank_blocks, shard_split, shard_stats,
                                  stats_mix_media, take_blocks)
-from mmit.training.transport import pack_tensors, unpack_tensors
+from mmit.training.transport import batches_per_message, pack_tensors, unpack_tensors, worker_prefetch
 
 
 class SampleStream:
@@ -238,7 +238,7 @@ def _groups(ds: _Preprocessed, num_workers: int, per_message: int = 1) -> Iterat
 
     ds.stop = mp.Event()  # the DataLoader's default context (no multiprocessing_context given)
     loader = DataLoader(ds, batch_size=None, num_workers=num_workers,
-                        prefetch_factor=max(1, (4 if torch.cuda.is_available() else 2) // per_message))
+                        prefetch_factor=worker_prefetch(per_message))
 
     def unpacked():
         it = iter(loader)  # held here: the workers shut down only after ``finally`` has run
@@ -281,7 +281,7 @@ def batches(stream: SampleStream, pre: Processor, batch_size: int, start_epoch: 
     pin = num_workers > 0 and torch.cuda.is_available()
     collate = (lambda xs: pre.collate(xs).pin_memory()) if pin else pre.collate  # noqa: E731
     pos, items, produced = start_pos, [], 0
-    per_message = max(1, int(getattr(stream.cfg, "batches_per_message", 1) or 1))
+    per_message = batches_per_message(stream.cfg)
     for epoch, last, group in _groups(_Preprocessed(stream, pre, start_epoch, start_pos, chunk=batch_size * per_message,
                                                     end_epoch=end_epoch), num_workers, per_message):
         for p, item, skip in group:

@@ -1,5 +1,5 @@
-"""How DataLoader workers hand preprocessed items to the trainer: a whole chunk (a batch's worth of
-items) as one message, its tensors packed into one flat buffer per dtype (pipe bytes when small,
+"""How DataLoader workers hand preprocessed items to the trainer: a whole chunk
+(``data.batches_per_message`` batches' worth of items, :func:`batches_per_message`) as one message, its tensors packed into one flat buffer per dtype (pipe bytes when small,
 shared memory when large), instead of one shared-memory segment per tensor, which made 2 workers
 slower than none on the tiny demo (:mod:`mmit.training.data`, :mod:`mmit.training.batching`)."""
 
@@ -17,6 +17,17 @@ class _Slot(NamedTuple):
     dtype: torch.dtype
     offset: int
     shape: Tuple[int, ...]
+
+
+def batches_per_message(cfg: Any) -> int:
+    """``cfg.batches_per_message`` (a ``data`` config section) as an int >= 1 (1 when unset)."""
+    return max(1, int(getattr(cfg, "batches_per_message", 1) or 1))
+
+
+def worker_prefetch(per_message: int) -> int:
+    """The DataLoader ``prefetch_factor`` (messages in flight per worker) for messages of
+    ``per_message`` batches: 4 batches' worth on a CUDA machine, 2 elsewhere, at least 1 message."""
+    return max(1, (4 if torch.cuda.is_available() else 2) // max(1, per_message))
 
 
 #: Buffers up to this size travel as bytes through the DataLoader's pipe (a copy, microseconds); larger
