@@ -38,7 +38,11 @@ def plan_shard(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOp
     """:func:`task_digest` and, per item, its sample's JSON encoded around the media list
     (:class:`~mmit.data.sample_encoding.SplitSampleJson`), which the shard writer reuses: each
     sample is encoded once for both. The digest is the same as encoding each item whole:
-    ``sha256`` over ``dump_json([position, sample_json(s), inline hashes])`` per item."""
+    ``sha256`` over ``dump_json([position, sample_json(s), inline hashes])`` per item.
+
+    Returns ``(hex digest, one split per item)``; a split is None for an item whose position is not
+    an int or whose id is not a string (the writer then encodes it whole). Raises ``TypeError`` for
+    a sample holding a value JSON cannot (validated samples hold none)."""
     h = hashlib.sha256(dump_json([SHARD_FORMAT_VERSION, index, options.fingerprint()]))
     splits: List[Optional[SplitSampleJson]] = []
     for position, s in items:

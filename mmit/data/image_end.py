@@ -108,6 +108,9 @@ def jpeg_end(data: bytes, start: int = 2) -> Optional[str]:
     ``start``: where the walk begins, 2 (after SOI) or the first byte after a segment that an
     earlier walk over the same bytes reached (:func:`mmit.data.image_header._jpeg_info` passes the
     end of the first SOS segment, so that the header is not walked twice).
+
+    ``data``: the encoded file (``bytes``); returns the reason as text, never raises. Marker syntax:
+    ITU-T T.81 (JPEG) Annex B.
     """
     n, pos = len(data), start
     markers = _Markers(data, start)
