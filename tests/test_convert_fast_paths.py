@@ -18,7 +18,7 @@ from PIL import Image
 from mmit.data.media import check_image
 from mmit.data.media_check import image_check_done, remember_image_check
 from mmit.data.media_base64 import decode_base64
-from mmit.data.media_resolve import MediaRoot
+from mmit.data.media_resolve import MediaRoot, resolve_media_path
 from mmit.data.sample import Media, SampleError
 from mmit.data.shard_build import ShardOptions, pointcloud_npy, prepare_media
 from mmit.data.sample import Sample, Turn
@@ -192,6 +192,40 @@ def test_media_root_realpath_equals_os_realpath(tmp_path, monkeypatch):
             assert root.realpath(full) == os.path.realpath(full), p
     monkeypatch.chdir(tmp_path / "root")
     assert root.realpath("a/b/x.jpg") == os.path.realpath("a/b/x.jpg")
+
+
+def _resolution(path, root):
+    try:
+        return resolve_media_path(path, root, "w")
+    except SampleError as e:
+        return e.reason, str(e).replace(str(root), "<root>")
+
+
+def test_resolve_fast_path_decides_as_the_general_route(tmp_path):
+    """A :class:`MediaRoot` resolves a regular file with one ``lstat`` (its folder's real place
+    remembered); a plain ``str`` root takes ``os.path.realpath``. Same answers, same errors, for
+    files inside, symlinks (file and folder) leading out, ``..``, folders and missing files."""
+    (tmp_path / "root" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "root" / "a" / "b" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "out" / "secret.jpg").write_bytes(b"s")
+    (tmp_path / "root" / "a" / "link.jpg").symlink_to(tmp_path / "out" / "secret.jpg")
+    (tmp_path / "root" / "a" / "inlink.jpg").symlink_to(tmp_path / "root" / "a" / "b" / "x.jpg")
+    (tmp_path / "root" / "dirlink").symlink_to(tmp_path / "out")
+    (tmp_path / "root" / "indir").symlink_to(tmp_path / "root" / "a")
+    paths = ["a/b/x.jpg", "./a/b/x.jpg", "a/link.jpg", "a/inlink.jpg", "dirlink/secret.jpg",
+             "indir/b/x.jpg", "a/b/../b/x.jpg", "a/b/../../../out/secret.jpg", "a/b/nope.jpg",
+             "a/b", "a/b/x.jpg/", str(tmp_path / "out" / "secret.jpg"),
+             str(tmp_path / "root" / "a" / "b" / "x.jpg")]
+    fast = MediaRoot(tmp_path / "root")
+    for _ in range(2):  # cold and with the folders remembered
+        for p in paths:
+            got = _resolution(p, fast)
+            assert got == _resolution(p, str(tmp_path / "root")), p
+    assert _resolution("a/b/x.jpg", fast) == (str(tmp_path / "root" / "a" / "b" / "x.jpg"), None)
+    assert _resolution("dirlink/secret.jpg", fast)[0] == "media-outside-root"
+    allowed = MediaRoot(tmp_path / "root", allow_absolute=True)
+    assert _resolution("dirlink/secret.jpg", allowed)[1] is None  # found where it is written
 
 
 def test_header_check_is_reused_only_for_the_same_bytes(tmp_path):

@@ -74,6 +74,19 @@ def coco_name_variants(path: str) -> List[str]:
     return out
 
 
+def join_relative(folder: str, name: str) -> str:
+    """``os.path.join(folder, name)`` for a ``name`` that is not absolute, as one concatenation
+    (``os.path.join`` costs more than the ``stat`` of the file it names). Same result."""
+    if not _POSIX:
+        return os.path.join(folder, name)
+    if not folder or folder.endswith("/"):
+        return folder + name
+    return folder + "/" + name
+
+
+_POSIX = os.sep == "/" and os.path.join("a", "b") == "a/b"
+
+
 def strip_dot_slash(path: str) -> str:
     """``./raw_datasets/x.jpg`` → ``raw_datasets/x.jpg`` (repeated ``./`` too); others unchanged."""
     while path.startswith("./"):
@@ -107,6 +120,7 @@ class MediaRoot(str):
         self.allow_absolute = bool(allow_absolute)
         self.max_bytes = media_caps(max_media_bytes)
         self.real = os.path.realpath(self)
+        self._inside_prefix = self.real.rstrip(os.sep) + os.sep
         self._real_dirs: Dict[str, str] = {}
         return self
 
@@ -124,6 +138,23 @@ class MediaRoot(str):
         except OSError:
             return os.path.realpath(path)
         return os.path.join(self._real_dir(head), tail)
+
+    def regular_file_inside(self, path: str) -> Optional[os.stat_result]:
+        """The ``os.lstat`` of ``path`` when it is a regular file (not a symlink) whose real
+        location lies inside this root, else None, in which case nothing is decided: a symlink,
+        a missing file or a file outside the root take :func:`resolve_media_path`'s general
+        route (and its messages). One ``lstat``: for a file that is not a link it is also its
+        ``stat``, and its real location is its folder's (remembered) plus its name."""
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        head, tail = os.path.split(path)
+        real = join_relative(self._real_dir(head), tail)
+        inside = self._inside_prefix
+        return st if real == self.real or real.startswith(inside) else None
 
     def _real_dir(self, folder: str) -> str:
         real = self._real_dirs.get(folder)
@@ -263,9 +294,14 @@ def resolve_media_path(path: str, root: str, where: str, alternatives: Iterable[
 
     def full(p: str) -> str:
         p = strip_dot_slash(p)
-        return p if os.path.isabs(p) else os.path.join(root, p)
+        return p if os.path.isabs(p) else join_relative(root, p)
 
     first = full(path)
+    if isinstance(root, MediaRoot) and allow_absolute is None:  # the usual case, in one lstat
+        st = root.regular_file_inside(first)
+        if st is not None:
+            _remember_usable(root, first, st)
+            return first, None
     alts: List[str] = []
 
     def candidates() -> Iterator[Tuple[str, Optional[str]]]:  # lazily: the first one usually is it

@@ -148,11 +148,11 @@ def place_image_placeholders(turns: List[Turn], n_images: int,
         return list(turns)
     out = [Turn(t.role, t.content) for t in turns]
     counts = [t.content.count(placeholder) for t in out]
-    users = [i for i, t in enumerate(out) if t.role == "user"]
-    if sum(counts) == 0:
-        if users:
-            i = users[0]
-            out[i] = Turn("user", f"{placeholder}\n" * n_images + out[i].content.strip())
+    if not any(counts):  # the usual case: prepend them to the first user turn
+        for i, t in enumerate(out):
+            if t.role == "user":
+                out[i] = Turn("user", f"{placeholder}\n" * n_images + t.content.strip())
+                break
         return out
     if n_images == 1 and sum(counts) == 1:
         i = counts.index(1)

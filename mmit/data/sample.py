@@ -28,6 +28,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 #: The first characters of the media placeholders: text without them holds none.
 _PLACEHOLDER_FIRST = "".join(sorted({ph[:1] for ph in MEDIA_PLACEHOLDERS.values()}))
 
+_ROLE_SET = frozenset(ROLES)
+
 _EMPTY_ANSWERS_ALLOWED: ContextVar[bool] = ContextVar("mmit_empty_answers_allowed", default=False)
 
 
@@ -199,7 +201,7 @@ class Sample:
         if not turns:
             raise SampleError(f"sample {self.id!r}: no turns", "no-turns")
         roles = [t.role for t in turns]
-        if not all(r in ROLES for r in roles):
+        if not _ROLE_SET.issuperset(roles):
             i = next(i for i, r in enumerate(roles) if r not in ROLES)
             raise SampleError(f"sample {self.id!r}: turn {i} has unknown role {roles[i]!r}",
                               "bad-role")
@@ -238,14 +240,21 @@ class Sample:
         strings = [s for s in (self.id, self.task, self.source, turns_text) if isinstance(s, str)]
         strings += [m.path for m in media if isinstance(m.path, str)]
         n_text = len(strings)
-        for meta in (self.meta, *(m.meta for m in media)):  # the usual case: one scan of everything
-            found = _nested_strings(meta, MAX_META_DEPTH) if meta else []
-            if found is None:
-                break  # deeper than the limit, or not JSON types: the exact walk below decides
-            strings += found
+        metas = [self.meta, *[m.meta for m in media]]
+        if all(type(meta) is dict for meta in metas):
+            # the usual case, one scan of everything: every meta one level down in one list
+            found = _nested_strings(metas, MAX_META_DEPTH + 1)
         else:
-            if not has_lone_surrogate("".join(strings)):  # a surrogate cannot be formed across a join
-                return
+            found = []
+            for meta in metas:
+                more = _nested_strings(meta, MAX_META_DEPTH) if meta else []
+                if more is None:
+                    found = None
+                    break
+                found += more
+        # None: deeper than the limit, or not JSON types: the exact walk below decides
+        if found is not None and not has_lone_surrogate("".join(strings + found)):
+            return  # (a surrogate cannot be formed across a join)
         if has_lone_surrogate("".join(strings[:n_text])):
             texts = [("id", self.id), ("task", self.task), ("source", self.source)]
             texts += [(f"turn {i}", t.content) for i, t in enumerate(self.turns)]
