@@ -397,3 +397,72 @@ def test_match_template_finds_the_first_template_that_renders_the_prompt():
                 checked += 1
                 found += want is not None
     assert checked > 10 and 0 < found < checked
+
+
+def _fields_made_up_front(task, record):
+    """The template fields as they were made before they were made on demand (the reference)."""
+    from mmit.data.sources.multiinstruct_templates import _join
+    md = record.get("meta_data") or {}
+    if not isinstance(md, dict):
+        raise TypeError("meta_data")
+    regs = md.get("object_regions") or {}
+    region = list(record.get("region") or [])
+    fields = {"question": record.get("question"), "text": record.get("text"),
+              "context": record.get("context"), "answer": record.get("answer"),
+              "options": _join(record.get("options") or []), "regions": _join(region),
+              "region": region, "relation": md.get("relation"), "method": md.get("method")}
+    if isinstance(regs, dict):
+        for key, name in (("subject", "subject_regions"), ("object", "object_regions"),
+                          ("given_region", "given_region")):
+            if key in regs:
+                fields[name] = _join(regs[key])
+    if task == "wikihow_next_step":
+        ctx = record.get("context") or []
+        fields["steps"] = "\n".join(ctx) if len(ctx) > 0 else '"nothing"'
+    if task == "commonsense_VQA" and isinstance(regs, dict):
+        fields["region_info"] = " ".join(f"{k} is in {v[0]}." for k, v in regs.items())
+    if task == "visual_dialog":
+        hist = [f"{t['q']}, {t['a']};" for t in md.get("dialog_hist") or []]
+        fields["dialog_history"] = " ".join(hist)
+        fields["last_dialog_turn"] = hist[-1] if hist else ""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def test_template_fields_made_on_demand_equal_those_made_up_front():
+    """``match_template`` makes a record's template fields when a template names them; the
+    values, the absent ones and the failures on malformed records are those of making them all
+    up front, on the real records and on broken variants of them."""
+    from mmit.data.sources.multiinstruct_templates import _Fields, _template_fields
+
+    def outcome(make, task, record):
+        try:
+            return make(task, record)
+        except Exception as e:  # noqa: BLE001 - the kind of failure is what is compared
+            return type(e)
+
+    records = [REC, VCR_REC]
+    if SAMPLES.is_dir():
+        records += real_records("train.jsonl") + real_records("test.jsonl")
+    broken = [{"meta_data": 3}, {"meta_data": {"object_regions": {"a": []}}}, {"region": 5},
+              {"region": "12 3 4 5"}, {"context": 7}, {"context": [1, 2]},
+              {"meta_data": {"dialog_hist": [{"q": "x"}]}}, {"options": "a"}, {"question": None},
+              {"meta_data": {"object_regions": {"subject": ["1 2 3 4"], "object": 5}}}]
+    checked = 0
+    for r in records:
+        for task in (r["task_name"], "wikihow_next_step", "commonsense_VQA", "visual_dialog"):
+            for change in [{}] + broken:
+                variant = dict(r, **change)
+                want = outcome(_fields_made_up_front, task, variant)
+                assert outcome(_template_fields, task, variant) == want, (task, change)
+                lazy = outcome(_Fields.of, task, variant)
+                if isinstance(want, dict):
+                    for name, value in want.items():
+                        assert lazy[name] == value, (task, change, name)
+                    for name in ("question", "options", "subject_regions", "steps", "nope"):
+                        if name not in want:
+                            with pytest.raises(KeyError):
+                                lazy[name]
+                else:
+                    assert lazy == want, (task, change)  # the same failure, when made
+                checked += 1
+    assert checked > 100

@@ -75,22 +75,69 @@ def _join(items: Any) -> str:
 
 
 def _template_fields(task: str, record: Mapping[str, Any]) -> Dict[str, Any]:
-    md = record.get("meta_data") or {}
-    if not isinstance(md, dict):
-        raise TypeError(f"'meta_data' must be an object, got {type(md).__name__}")
-    regs = md.get("object_regions") or {}
-    region = list(record.get("region") or [])
-    fields: Dict[str, Any] = {
-        "question": record.get("question"), "text": record.get("text"),
-        "context": record.get("context"), "answer": record.get("answer"),
-        "options": _join(record.get("options") or []), "regions": _join(region),
-        "region": region, "relation": md.get("relation"), "method": md.get("method"),
-    }
-    if isinstance(regs, dict):
-        for key, name in (("subject", "subject_regions"), ("object", "object_regions"),
-                          ("given_region", "given_region")):
-            if key in regs:
-                fields[name] = _join(regs[key])
+    """Every field a template of ``task`` may name, from ``record`` (absent ones left out).
+    Raises ``TypeError`` (``meta_data`` not an object) and what a malformed ``region``, ``context``
+    (``wikihow_next_step``), region map (``commonsense_VQA``) or dialog history
+    (``visual_dialog``) raises."""
+    fields = _Fields.of(task, record)
+    for name in _LAZY:
+        try:
+            fields[name]
+        except KeyError:
+            pass
+    return dict(fields)
+
+
+class _Fields(dict):
+    """A record's template fields for ``str.format_map``, made when a template names them: one
+    rendering needs two or three of them. What can fail on a malformed record is worked out in
+    :meth:`of` (and raises there, failing every template, as when all fields were made up front).
+    A field the record lacks (None) is a ``KeyError``, as a missing ``format`` argument."""
+
+    __slots__ = ("record", "md", "regs", "region")
+
+    @classmethod
+    def of(cls, task: str, record: Mapping[str, Any]) -> "_Fields":
+        md = record.get("meta_data") or {}
+        if not isinstance(md, dict):
+            raise TypeError(f"'meta_data' must be an object, got {type(md).__name__}")
+        regs = md.get("object_regions") or {}
+        region = list(record.get("region") or [])
+        fields = cls(_task_fields(task, record, md, regs) if task in _TASK_FIELDS else ())
+        fields["region"] = region
+        fields.record, fields.md, fields.region = record, md, region
+        fields.regs = regs if isinstance(regs, dict) else {}
+        return fields
+
+    def __missing__(self, name: str) -> Any:
+        make = _LAZY.get(name)
+        value = make(self) if make is not None else None
+        if value is None:
+            raise KeyError(name)
+        self[name] = value
+        return value
+
+
+def _regions_of(key: str):
+    return lambda f: _join(f.regs[key]) if key in f.regs else None
+
+
+#: The fields that cannot fail, made when a template names them.
+_LAZY = {
+    "question": lambda f: f.record.get("question"), "text": lambda f: f.record.get("text"),
+    "context": lambda f: f.record.get("context"), "answer": lambda f: f.record.get("answer"),
+    "options": lambda f: _join(f.record.get("options") or []), "regions": lambda f: _join(f.region),
+    "relation": lambda f: f.md.get("relation"), "method": lambda f: f.md.get("method"),
+    "subject_regions": _regions_of("subject"), "object_regions": _regions_of("object"),
+    "given_region": _regions_of("given_region"),
+}
+#: Tasks with fields of their own, made up front (they fail on malformed records).
+_TASK_FIELDS = frozenset(["wikihow_next_step", "commonsense_VQA", "visual_dialog"])
+
+
+def _task_fields(task: str, record: Mapping[str, Any], md: Dict[str, Any], regs: Any
+                 ) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {}
     if task == "wikihow_next_step":
         ctx = record.get("context") or []
         fields["steps"] = "\n".join(ctx) if len(ctx) > 0 else '"nothing"'
@@ -104,7 +151,7 @@ def _template_fields(task: str, record: Mapping[str, Any]) -> Dict[str, Any]:
         hist = [f"{t['q']}, {t['a']};" for t in md.get("dialog_hist") or []]
         fields["dialog_history"] = " ".join(hist)
         fields["last_dialog_turn"] = hist[-1] if hist else ""
-    return {k: v for k, v in fields.items() if v is not None}  # absent → KeyError in format
+    return fields
 
 
 def render_instruction(record: Mapping[str, Any], template_id: int,
@@ -161,11 +208,11 @@ def match_template(record: Mapping[str, Any]) -> Optional[int]:
             continue  # no rendering of this template can equal the prompt
         if fields is None:
             try:
-                fields = _template_fields(task, record)  # once, not once per template
+                fields = _Fields.of(task, record)  # once, not once per template
             except (KeyError, IndexError, TypeError, AttributeError):
                 return None  # render_instruction: ValueError for every template
         try:
-            if templates[i].format(**fields) == prompt:
+            if templates[i].format_map(fields) == prompt:
                 return i
         except (KeyError, IndexError, TypeError, AttributeError):
             continue
