@@ -92,8 +92,12 @@ def _nested_strings(value: Any, limit: int) -> Optional[List[str]]:
     lists, boxes, nested objects) is checked ~3x faster than item by item."""
     if type(value) not in _CONTAINERS:
         return None
+    return _strings_within([value], limit)
+
+
+def _strings_within(level: List[Any], limit: int) -> Optional[List[str]]:
+    """:func:`_nested_strings` of every container in ``level`` (each at level 1)."""
     out: List[str] = []
-    level = [value]
     for _ in range(limit):
         items: List[Any] = []
         for v in level:
@@ -242,8 +246,7 @@ class Sample:
         n_text = len(strings)
         metas = [self.meta, *[m.meta for m in media]]
         if all(type(meta) is dict for meta in metas):
-            # the usual case, one scan of everything: every meta one level down in one list
-            found = _nested_strings(metas, MAX_META_DEPTH + 1)
+            found = _strings_within(metas, MAX_META_DEPTH)  # the usual case: one scan of all
         else:
             found = []
             for meta in metas:
