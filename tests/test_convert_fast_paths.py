@@ -376,3 +376,35 @@ def _first_sos_end(data: bytes):
         if code == 0xDA:
             return pos
     return None
+
+
+# -- JSONL lines ---------------------------------------------------------------------------------------
+
+def _outcome(loads, line):
+    try:
+        return "value", loads(line)
+    except RecursionError:
+        return "RecursionError", None
+    except ValueError as e:  # JSONDecodeError included: its message names the column
+        return type(e).__name__, str(e)
+
+
+def test_jsonl_line_scan_decides_as_json_loads():
+    """A JSONL line is read by ``json``'s scanner directly; the value, and the error with its
+    message, are ``json.loads``' for valid lines, broken ones, trailing data and whitespace, NaN,
+    lone surrogate escapes, too deep nesting and integers too long to convert."""
+    import json
+
+    from mmit.data.record_io import _loads_line
+    lines = ['{"a": [1, 2.5, "x"], "b": {"c": null, "d": true}}', '{"a": 1} ', ' {"a": 1}',
+             '{"a": 1} x', '{"a": 1}{"b": 2}', '{"a": 1', '{"a": NaN, "b": -Infinity}',
+             '{"a": "\\ud800"}', '{"a": 01}', '{"a": "\x01"}', '{"a": 1, "a": 2}', '{"a": -0}',
+             '{"a":' * 3000 + '1' + '}' * 3000, '{"a": ' + '9' * 5000 + '}', '[1]', '"x"', '{}',
+             '\ufeff{"a": 1}', '{"é": "\U0001F600"}']
+    rng = random.Random(0)
+    base = lines[0]
+    for _ in range(300):  # random cuts and byte flips of a valid line
+        i = rng.randrange(len(base))
+        lines.append(base[:i] if rng.random() < 0.5 else base[:i] + rng.choice('{}[]",:x1 ') + base[i + 1:])
+    for line in lines:
+        assert _outcome(_loads_line, line) == _outcome(json.loads, line), line[:40]

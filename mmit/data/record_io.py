@@ -239,7 +239,7 @@ def iter_json_records(path: str, max_depth: int = MAX_JSON_DEPTH
             rec: Any = BadRecord("bad-encoding", f"line {lineno} holds bytes that are not UTF-8")
         else:
             try:
-                rec = json.loads(line)
+                rec = _loads_line(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {lineno}: malformed JSON at column {e.colno}: "
                                  f"{e.msg}") from None
@@ -249,6 +249,24 @@ def iter_json_records(path: str, max_depth: int = MAX_JSON_DEPTH
                 rec = BadRecord(NUMBER_TOO_LARGE, f"line {lineno}: {e}")
         yield index, rec, lineno
         index += 1
+
+
+#: ``json``'s own scanner (its C one where available), called without ``json.loads``' checks.
+_SCAN_ONCE = json.JSONDecoder().scan_once
+
+
+def _loads_line(line: str) -> Any:
+    """``json.loads(line)``: a line that is one object from its first to its last character is
+    read by the scanner directly (``loads`` would also look for a BOM and match whitespace at
+    both ends); anything else, and every error, goes through ``json.loads`` itself."""
+    if line[:1] == "{":
+        try:
+            obj, end = _SCAN_ONCE(line, 0)
+        except (StopIteration, ValueError, RecursionError):
+            obj, end = None, -1  # json.loads raises the error itself
+        if end == len(line):
+            return obj
+    return json.loads(line)
 
 
 def load_json_document(path: str, what: str = "JSON") -> Any:
