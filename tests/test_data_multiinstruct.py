@@ -401,7 +401,7 @@ def test_match_template_finds_the_first_template_that_renders_the_prompt():
 
 def _fields_made_up_front(task, record):
     """The template fields as they were made before they were made on demand (the reference)."""
-    from mmit.data.sources.multiinstruct_templates import _join
+    from mmit.data.sources.multiinstruct_templates import _TASK_FIELDS, _join, _task_fields
     md = record.get("meta_data") or {}
     if not isinstance(md, dict):
         raise TypeError("meta_data")
@@ -416,15 +416,8 @@ def _fields_made_up_front(task, record):
                           ("given_region", "given_region")):
             if key in regs:
                 fields[name] = _join(regs[key])
-    if task == "wikihow_next_step":
-        ctx = record.get("context") or []
-        fields["steps"] = "\n".join(ctx) if len(ctx) > 0 else '"nothing"'
-    if task == "commonsense_VQA" and isinstance(regs, dict):
-        fields["region_info"] = " ".join(f"{k} is in {v[0]}." for k, v in regs.items())
-    if task == "visual_dialog":
-        hist = [f"{t['q']}, {t['a']};" for t in md.get("dialog_hist") or []]
-        fields["dialog_history"] = " ".join(hist)
-        fields["last_dialog_turn"] = hist[-1] if hist else ""
+    if task in _TASK_FIELDS:  # (made up front in both: the code under test is the on-demand part)
+        fields.update(_task_fields(task, record, md, regs))
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -153,8 +153,7 @@ class MediaRoot(str):
             return None
         head, tail = os.path.split(path)
         real = join_relative(self._real_dir(head), tail)
-        inside = self._inside_prefix
-        return st if real == self.real or real.startswith(inside) else None
+        return st if real == self.real or real.startswith(self._inside_prefix) else None
 
     def _real_dir(self, folder: str) -> str:
         real = self._real_dirs.get(folder)

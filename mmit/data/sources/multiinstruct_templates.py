@@ -13,7 +13,7 @@ import functools
 import json
 import string
 from importlib import resources
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from mmit.data.normalize import place_image_placeholders
 from mmit.data.sample import Sample, Turn
@@ -118,7 +118,8 @@ class _Fields(dict):
         return value
 
 
-def _regions_of(key: str):
+def _regions_of(key: str) -> Callable[[_Fields], Optional[str]]:
+    """The maker of field ``{key}_regions`` style fields: ``meta_data.object_regions[key]`` joined."""
     return lambda f: _join(f.regs[key]) if key in f.regs else None
 
 
@@ -137,6 +138,8 @@ _TASK_FIELDS = frozenset(["wikihow_next_step", "commonsense_VQA", "visual_dialog
 
 def _task_fields(task: str, record: Mapping[str, Any], md: Dict[str, Any], regs: Any
                  ) -> Dict[str, Any]:
+    """The fields only some tasks' templates name (``steps``, ``region_info``, the dialog
+    history), as ``build_instruction`` makes them; raises on the malformed records it fails on."""
     fields: Dict[str, Any] = {}
     if task == "wikihow_next_step":
         ctx = record.get("context") or []
