@@ -245,6 +245,17 @@ def test_read_media_bytes_when_the_size_changes_or_reads_come_short(tmp_path, mo
     with pytest.raises(SampleError) as e:
         read_media_bytes(p, max_bytes=5000)  # it grew past its cap while being read
     assert e.value.reason == "media-too-large" and "a.jpg" in str(e.value)
+    # a file read at once because fstat saw it under every kind's cap, that then grew past the
+    # image cap: its own kind's cap decides (a video here), as when fstat had seen it whole
+    caps = {"image": 5000, "video": 50000, "audio": 20000, "pointcloud": 20000}
+    monkeypatch.setattr(media, "MAX_MEDIA_BYTES", caps)
+    video = body[:4] + b"ftypisom" + body[12:]
+    (tmp_path / "v.mp4").write_bytes(video)
+    assert read_media_bytes(tmp_path / "v.mp4") == video
+    with pytest.raises(SampleError) as e:
+        read_media_bytes(p)  # the JPEG-named bytes are no video: the image cap
+    assert e.value.reason == "media-too-large"
+    monkeypatch.undo()
     monkeypatch.setattr(media, "_open_regular", real_open)
     calls = []
     monkeypatch.setattr(media.os, "read", lambda fd, n: calls.append(n) or real_read(fd, min(n, 999)))

@@ -236,6 +236,10 @@ def read_media_bytes(path: Union[str, "os.PathLike[str]"], kind: Optional[str] =
         data = os.read(fd, min(size, cap) + 1)  # one more byte than fstat saw: did it grow?
         if len(data) == size:
             return data
+        if k is None and max_bytes is None and len(data) > size:
+            # it grew after fstat: its own kind's cap decides, as for a file seen at that size
+            k = media_kind(sniff_ext(data[:HEAD_BYTES]))
+            cap = MAX_MEDIA_BYTES.get(k or "image", MAX_MEDIA_BYTES["image"])
         parts, total = [data], len(data)
         while data and total <= cap:
             data = os.read(fd, min(1 << 20, cap + 1 - total))
