@@ -94,8 +94,11 @@ class MediaRoot(str):
         if not stat.S_ISREG(st.st_mode):
             return None
         head, tail = os.path.split(path)
-        real = join_relative(self._real_dir(head), tail)
-        return st if real == self.real or real.startswith(self._inside_prefix) else None
+        return st if self.holds(join_relative(self._real_dir(head), tail)) else None
+
+    def holds(self, real: str) -> bool:
+        """Whether the real (symlink-free) path ``real`` is this root's real location or lies below it."""
+        return real == self.real or real.startswith(self._inside_prefix)
 
     def _real_dir(self, folder: str) -> str:
         real = self._real_dirs.get(folder)
@@ -125,9 +128,10 @@ def media_policy(root: str) -> Tuple[bool, Mapping[str, int]]:
 def inside_root(path: str, root: str) -> bool:
     """Whether the real location of ``path`` (symlinks resolved) is ``root``'s real location or
     lies below it. Pure path work plus ``realpath``'s ``lstat`` calls; nothing is opened."""
-    base = root.real if isinstance(root, MediaRoot) else os.path.realpath(root)
     try:
-        real = root.realpath(path) if isinstance(root, MediaRoot) else os.path.realpath(path)
+        if isinstance(root, MediaRoot):
+            return root.holds(root.realpath(path))
+        base, real = os.path.realpath(root), os.path.realpath(path)
     except ValueError:  # a NUL byte in the path: no such file, anywhere
         return False
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
@@ -186,6 +190,8 @@ def regular_file_stat(path: str) -> Optional[os.stat_result]:
 
 
 def remember_usable(root: Any, path: str, st: os.stat_result) -> None:
+    """Note that ``path`` was just found usable under ``root`` with ``stat`` result ``st``
+    (:func:`known_usable` hands it out once)."""
     global _LAST_USABLE
     _LAST_USABLE = (root, path, st)
 

@@ -1,6 +1,7 @@
 """How DataLoader workers hand preprocessed items to the trainer: a whole chunk
-(``data.batches_per_message`` batches' worth of items, :func:`batches_per_message`) as one message, its tensors packed into one flat buffer per dtype (pipe bytes when small,
-shared memory when large), instead of one shared-memory segment per tensor, which made 2 workers
+(``data.batches_per_message`` batches' worth of items, :func:`batches_per_message`) as one
+message, its tensors packed into one flat buffer per dtype (pipe bytes when small, shared memory
+when large), instead of one shared-memory segment per tensor, which made 2 workers
 slower than none on the tiny demo (:mod:`mmit.training.data`, :mod:`mmit.training.batching`)."""
 
 from __future__ import annotations
