@@ -112,3 +112,64 @@ def test_validate_decides_and_words_as_before(allowed):
     assert {"ok", "bad-id", "no-turns", "bad-role", "roles-not-alternating", "image-count-mismatch",
             "bad-encoding", "too-deep"} <= seen
     assert ("empty-answer" in seen) != allowed
+
+
+class _Str(str):
+    pass
+
+
+class _Dict(dict):
+    """What a walk over ``keys()`` sees differs from the dict's own storage (which orjson reads)."""
+
+    def keys(self):
+        return ["k\ud800"]
+
+
+def _nest(leaf, depth, kind=list):
+    for _ in range(depth):
+        leaf = kind([leaf]) if kind is not dict else {"k": leaf}
+    return leaf
+
+
+def _adversarial_metas():
+    import enum
+    import math
+
+    class Colour(enum.Enum):
+        BAD = "r\ud800"
+
+    values = ["x", "\ud800", "é", "[[{{", 1, 1 << 70, -1.5, math.nan, math.inf, None, True,
+              _Str("\udcff"), _Str("ok"), Colour.BAD, b"bytes", {1, 2}, ("t\udc80",), ()]
+    for v in values:
+        yield {"v": v}
+        yield {"v": [v, {"w": v}]}
+        yield {"v": _Dict(a=v)}
+    yield {"\ud800": 1}
+    yield {1: "x"}
+    yield _Dict(k=1)
+    for depth in (MAX_META_DEPTH - 2, MAX_META_DEPTH - 1, MAX_META_DEPTH, MAX_META_DEPTH + 1):
+        for kind in (list, tuple, dict):
+            yield {"d": _nest("leaf", depth, kind)}
+            yield {"d": _nest("\ud800", depth, kind)}
+    yield {"brackets": "[" * 100}  # brackets inside a string only make the check look further
+
+
+def test_metas_plain_is_true_only_where_the_exact_walk_finds_nothing():
+    """``_metas_plain`` (orjson's encoding as the usual-case check of ``_check_text``) may send any
+    case to the exact walk, but must never pass one the walk would refuse; and it must pass the
+    metadata readers build (else the fast path would be dead code)."""
+    from mmit.data.sample import _metas_plain
+
+    metas = list(_adversarial_metas())
+    passed = 0
+    for i, a in enumerate(metas):
+        for group in ([a], [a, {}], [{}, a], [a, metas[(i * 7) % len(metas)]]):
+            if _metas_plain(group):
+                passed += 1
+                assert all(_meta_problem(m, MAX_META_DEPTH) is None for m in group), group
+    assert passed > 20
+    plain = [{"options": ["no", "yes"], "boxes": [[1.5, 2.0, 3.25, 4.0]], "template_id": 1,
+              "nested": {"a": [None, True, -0.0, 1e-7]}}, {"original_path": "./é/x.jpg"}]
+    assert _metas_plain(plain)
+    assert _metas_plain([_nest("leaf", MAX_META_DEPTH - 1)])  # 64 brackets with the outer list
+    assert not _metas_plain([{"d": _nest("leaf", MAX_META_DEPTH)}])
