@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmit.data.sample import Sample
 from mmit.data.shard_build import SHARD_FORMAT_VERSION, ShardOptions
-from mmit.data.sample_encoding import SplitSampleJson, dump_json, media_json, sample_json
+from mmit.data.sample_encoding import SplitSampleJson, dump_json, media_list_json, sample_json
 from mmit.data.shards import TMP_SUFFIX, atomic_write, read_stats
 
 MANIFEST = "_convert.json"
@@ -53,7 +53,7 @@ def plan_shard(index: int, items: Sequence[Tuple[int, Sample]], options: ShardOp
         else:
             hashes = (b",".join([b"null"] * len(inline)) if not any(inline)  # no inline media: the usual case
                       else dump_json(inline)[1:-1])
-            h.update(b"".join((b"[%d," % position, split.head, dump_json(media_json(s)), split.tail,
+            h.update(b"".join((b"[%d," % position, split.head, media_list_json(s), split.tail,
                                b",[", hashes, b"]]")))
         splits.append(split)
     return h.hexdigest(), splits
