@@ -23,33 +23,32 @@ _VECTOR_FROM = 4096
 #: marker with numpy: none, since a file that has one has one per restart interval (tens to
 #: thousands) and one listing costs about what 4 searches do.
 _RST_LIMIT = 0
-#: Elements of the per-thread scratch arrays the vectorised search reuses (2 x 16 MiB at most).
+#: Elements of the per-thread scratch array the vectorised search reuses (16 MiB at most).
 _SCRATCH_MAX = 1 << 24
 _SCRATCH = threading.local()
 
 
-def _scratch(n: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Two boolean arrays of length ``n``: views of this thread's reused buffers (up to
-    :data:`_SCRATCH_MAX` elements), fresh arrays above that."""
+def _scratch(n: int) -> np.ndarray:
+    """A boolean array of length ``n``: a view of this thread's reused buffer (up to
+    :data:`_SCRATCH_MAX` elements), a fresh array above that."""
     if n > _SCRATCH_MAX:
-        return np.empty(n, bool), np.empty(n, bool)
-    bufs = getattr(_SCRATCH, "bufs", None)
-    if bufs is None or len(bufs[0]) < n:
-        size = min(max(n, 1 << 17), _SCRATCH_MAX)
-        bufs = _SCRATCH.bufs = (np.empty(size, bool), np.empty(size, bool))
-    return bufs[0][:n], bufs[1][:n]
+        return np.empty(n, bool)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _SCRATCH.buf = np.empty(min(max(n, 1 << 17), _SCRATCH_MAX), bool)
+    return buf[:n]
 
 
 def _marker_flags(data: bytes, start: int) -> np.ndarray:
     """``flag[k]``: whether ``data[start + k]`` is 0xFF and the byte after it is not 0x00 (a marker, a
     restart marker or a fill byte: ~10 in a photo's scan data, where 0xFF is followed by 0x00
-    ~250 times). A view of this thread's scratch array (a fresh 50 KB array per file cost more than
-    the comparisons), valid until the next call in this thread."""
+    ~250 times). Two passes: the 0xFF test, then a logical AND with the next bytes themselves (as
+    uint8: non-zero is true). A view of this thread's scratch array (a fresh 50 KB array per file
+    cost more than the comparisons), valid until the next call in this thread."""
     a = np.frombuffer(data, np.uint8, offset=start)
-    flag, tmp = _scratch(len(a) - 1)
+    flag = _scratch(len(a) - 1)
     np.equal(a[:-1], 0xFF, out=flag)
-    np.not_equal(a[1:], 0, out=tmp)
-    np.logical_and(flag, tmp, out=flag)
+    np.logical_and(flag.view(np.uint8), a[1:], out=flag)
     return flag
 
 
