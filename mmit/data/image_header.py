@@ -200,6 +200,14 @@ def _exif_dpi_ok(exif: bytes) -> bool:
         return _exif_dpi_ok_pillow(exif)
     end = "<" if head[:1] == b"I" else ">"
     found = _ifd0_tags(data, end, (0x0128, 0x011A))
+    unit, x_resolution = found.get(0x0128), found.get(0x011A)
+    if unit is None:
+        return True  # the DPI code's first lookup raises KeyError, which it catches
+    if unit[0] == 3 and len(unit[1]) == 2 and (
+            x_resolution is None or (x_resolution[0] in (5, 10) and len(x_resolution[1]) == 8)):
+        # one SHORT unit; no resolution (KeyError) or one (signed) RATIONAL: Pillow's IFDRational,
+        # whose float is a number or NaN (ValueError): nothing escapes the DPI code's except
+        return True
     ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
     for tag, (typ, value) in found.items():
         ifd._tagdata[tag], ifd.tagtype[tag] = value, typ
