@@ -353,3 +353,18 @@ def test_plan_shard_digest_equals_encoding_each_item_whole(tmp_path):
     assert digest == h.hexdigest() == task_digest(3, items, opts)
     assert [sp.with_media(s) for sp, (_, s) in zip(splits, items)] == \
         [dump_json(sample_json(s)) for _, s in items]
+
+
+def test_tar_header_byte_sum_equals_sum_up_to_256_bytes():
+    """The header checksum's byte sums come from Adler-32 (C); exact while the sum stays below its
+    modulus, which 256 bytes of 0xFF (65280) do."""
+    import random
+
+    from mmit.data.tar_members import _byte_sum
+
+    rng = random.Random(3)
+    for n in (0, 1, 11, 12, 99, 100, 255, 256):
+        assert _byte_sum(b"\xff" * n) == 255 * n
+        for _ in range(100):
+            data = bytes(rng.getrandbits(8) for _ in range(n))
+            assert _byte_sum(data) == sum(data)

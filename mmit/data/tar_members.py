@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import zlib
 from typing import List, Optional, Sequence, Tuple, Union
 
 BLOCK = tarfile.BLOCKSIZE  # 512
@@ -26,6 +27,12 @@ RECORD = tarfile.RECORDSIZE  # 20 blocks
 _ZEROS = bytes(BLOCK)
 _IOV_MAX = 1000  # iovecs per writev (Linux allows 1024)
 Data = Union[bytes, bytearray, memoryview]
+
+
+def _byte_sum(data: bytes) -> int:
+    """``sum(data)`` for at most 256 bytes, in C: Adler-32's low half is 1 + the byte sum modulo
+    65521, and 256 bytes sum to at most 65280."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
 
 
 def _tarinfo(name: str, size: int, mtime: int, mode: int, user: str, group: str
@@ -59,6 +66,9 @@ class TarMembers:
         head[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
         self._template = bytes(head)
         self._template_sum = sum(head) - sum(b" " * 12)
+        # the fixed stretches between the patched fields (mode..mtime, checksum's end..)
+        self._mode_to_mtime, self._mtime = bytes(head[100:124]), bytes(head[136:148])
+        self._after_sum = bytes(head[156:])
         self.offset = 0
         self.closed = False
 
@@ -68,9 +78,9 @@ class TarMembers:
             return _tarinfo(name, size, *self._fixed).tobuf(tarfile.USTAR_FORMAT, "utf-8",
                                                             "surrogateescape")
         size_field = b"%011o\0" % size
-        chksum = self._template_sum + sum(raw) + sum(size_field)
-        return b"".join((raw, bytes(100 - len(raw)), self._template[100:124], size_field,
-                         self._template[136:148], b"%06o\0 " % chksum, self._template[156:]))
+        chksum = self._template_sum + _byte_sum(raw) + _byte_sum(size_field)
+        return b"".join((raw, _ZEROS[:100 - len(raw)], self._mode_to_mtime, size_field,
+                         self._mtime, b"%06o\0 " % chksum, self._after_sum))
 
     def add(self, members: Sequence[Tuple[str, Data]]) -> None:
         """Append ``(name, bytes)`` members in the order given (one ``writev`` for all)."""
