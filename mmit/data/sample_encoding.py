@@ -23,7 +23,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 import orjson
 
-from mmit.data.sample import Media, Sample, Turn
+from mmit.data.sample import _ORJSON_STRICT, Media, Sample, Turn
 
 _FAST_JSON = ([f.name for f in dataclasses.fields(Sample)] == ["id", "turns", "media", "task",
                                                                "source", "meta"]
@@ -34,10 +34,10 @@ _FAST_JSON = ([f.name for f in dataclasses.fields(Sample)] == ["id", "turns", "m
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
                             check_circular=False)
 _META_KEY = b',"meta":'
-#: Subclasses of str/int/dict/list, dataclasses and dates make orjson raise (json encodes a subclass
-#: through its own methods, and refuses the others): those values take the ``json`` route.
-_ORJSON_OPTS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
-                | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
+#: Sorted keys, as :func:`dump_json`; subclasses of str/int/dict/list, dataclasses and dates make
+#: orjson raise (json encodes a subclass through its own methods, and refuses the others): those
+#: values take the ``json`` route.
+_ORJSON_OPTS = orjson.OPT_SORT_KEYS | _ORJSON_STRICT
 #: orjson's form of a float with a one-digit negative exponent (``7e-6``; ``json``: ``7e-06``).
 _SHORT_EXPONENT = re.compile(rb"e-[6-9](?![0-9])")
 _STR_OR_NONE = (str, type(None))
@@ -78,12 +78,14 @@ def media_list_json(sample: Sample) -> bytes:
         meta = _plain_meta_json(m.meta) if _FAST_JSON else None
         if meta is None or type(m.kind) is not str or type(m.path) not in _STR_OR_NONE \
                 or type(m.ext) not in _STR_OR_NONE:
-            return dump_json(media_json(sample))
+            break
         items.append({"ext": m.ext, "kind": m.kind, "meta": orjson.Fragment(meta), "path": m.path})
-    try:
-        return orjson.dumps(items)
-    except TypeError:  # a lone surrogate in a path: json's own error
-        return dump_json(media_json(sample))
+    else:
+        try:
+            return orjson.dumps(items)
+        except TypeError:  # a lone surrogate in a path: json's own error below
+            pass
+    return dump_json(media_json(sample))
 
 
 def media_json(sample: Sample) -> List[Dict[str, Any]]:
@@ -115,25 +117,21 @@ class SplitSampleJson(NamedTuple):
         if not _FAST_JSON or type(sample.id) is not str:
             return None
         turns = sample.turns
-        rest = None
+        rest = {"id": sample.id, "meta": sample.meta, "source": sample.source, "task": sample.task,
+                "turns": [{"content": t.content, "role": t.role} for t in turns]}
+        meta = None
         if type(sample.task) in _STR_OR_NONE and type(sample.source) in _STR_OR_NONE and all(
                 type(t.role) is str and type(t.content) is str for t in turns):
             meta = _plain_meta_json(sample.meta)
-            if meta is not None:  # keys in sorted order; every other value a str or None
-                try:
-                    rest = orjson.dumps({"id": sample.id, "meta": orjson.Fragment(meta),
-                                         "source": sample.source, "task": sample.task,
-                                         "turns": [{"content": t.content, "role": t.role}
-                                                   for t in turns]})
-                except TypeError:  # a lone surrogate: json's own error below
-                    rest = None
-        if rest is None:
-            rest = dump_json({"id": sample.id, "turns": [{"role": t.role, "content": t.content}
-                                                         for t in turns],
-                              "task": sample.task, "source": sample.source, "meta": sample.meta})
+        try:  # every value but the meta is a str or None here: orjson writes them as json does
+            encoded = None if meta is None else orjson.dumps(dict(rest, meta=orjson.Fragment(meta)))
+        except TypeError:  # a lone surrogate: json's own error below
+            encoded = None
+        if encoded is None:
+            encoded = dump_json(rest)
         # the id is a JSON string: a quote inside it is escaped, so the first ',"meta":' ends it
-        cut = rest.index(_META_KEY)
-        return cls(rest[:cut] + b',"media":', rest[cut:])
+        cut = encoded.index(_META_KEY)
+        return cls(encoded[:cut] + b',"media":', encoded[cut:])
 
     def with_media(self, sample: Sample) -> bytes:
         """The canonical JSON of ``sample``, whose fields other than ``media`` must be those this
